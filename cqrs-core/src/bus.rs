@@ -1,0 +1,351 @@
+//! The command bus and the query bus.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::list::{Append, Contains, Route};
+use crate::middleware::{CommandChain, CommandResult, Next, QueryChain, QueryNext};
+use crate::projection::Subscriber;
+use crate::{
+    Aggregate, Command, CommandContext, EventStore, Handles, HandlesQuery, Metadata, Query,
+    QueryError, RecordedEvent, Repository, RepositoryOptions,
+};
+
+/// Runs commands: middleware, then load, handle, apply, append, publish.
+///
+/// `R` is the type-level list of registered aggregates, `M` the middleware list; both are
+/// built by [`CommandBusBuilder`] and rarely written out. Cloning is cheap (one `Arc`).
+pub struct CommandBus<R = (), M = ()> {
+    inner: Arc<CommandBusInner<R, M>>,
+}
+
+impl<R, M> Clone for CommandBus<R, M> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct CommandBusInner<R, M> {
+    store: Arc<dyn EventStore>,
+    aggregates: R,
+    middleware: M,
+    subscribers: Subscribers,
+    retries: u32,
+}
+
+impl CommandBus {
+    /// Starts building a bus on `store`.
+    pub fn builder(store: impl EventStore) -> CommandBusBuilder<(), ()> {
+        Self::builder_shared(Arc::new(store))
+    }
+
+    /// Starts building a bus on a shared store.
+    pub fn builder_shared(store: Arc<dyn EventStore>) -> CommandBusBuilder<(), ()> {
+        CommandBusBuilder {
+            store,
+            aggregates: (),
+            middleware: (),
+            subscribers: Vec::new(),
+            retries: 0,
+        }
+    }
+}
+
+/// Builds a [`CommandBus`].
+pub struct CommandBusBuilder<R, M> {
+    store: Arc<dyn EventStore>,
+    aggregates: R,
+    middleware: M,
+    subscribers: Vec<Arc<dyn Subscriber>>,
+    retries: u32,
+}
+
+impl<R, M> CommandBusBuilder<R, M> {
+    /// Registers aggregate `A` with the services its handlers borrow (`()` when none).
+    pub fn aggregate<A: Aggregate>(
+        self,
+        services: A::Services,
+    ) -> CommandBusBuilder<(Repository<A>, R), M> {
+        self.aggregate_with::<A>(services, RepositoryOptions::default())
+    }
+
+    /// Registers aggregate `A` with repository options (snapshots, cache size).
+    pub fn aggregate_with<A: Aggregate>(
+        self,
+        services: A::Services,
+        options: RepositoryOptions,
+    ) -> CommandBusBuilder<(Repository<A>, R), M> {
+        let repository = Repository::new(Arc::clone(&self.store), services, options);
+        CommandBusBuilder {
+            store: self.store,
+            aggregates: (repository, self.aggregates),
+            middleware: self.middleware,
+            subscribers: self.subscribers,
+            retries: self.retries,
+        }
+    }
+
+    /// Adds a middleware; the first added runs outermost.
+    pub fn middleware<X>(self, middleware: X) -> CommandBusBuilder<R, M::Out>
+    where
+        M: Append<X>,
+    {
+        CommandBusBuilder {
+            store: self.store,
+            aggregates: self.aggregates,
+            middleware: self.middleware.append(middleware),
+            subscribers: self.subscribers,
+            retries: self.retries,
+        }
+    }
+
+    /// Feeds a projection the events this bus commits, in process, right after each append.
+    ///
+    /// It receives only the event types it declares. A projection error does not undo the
+    /// command (the events are committed); it is logged. Durable, resumable delivery is the
+    /// job of a store subscription.
+    pub fn subscribe(mut self, projection: impl Subscriber) -> Self {
+        self.subscribers.push(Arc::new(projection));
+        self
+    }
+
+    /// On a version conflict, reload the aggregate and run the handler again, up to `retries`
+    /// more times, before returning the conflict.
+    pub fn retry_on_conflict(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// Finishes the bus.
+    pub fn build(self) -> CommandBus<R, M> {
+        CommandBus {
+            inner: Arc::new(CommandBusInner {
+                store: self.store,
+                aggregates: self.aggregates,
+                middleware: self.middleware,
+                subscribers: Subscribers::new(self.subscribers),
+                retries: self.retries,
+            }),
+        }
+    }
+}
+
+impl<R: Send + Sync + 'static, M: CommandChain> CommandBus<R, M> {
+    /// Executes a command with empty caller metadata.
+    pub async fn execute<C, I>(&self, command: C) -> CommandResult<C>
+    where
+        C: Command,
+        C::Aggregate: Handles<C>,
+        R: Contains<C::Aggregate, I>,
+    {
+        self.execute_with(command, Metadata::default()).await
+    }
+
+    /// Executes a command with caller metadata (correlation id, user, custom keys).
+    pub async fn execute_with<C, I>(&self, command: C, metadata: Metadata) -> CommandResult<C>
+    where
+        C: Command,
+        C::Aggregate: Handles<C>,
+        R: Contains<C::Aggregate, I>,
+    {
+        let ctx = CommandContext::for_command(&command, metadata);
+        let terminal = Terminal {
+            repository: self.inner.aggregates.repository(),
+            subscribers: &self.inner.subscribers,
+            retries: self.inner.retries,
+        };
+        self.inner.middleware.run(command, ctx, terminal).await
+    }
+
+    /// The store this bus appends to.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.inner.store
+    }
+}
+
+struct Terminal<'a, A: Aggregate> {
+    repository: &'a Repository<A>,
+    subscribers: &'a Subscribers,
+    retries: u32,
+}
+
+impl<C> Next<C> for Terminal<'_, C::Aggregate>
+where
+    C: Command,
+    C::Aggregate: Handles<C>,
+{
+    async fn run(self, command: C, ctx: CommandContext) -> CommandResult<C> {
+        let record = !self.subscribers.is_empty();
+        let (committed, recorded) = self
+            .repository
+            .execute(&command, &ctx, self.retries, record)
+            .await?;
+        if record {
+            self.subscribers.publish(&recorded).await;
+        }
+        Ok(committed)
+    }
+}
+
+/// In-process fan-out of committed events to projections, by event type.
+struct Subscribers {
+    all: Vec<Arc<dyn Subscriber>>,
+    by_type: HashMap<&'static str, Vec<usize>>,
+}
+
+impl Subscribers {
+    fn new(all: Vec<Arc<dyn Subscriber>>) -> Self {
+        let mut by_type: HashMap<&'static str, Vec<usize>> = HashMap::new();
+        for (index, subscriber) in all.iter().enumerate() {
+            for event_type in subscriber.event_types() {
+                by_type.entry(event_type).or_default().push(index);
+            }
+        }
+        Self { all, by_type }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+
+    async fn publish(&self, events: &[RecordedEvent]) {
+        for event in events {
+            let Some(indexes) = self.by_type.get(event.event_type.as_str()) else {
+                continue;
+            };
+            for &index in indexes {
+                let subscriber = &self.all[index];
+                if let Err(error) = subscriber.handle(event).await {
+                    tracing::error!(
+                        projection = subscriber.name(),
+                        position = event.position.0,
+                        %error,
+                        "in-process projection failed; the command is committed"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Answers queries: middleware, then the registered handler for the query type.
+///
+/// `R` is the type-level list of handlers, `M` the middleware list. Which handler answers a
+/// query is decided at compile time: executing a query no registered handler answers does not
+/// compile. Cloning is cheap.
+pub struct QueryBus<R = (), M = ()> {
+    inner: Arc<QueryBusInner<R, M>>,
+}
+
+impl<R, M> Clone for QueryBus<R, M> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct QueryBusInner<R, M> {
+    handlers: R,
+    middleware: M,
+}
+
+impl QueryBus {
+    /// Starts building a query bus.
+    pub fn builder() -> QueryBusBuilder<(), ()> {
+        QueryBusBuilder {
+            handlers: (),
+            middleware: (),
+        }
+    }
+}
+
+/// Builds a [`QueryBus`].
+pub struct QueryBusBuilder<R, M> {
+    handlers: R,
+    middleware: M,
+}
+
+impl<R, M> QueryBusBuilder<R, M> {
+    /// Registers a query handler (typically a [`ReadModel`](crate::ReadModel) clone).
+    pub fn handler<H: Send + Sync + 'static>(self, handler: H) -> QueryBusBuilder<(H, R), M> {
+        QueryBusBuilder {
+            handlers: (handler, self.handlers),
+            middleware: self.middleware,
+        }
+    }
+
+    /// Adds a middleware; the first added runs outermost.
+    pub fn middleware<X>(self, middleware: X) -> QueryBusBuilder<R, M::Out>
+    where
+        M: Append<X>,
+    {
+        QueryBusBuilder {
+            handlers: self.handlers,
+            middleware: self.middleware.append(middleware),
+        }
+    }
+
+    /// Finishes the bus.
+    pub fn build(self) -> QueryBus<R, M> {
+        QueryBus {
+            inner: Arc::new(QueryBusInner {
+                handlers: self.handlers,
+                middleware: self.middleware,
+            }),
+        }
+    }
+}
+
+/// The error type of the handler that answers `Q` on a bus with handlers `R`.
+pub type HandlerError<R, Q, I> = <<R as Route<Q, I>>::Handler as HandlesQuery<Q>>::Error;
+
+impl<R: Send + Sync + 'static, M: QueryChain> QueryBus<R, M> {
+    /// Answers a query.
+    pub async fn execute<Q, I>(
+        &self,
+        query: Q,
+    ) -> Result<Q::Output, QueryError<HandlerError<R, Q, I>>>
+    where
+        Q: Query,
+        R: Route<Q, I>,
+    {
+        self.execute_on(self.inner.handlers.handler(), query).await
+    }
+
+    /// Answers a query with a given handler, through this bus's middleware.
+    pub(crate) async fn execute_on<Q, H>(
+        &self,
+        handler: &H,
+        query: Q,
+    ) -> Result<Q::Output, QueryError<H::Error>>
+    where
+        Q: Query,
+        H: HandlesQuery<Q>,
+    {
+        self.inner
+            .middleware
+            .run(query, QueryTerminal { handler })
+            .await
+    }
+
+    /// The registered handlers (for dynamic dispatch tables).
+    pub(crate) fn handlers(&self) -> &R {
+        &self.inner.handlers
+    }
+}
+
+struct QueryTerminal<'a, H> {
+    handler: &'a H,
+}
+
+impl<Q: Query, H: HandlesQuery<Q>> QueryNext<Q, H::Error> for QueryTerminal<'_, H> {
+    async fn run(self, query: Q) -> Result<Q::Output, QueryError<H::Error>> {
+        self.handler
+            .handle_query(&query)
+            .await
+            .map_err(QueryError::Handler)
+    }
+}

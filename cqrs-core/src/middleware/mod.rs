@@ -1,0 +1,172 @@
+//! Middleware around the command and query buses.
+//!
+//! A middleware is a value whose generic `handle` method sees every command (or query) with its
+//! concrete type, and calls `next` to continue. The bus stores its middleware as a type-level
+//! list, so a chain is a sequence of direct, inlinable calls, and a bus without middleware runs
+//! the handler with no indirection at all.
+//!
+//! Writing one takes a struct and an impl:
+//!
+//! ```
+//! use cqrs_core::middleware::{CommandMiddleware, CommandResult, Next};
+//! use cqrs_core::{Command, CommandContext};
+//!
+//! /// Counts commands.
+//! #[derive(Default)]
+//! struct Count(std::sync::atomic::AtomicU64);
+//!
+//! impl CommandMiddleware for Count {
+//!     async fn handle<C: Command, N: Next<C>>(
+//!         &self,
+//!         command: C,
+//!         ctx: CommandContext,
+//!         next: N,
+//!     ) -> CommandResult<C> {
+//!         self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+//!         next.run(command, ctx).await
+//!     }
+//! }
+//! ```
+
+mod timeout;
+mod trace;
+mod validate;
+
+use std::future::Future;
+
+pub use timeout::Timeout;
+pub use trace::Tracing;
+pub use validate::Validation;
+
+use crate::{Aggregate, Command, CommandContext, CommandError, Committed, Query, QueryError};
+
+/// What executing command `C` returns.
+pub type CommandResult<C> =
+    Result<Committed, CommandError<<<C as Command>::Aggregate as Aggregate>::Error>>;
+
+/// The rest of the command pipeline after a middleware.
+pub trait Next<C: Command>: Send {
+    /// Continues with the next middleware, or the handler.
+    fn run(self, command: C, ctx: CommandContext) -> impl Future<Output = CommandResult<C>> + Send;
+}
+
+/// A layer around every command.
+pub trait CommandMiddleware: Send + Sync + 'static {
+    /// Handles one command, usually by calling `next.run(command, ctx)`.
+    fn handle<C: Command, N: Next<C>>(
+        &self,
+        command: C,
+        ctx: CommandContext,
+        next: N,
+    ) -> impl Future<Output = CommandResult<C>> + Send;
+}
+
+/// A type-level list of command middleware; `()` is the empty chain.
+pub trait CommandChain: Send + Sync + 'static {
+    /// Runs the chain, ending in `terminal`.
+    fn run<C: Command, N: Next<C>>(
+        &self,
+        command: C,
+        ctx: CommandContext,
+        terminal: N,
+    ) -> impl Future<Output = CommandResult<C>> + Send;
+}
+
+impl CommandChain for () {
+    fn run<C: Command, N: Next<C>>(
+        &self,
+        command: C,
+        ctx: CommandContext,
+        terminal: N,
+    ) -> impl Future<Output = CommandResult<C>> + Send {
+        terminal.run(command, ctx)
+    }
+}
+
+impl<H: CommandMiddleware, T: CommandChain> CommandChain for (H, T) {
+    fn run<C: Command, N: Next<C>>(
+        &self,
+        command: C,
+        ctx: CommandContext,
+        terminal: N,
+    ) -> impl Future<Output = CommandResult<C>> + Send {
+        self.0.handle(
+            command,
+            ctx,
+            Link {
+                rest: &self.1,
+                terminal,
+            },
+        )
+    }
+}
+
+/// One step down a middleware chain.
+pub struct Link<'a, T, N> {
+    rest: &'a T,
+    terminal: N,
+}
+
+impl<C: Command, T: CommandChain, N: Next<C>> Next<C> for Link<'_, T, N> {
+    fn run(self, command: C, ctx: CommandContext) -> impl Future<Output = CommandResult<C>> + Send {
+        self.rest.run(command, ctx, self.terminal)
+    }
+}
+
+/// The rest of the query pipeline after a middleware. `E` is the handler's error type.
+pub trait QueryNext<Q: Query, E>: Send {
+    /// Continues with the next middleware, or the handler.
+    fn run(self, query: Q) -> impl Future<Output = Result<Q::Output, QueryError<E>>> + Send;
+}
+
+/// A layer around every query.
+pub trait QueryMiddleware: Send + Sync + 'static {
+    /// Handles one query, usually by calling `next.run(query)`.
+    fn handle_query<Q: Query, E: Send, N: QueryNext<Q, E>>(
+        &self,
+        query: Q,
+        next: N,
+    ) -> impl Future<Output = Result<Q::Output, QueryError<E>>> + Send;
+}
+
+/// A type-level list of query middleware; `()` is the empty chain.
+pub trait QueryChain: Send + Sync + 'static {
+    /// Runs the chain, ending in `terminal`.
+    fn run<Q: Query, E: Send, N: QueryNext<Q, E>>(
+        &self,
+        query: Q,
+        terminal: N,
+    ) -> impl Future<Output = Result<Q::Output, QueryError<E>>> + Send;
+}
+
+impl QueryChain for () {
+    fn run<Q: Query, E: Send, N: QueryNext<Q, E>>(
+        &self,
+        query: Q,
+        terminal: N,
+    ) -> impl Future<Output = Result<Q::Output, QueryError<E>>> + Send {
+        terminal.run(query)
+    }
+}
+
+impl<H: QueryMiddleware, T: QueryChain> QueryChain for (H, T) {
+    fn run<Q: Query, E: Send, N: QueryNext<Q, E>>(
+        &self,
+        query: Q,
+        terminal: N,
+    ) -> impl Future<Output = Result<Q::Output, QueryError<E>>> + Send {
+        self.0.handle_query(
+            query,
+            Link {
+                rest: &self.1,
+                terminal,
+            },
+        )
+    }
+}
+
+impl<Q: Query, E: Send, T: QueryChain, N: QueryNext<Q, E>> QueryNext<Q, E> for Link<'_, T, N> {
+    fn run(self, query: Q) -> impl Future<Output = Result<Q::Output, QueryError<E>>> + Send {
+        self.rest.run(query, self.terminal)
+    }
+}

@@ -1,0 +1,95 @@
+//! What generated code needs and users must not touch.
+
+pub use ::serde;
+pub use ::serde_json;
+pub use ::std;
+
+pub use crate::dispatch::{CommandVisitor, DispatchCommands, DispatchQueries, QueryVisitor};
+pub use crate::projection::{decode_payload, handler_error};
+pub use crate::{
+    Aggregate, Apply, ApplyUnit, Command, CommandContext, Event, EventDecodeError, EventPayload,
+    EventType, Handles, HandlesQuery, IntoEvents, Projection, ProjectionError, Query,
+    RecordedEvent, ValidationErrors,
+};
+
+/// Applies an event enum to an aggregate. Implemented by `#[derive(Event)]` for every
+/// aggregate that has an `Apply<P>` per payload type and an `ApplyUnit` for unit variants.
+pub trait ApplyTo<A> {
+    /// Dispatches to the aggregate's handler for this variant.
+    fn apply_to(&self, aggregate: &mut A);
+}
+
+/// Decodes one variant's payload, naming the serde path of a bad field.
+pub fn decode_variant<T: serde::de::DeserializeOwned>(
+    name: &str,
+    payload: &serde_json::Value,
+) -> Result<T, EventDecodeError> {
+    serde_path_to_error::deserialize(payload).map_err(|e| EventDecodeError::Payload {
+        name: name.to_owned(),
+        path: e.path().to_string(),
+        message: e.inner().to_string(),
+    })
+}
+
+/// The error for a stored name the enum does not declare.
+pub fn unknown_event(name: &str) -> EventDecodeError {
+    EventDecodeError::UnknownType {
+        name: name.to_owned(),
+    }
+}
+
+/// The error for a stored version the code cannot read.
+pub fn unsupported_version(name: &str, found: u32, expected: u32) -> EventDecodeError {
+    EventDecodeError::UnsupportedVersion {
+        name: name.to_owned(),
+        found,
+        expected,
+    }
+}
+
+/// Whether `list` contains `name`; usable in constants.
+pub const fn contains_str(list: &[&str], name: &str) -> bool {
+    let mut i = 0;
+    while i < list.len() {
+        if str_eq(list[i], name) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Runs `validator::Validate` and converts its errors.
+#[cfg(feature = "validator")]
+pub fn validate<T: validator::Validate>(value: &T) -> Result<(), ValidationErrors> {
+    value.validate().map_err(ValidationErrors::from)
+}
+
+/// Serializes aggregate state for a snapshot.
+pub fn to_snapshot<T: serde::Serialize>(
+    state: &T,
+) -> Option<Result<serde_json::Value, serde_json::Error>> {
+    Some(serde_json::to_value(state))
+}
+
+/// Deserializes aggregate state from a snapshot.
+pub fn from_snapshot<T: serde::de::DeserializeOwned>(
+    state: &serde_json::Value,
+) -> Option<Result<T, serde_json::Error>> {
+    Some(T::deserialize(state).map_err(Into::into))
+}

@@ -1,0 +1,181 @@
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::{AppendResult, EventStore, ExpectedVersion, Snapshot, StoreError};
+use crate::{BoxFuture, GlobalPosition, NewEvent, RecordedEvent};
+
+/// The embedded event store: everything in process memory, lost on exit.
+///
+/// It is the reference for the [`EventStore`] contract: appends are atomic under one lock,
+/// positions are assigned in commit order (so the global order has no gaps to skip), and a
+/// version check failure writes nothing. Cloning shares the same store.
+#[derive(Clone, Default)]
+pub struct InMemoryEventStore {
+    inner: Arc<RwLock<Inner>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// The global log; `log[i]` has position `i + 1`.
+    log: Vec<RecordedEvent>,
+    /// Per stream, indexes into `log` in version order.
+    streams: HashMap<String, Vec<usize>>,
+    event_ids: HashSet<Uuid>,
+    snapshots: HashMap<String, Snapshot>,
+}
+
+impl InMemoryEventStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of events stored across all streams.
+    pub fn len(&self) -> usize {
+        self.read().log.len()
+    }
+
+    /// Whether no event is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave `Inner` half-written: every mutation
+        // validates first and then only pushes, so the data is usable after poisoning.
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn append_now(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        if stream_id.is_empty() {
+            return Err(StoreError::InvalidStreamId {
+                stream: String::new(),
+                reason: "stream id is empty",
+            });
+        }
+        let mut guard = self.write();
+        let inner = &mut *guard;
+        let actual = inner.streams.get(stream_id).map_or(0, Vec::len) as u64;
+        if !expected.matches(actual) {
+            return Err(StoreError::Conflict {
+                stream: stream_id.to_owned(),
+                expected,
+                actual,
+            });
+        }
+        let mut batch_ids = HashSet::with_capacity(events.len());
+        for event in &events {
+            if inner.event_ids.contains(&event.event_id) || !batch_ids.insert(event.event_id) {
+                return Err(StoreError::DuplicateEventId {
+                    event_id: event.event_id,
+                });
+            }
+        }
+        let recorded_at = Utc::now();
+        let mut positions = Vec::with_capacity(events.len());
+        let indexes = inner.streams.entry(stream_id.to_owned()).or_default();
+        for (offset, event) in events.into_iter().enumerate() {
+            let index = inner.log.len();
+            let position = GlobalPosition(index as u64 + 1);
+            inner.event_ids.insert(event.event_id);
+            inner.log.push(RecordedEvent {
+                event_id: event.event_id,
+                event_type: event.event_type.into_owned(),
+                schema_version: event.schema_version,
+                stream_id: stream_id.to_owned(),
+                stream_version: actual + offset as u64 + 1,
+                position,
+                recorded_at,
+                payload: event.payload,
+                metadata: event.metadata,
+            });
+            indexes.push(index);
+            positions.push(position);
+        }
+        Ok(AppendResult {
+            stream_version: indexes.len() as u64,
+            positions,
+            recorded_at,
+        })
+    }
+}
+
+impl EventStore for InMemoryEventStore {
+    fn append<'a>(
+        &'a self,
+        stream_id: &'a str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
+        let result = self.append_now(stream_id, expected, events);
+        Box::pin(std::future::ready(result))
+    }
+
+    fn load_stream<'a>(
+        &'a self,
+        stream_id: &'a str,
+        from_version: u64,
+    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>> {
+        let inner = self.read();
+        let skip = usize::try_from(from_version.saturating_sub(1)).unwrap_or(usize::MAX);
+        let events = inner
+            .streams
+            .get(stream_id)
+            .map_or_else(Vec::new, |indexes| {
+                indexes
+                    .iter()
+                    .skip(skip)
+                    .map(|&i| inner.log[i].clone())
+                    .collect()
+            });
+        Box::pin(std::future::ready(Ok(events)))
+    }
+
+    fn stream_version<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let version = self.read().streams.get(stream_id).map_or(0, Vec::len) as u64;
+        Box::pin(std::future::ready(Ok(version)))
+    }
+
+    fn read_all_from(
+        &self,
+        after: GlobalPosition,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>> {
+        let inner = self.read();
+        let start = usize::try_from(after.0).unwrap_or(usize::MAX);
+        let events = inner.log.iter().skip(start).take(limit).cloned().collect();
+        Box::pin(std::future::ready(Ok(events)))
+    }
+
+    fn load_snapshot<'a>(
+        &'a self,
+        stream_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
+        let snapshot = self.read().snapshots.get(stream_id).cloned();
+        Box::pin(std::future::ready(Ok(snapshot)))
+    }
+
+    fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mut inner = self.write();
+        let keep_existing = inner
+            .snapshots
+            .get(&snapshot.stream_id)
+            .is_some_and(|s| s.stream_version > snapshot.stream_version);
+        if !keep_existing {
+            inner.snapshots.insert(snapshot.stream_id.clone(), snapshot);
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+}

@@ -1,0 +1,158 @@
+//! The [`EventStore`] contract and the in-memory reference implementation.
+
+mod memory;
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+pub use memory::InMemoryEventStore;
+
+use crate::{BoxFuture, GlobalPosition, NewEvent, RecordedEvent};
+
+/// What the writer believes the stream's version to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExpectedVersion {
+    /// The stream is at exactly this version (`Exact(0)` is the same as [`Self::NoStream`]).
+    Exact(u64),
+    /// The stream has no events yet.
+    NoStream,
+    /// No check: append at whatever the version is.
+    Any,
+}
+
+impl ExpectedVersion {
+    /// Whether a stream currently at `actual` (0 = no stream) satisfies this expectation.
+    pub fn matches(self, actual: u64) -> bool {
+        match self {
+            ExpectedVersion::Exact(v) => v == actual,
+            ExpectedVersion::NoStream => actual == 0,
+            ExpectedVersion::Any => true,
+        }
+    }
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Exact(v) => write!(f, "version {v}"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::Any => f.write_str("any version"),
+        }
+    }
+}
+
+/// What an append wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendResult {
+    /// The stream's version after the append.
+    pub stream_version: u64,
+    /// Global position of each appended event, in order.
+    pub positions: Vec<GlobalPosition>,
+    /// When the events were recorded.
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl AppendResult {
+    /// Position of the last appended event, or [`GlobalPosition::START`] when none was.
+    pub fn last_position(&self) -> GlobalPosition {
+        self.positions
+            .last()
+            .copied()
+            .unwrap_or(GlobalPosition::START)
+    }
+}
+
+/// A serialized aggregate state covering a stream up to a version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The stream the snapshot summarizes.
+    pub stream_id: String,
+    /// The stream version the state includes.
+    pub stream_version: u64,
+    /// The aggregate's snapshot schema version.
+    pub schema_version: u32,
+    /// The serialized state.
+    pub state: Value,
+}
+
+/// Errors of an event store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The stream is not at the expected version.
+    #[error("conflict on stream `{stream}`: expected {expected}, found version {actual}")]
+    Conflict {
+        /// The stream.
+        stream: String,
+        /// What the writer expected.
+        expected: ExpectedVersion,
+        /// The stream's actual version (0 = no stream).
+        actual: u64,
+    },
+    /// An event id is already stored.
+    #[error("event id {event_id} is already stored")]
+    DuplicateEventId {
+        /// The duplicated id.
+        event_id: uuid::Uuid,
+    },
+    /// The stream id is not acceptable (empty, or too long for the backend).
+    #[error("invalid stream id {stream:?}: {reason}")]
+    InvalidStreamId {
+        /// The rejected id.
+        stream: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The backend failed (connection, I/O, ...).
+    #[error("event store backend error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Storage of event streams and their global order.
+///
+/// The in-memory [`InMemoryEventStore`] is the reference semantics; the conformance kit
+/// (`testing` feature) checks any implementation against them.
+///
+/// Contract:
+/// - `append` is atomic: all events are stored or none; versions continue the stream from
+///   its current version without holes; a version mismatch is [`StoreError::Conflict`] and
+///   writes nothing.
+/// - `load_stream(s, v)` returns the events of `s` with version `>= v` in version order.
+/// - `read_all_from(p, n)` returns up to `n` events strictly after position `p` in the global
+///   order, never skipping an event that becomes visible later with a smaller position.
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `events` to `stream_id` if the stream is at `expected`.
+    fn append<'a>(
+        &'a self,
+        stream_id: &'a str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> BoxFuture<'a, Result<AppendResult, StoreError>>;
+
+    /// Events of one stream with version `>= from_version`, in order.
+    fn load_stream<'a>(
+        &'a self,
+        stream_id: &'a str,
+        from_version: u64,
+    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>>;
+
+    /// The current version of a stream (0 = no stream).
+    fn stream_version<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// Up to `limit` events strictly after `after` in the global order.
+    fn read_all_from(
+        &self,
+        after: GlobalPosition,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>>;
+
+    /// The latest snapshot of a stream, if any.
+    fn load_snapshot<'a>(
+        &'a self,
+        stream_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>>;
+
+    /// Stores a snapshot, replacing an older one of the same stream.
+    fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<(), StoreError>>;
+}
