@@ -15,16 +15,24 @@ use crate::{
 /// one event payload (and optionally `&RecordedEvent` for its metadata). The generated
 /// [`Projection::EVENT_TYPES`] lists exactly the types those handlers take, and registering the
 /// projection subscribes it to those and no others.
+///
+/// [`Projection::Context`] is what handlers borrow mutably besides the event: `()` for
+/// in-memory read models, a database connection for a read model that must update its rows
+/// in the same transaction as its checkpoint (`#[projection(context = T)]`, handlers take
+/// `&mut T`).
 pub trait Projection: Send + Sync + 'static {
     /// Stable name: the checkpoint key of durable subscriptions.
     const NAME: &'static str;
     /// The event types this projection handles.
     const EVENT_TYPES: &'static [&'static str];
+    /// What handlers borrow mutably besides the event (`()` when nothing).
+    type Context: ?Sized + Send;
 
     /// Applies one recorded event. Events of other types are ignored (`Ok`).
     fn project<'a>(
         &'a mut self,
         event: &'a RecordedEvent,
+        ctx: &'a mut Self::Context,
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send + 'a;
 }
 
@@ -130,13 +138,13 @@ impl<P: Send + Sync> ReadModel<P> {
     }
 }
 
-impl<P: Projection> ReadModel<P> {
+impl<P: Projection<Context = ()>> ReadModel<P> {
     /// Applies one event under the write lock.
     pub async fn project(&self, event: &RecordedEvent) -> Result<(), ProjectionError> {
         if !P::EVENT_TYPES.contains(&event.event_type.as_str()) {
             return Ok(());
         }
-        self.inner.write().await.project(event).await
+        self.inner.write().await.project(event, &mut ()).await
     }
 }
 
@@ -163,7 +171,7 @@ pub trait Subscriber: Send + Sync + 'static {
     -> BoxFuture<'a, Result<(), ProjectionError>>;
 }
 
-impl<P: Projection> Subscriber for ReadModel<P> {
+impl<P: Projection<Context = ()>> Subscriber for ReadModel<P> {
     fn name(&self) -> &'static str {
         P::NAME
     }

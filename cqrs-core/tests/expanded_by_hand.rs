@@ -388,7 +388,13 @@ const _: () = {
     impl p::Projection for Balances {
         const NAME: &'static str = "Balances";
         const EVENT_TYPES: &'static [&'static str] = &[<Deposited as p::EventPayload>::EVENT_TYPE];
-        async fn project(&mut self, event: &p::RecordedEvent) -> Result<(), p::ProjectionError> {
+        type Context = ();
+        async fn project(
+            &mut self,
+            event: &p::RecordedEvent,
+            ctx: &mut (),
+        ) -> Result<(), p::ProjectionError> {
+            let _ = ctx;
             let event_type = event.event_type.as_str();
             if event_type == <Deposited as p::EventPayload>::EVENT_TYPE {
                 let payload = p::decode_payload::<Deposited>(<Self as p::Projection>::NAME, event)?;
