@@ -1,1 +1,0 @@
-//! Test support: the given/when/then fixture.

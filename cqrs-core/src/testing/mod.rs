@@ -1,0 +1,130 @@
+//! Test support: the given/when/then [`Fixture`] for aggregates, and (feature `testing`) the
+//! [`conformance`] kit any [`EventStore`](crate::EventStore) implementation can run.
+
+use std::fmt::Debug;
+
+use crate::{Aggregate, Command, CommandContext, Handles, Metadata};
+
+/// Given events, when a command, then expect events or an error — with no store at all.
+///
+/// ```
+/// # use cqrs_core::testing::Fixture;
+/// # fn doc<A: cqrs_core::Aggregate<Services = ()>>() {}
+/// // Fixture::<Account>::new(())
+/// //     .given([AccountEvent::Opened(Opened { owner: "ada".into() })])
+/// //     .when(Deposit { account_id, amount: 10 }).await
+/// //     .then_expect_events([AccountEvent::Deposited(Deposited { amount: 10 })]);
+/// ```
+pub struct Fixture<A: Aggregate> {
+    services: A::Services,
+    state: A,
+    version: u64,
+    metadata: Metadata,
+}
+
+impl<A: Aggregate> Fixture<A> {
+    /// A fixture whose handlers get `services`.
+    pub fn new(services: A::Services) -> Self {
+        Self {
+            services,
+            state: A::default(),
+            version: 0,
+            metadata: Metadata::default(),
+        }
+    }
+
+    /// Events that already happened, applied in order.
+    #[must_use]
+    pub fn given(mut self, events: impl IntoIterator<Item = A::Event>) -> Self {
+        for event in events {
+            self.state.apply(&event);
+            self.version += 1;
+        }
+        self
+    }
+
+    /// Caller metadata the command runs with.
+    #[must_use]
+    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// Runs the command's handler against the state.
+    pub async fn when<C>(self, command: C) -> Outcome<A>
+    where
+        C: Command<Aggregate = A>,
+        A: Handles<C>,
+    {
+        let ctx = CommandContext::for_command(&command, self.metadata);
+        let mut state = self.state;
+        let result = state.handle(&command, &self.services, &ctx).await;
+        if let Ok(events) = &result {
+            for event in events {
+                state.apply(event);
+            }
+        }
+        Outcome { result, state }
+    }
+}
+
+impl<A: Aggregate<Services = ()>> Default for Fixture<A> {
+    fn default() -> Self {
+        Self::new(())
+    }
+}
+
+/// What a command did in a [`Fixture`].
+pub struct Outcome<A: Aggregate> {
+    result: Result<Vec<A::Event>, A::Error>,
+    state: A,
+}
+
+impl<A: Aggregate> Outcome<A> {
+    /// Asserts that the command produced exactly these events, in order.
+    #[track_caller]
+    pub fn then_expect_events(self, expected: impl IntoIterator<Item = A::Event>) -> A
+    where
+        A::Event: PartialEq + Debug,
+        A::Error: Debug,
+    {
+        let expected: Vec<_> = expected.into_iter().collect();
+        match self.result {
+            Ok(events) => assert_eq!(events, expected, "the command produced other events"),
+            Err(error) => {
+                panic!("expected events {expected:?}, the command was rejected: {error:?}")
+            }
+        }
+        self.state
+    }
+
+    /// Asserts that the command was rejected with exactly this error.
+    #[track_caller]
+    pub fn then_expect_error(self, expected: A::Error) -> A
+    where
+        A::Event: Debug,
+        A::Error: PartialEq + Debug,
+    {
+        match self.result {
+            Ok(events) => panic!("expected error {expected:?}, the command produced {events:?}"),
+            Err(error) => assert_eq!(
+                error, expected,
+                "the command was rejected with another error"
+            ),
+        }
+        self.state
+    }
+
+    /// The raw outcome, for assertions the helpers do not cover.
+    pub fn into_result(self) -> Result<Vec<A::Event>, A::Error> {
+        self.result
+    }
+
+    /// The state after applying the produced events (unchanged if rejected).
+    pub fn state(&self) -> &A {
+        &self.state
+    }
+}
+
+#[cfg(feature = "testing")]
+pub mod conformance;
