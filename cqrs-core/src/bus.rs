@@ -106,6 +106,7 @@ impl<R, M> CommandBusBuilder<R, M> {
     /// It receives only the event types it declares. A projection error does not undo the
     /// command (the events are committed); it is logged. Durable, resumable delivery is the
     /// job of a store subscription.
+    #[must_use]
     pub fn subscribe(mut self, projection: impl Subscriber) -> Self {
         self.subscribers.push(Arc::new(projection));
         self
@@ -113,6 +114,7 @@ impl<R, M> CommandBusBuilder<R, M> {
 
     /// On a version conflict, reload the aggregate and run the handler again, up to `retries`
     /// more times, before returning the conflict.
+    #[must_use]
     pub fn retry_on_conflict(mut self, retries: u32) -> Self {
         self.retries = retries;
         self

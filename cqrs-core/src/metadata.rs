@@ -51,24 +51,28 @@ pub struct Metadata {
 
 impl Metadata {
     /// Sets the correlation id.
+    #[must_use]
     pub fn with_correlation_id(mut self, id: Uuid) -> Self {
         self.correlation_id = Some(id);
         self
     }
 
     /// Sets the causation id.
+    #[must_use]
     pub fn with_causation_id(mut self, id: Uuid) -> Self {
         self.causation_id = Some(id);
         self
     }
 
     /// Sets the acting user.
+    #[must_use]
     pub fn with_user_id(mut self, user: impl Into<String>) -> Self {
         self.user_id = Some(user.into());
         self
     }
 
     /// Adds a user-defined key/value.
+    #[must_use]
     pub fn with(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
         self.extra.insert(key.into(), value.into());
         self

@@ -91,5 +91,5 @@ pub fn to_snapshot<T: serde::Serialize>(
 pub fn from_snapshot<T: serde::de::DeserializeOwned>(
     state: &serde_json::Value,
 ) -> Option<Result<T, serde_json::Error>> {
-    Some(T::deserialize(state).map_err(Into::into))
+    Some(T::deserialize(state))
 }

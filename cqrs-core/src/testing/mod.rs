@@ -81,7 +81,12 @@ pub struct Outcome<A: Aggregate> {
 }
 
 impl<A: Aggregate> Outcome<A> {
-    /// Asserts that the command produced exactly these events, in order.
+    /// Asserts that the command produced exactly these events, in order, and returns the
+    /// state after them.
+    ///
+    /// # Panics
+    ///
+    /// When the command was rejected or produced other events.
     #[track_caller]
     pub fn then_expect_events(self, expected: impl IntoIterator<Item = A::Event>) -> A
     where
@@ -98,8 +103,14 @@ impl<A: Aggregate> Outcome<A> {
         self.state
     }
 
-    /// Asserts that the command was rejected with exactly this error.
+    /// Asserts that the command was rejected with exactly this error, and returns the state.
+    ///
+    /// # Panics
+    ///
+    /// When the command was accepted or rejected with another error.
     #[track_caller]
+    // Taking the error by value reads better at call sites: `.then_expect_error(Error::X)`.
+    #[allow(clippy::needless_pass_by_value)]
     pub fn then_expect_error(self, expected: A::Error) -> A
     where
         A::Event: Debug,
