@@ -19,6 +19,25 @@ pub trait ApplyTo<A> {
     fn apply_to(&self, aggregate: &mut A);
 }
 
+/// The Rust names of an event enum's unit variants. Implemented by `#[derive(Event)]`;
+/// `#[aggregate]` checks that each `#[event_handler(Variant)]` names one of them.
+pub trait UnitVariants {
+    /// The unit variants, in declaration order.
+    const UNIT_VARIANTS: &'static [&'static str];
+}
+
+/// Fails to evaluate, with a message naming the variant, when aggregate `A` has no handler for
+/// a unit variant of the event enum. Implemented by `#[derive(Event)]`; `#[aggregate]` forces
+/// the evaluation with a `const _: () = <E as UnitHandlersCheck<A>>::CHECK;` item.
+///
+/// A free constant is evaluated while type checking, so `cargo check` reports the mistake. The
+/// `const` block inside [`ApplyTo::apply_to`] catches the same mistake only when `apply_to` is
+/// compiled to machine code for that aggregate, which `cargo check` never does.
+pub trait UnitHandlersCheck<A> {
+    /// Evaluating this panics when a unit variant has no handler in `A`.
+    const CHECK: ();
+}
+
 /// Decodes one variant's payload, naming the serde path of a bad field.
 pub fn decode_variant<T: serde::de::DeserializeOwned>(
     name: &str,
