@@ -1,0 +1,72 @@
+//! The `Command` impl, and the stand-in emitted with the errors when the input is wrong.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+
+use super::{ast, check};
+use crate::internals::syntax::{at_user, path_at};
+
+pub fn expand(command: &check::Command<'_>) -> TokenStream {
+    let check::Command {
+        ident,
+        generics,
+        aggregate,
+        id,
+        name,
+        validate,
+        krate,
+    } = command;
+    let p = quote!(#krate::__private);
+    let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
+    let pi = path_at(&p, at_user(id));
+    let aggregate_id = quote_spanned! {at_user(id)=>
+        #pi::std::string::ToString::to_string(&self.#id)
+    };
+    let validate = validate.map(|key| {
+        let span = at_user(key);
+        let p = path_at(&p, span);
+        quote_spanned! {span=>
+            fn validate(&self) -> ::core::result::Result<(), #p::ValidationErrors> {
+                #p::validate(self)
+            }
+        }
+    });
+    quote! {
+        const _: () = {
+            #[automatically_derived]
+            impl #impl_generics #p::Command for #ident #ty_generics #where_clause {
+                const NAME: &'static str = #name;
+                type Aggregate = #aggregate;
+                fn aggregate_id(&self) -> #p::std::string::String {
+                    #aggregate_id
+                }
+                #validate
+            }
+        };
+    }
+}
+
+/// The errors, plus a `Command` impl when the aggregate is known, so that the command's
+/// handlers elsewhere do not fail too.
+pub fn fallback(command: &ast::Command<'_>, error: &syn::Error) -> TokenStream {
+    let errors = error.to_compile_error();
+    let Some(aggregate) = &command.aggregate else {
+        return errors;
+    };
+    let ident = &command.input.ident;
+    let krate = &command.krate;
+    let (impl_generics, ty_generics, where_clause) = command.input.generics.split_for_impl();
+    quote! {
+        #errors
+        const _: () = {
+            #[automatically_derived]
+            impl #impl_generics #krate::__private::Command for #ident #ty_generics #where_clause {
+                const NAME: &'static str = ::core::stringify!(#ident);
+                type Aggregate = #aggregate;
+                fn aggregate_id(&self) -> #krate::__private::std::string::String {
+                    ::core::unreachable!()
+                }
+            }
+        };
+    }
+}

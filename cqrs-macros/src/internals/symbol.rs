@@ -1,0 +1,61 @@
+//! The names of attributes and attribute keys, compared against parsed idents and paths.
+
+use std::fmt::{self, Display};
+
+use syn::{Ident, Path};
+
+/// An attribute or key name.
+#[derive(Copy, Clone, PartialEq, Eq)]
+pub struct Symbol(pub &'static str);
+
+pub const AGGREGATE: Symbol = Symbol("aggregate");
+pub const COMMAND: Symbol = Symbol("command");
+pub const CONTEXT: Symbol = Symbol("context");
+pub const CRATE: Symbol = Symbol("crate");
+pub const ERROR: Symbol = Symbol("error");
+pub const EVENT: Symbol = Symbol("event");
+pub const ID: Symbol = Symbol("id");
+pub const IGNORE: Symbol = Symbol("ignore");
+pub const NAME: Symbol = Symbol("name");
+pub const OUTPUT: Symbol = Symbol("output");
+pub const PROJECTION: Symbol = Symbol("projection");
+pub const QUERY: Symbol = Symbol("query");
+pub const SERVICES: Symbol = Symbol("services");
+pub const SNAPSHOT: Symbol = Symbol("snapshot");
+pub const VALIDATE: Symbol = Symbol("validate");
+pub const VERSION: Symbol = Symbol("version");
+
+/// The handler markers consumed by `#[aggregate]` and `#[projection]`.
+pub const COMMAND_HANDLER: Symbol = Symbol("command_handler");
+pub const EVENT_HANDLER: Symbol = Symbol("event_handler");
+pub const QUERY_HANDLER: Symbol = Symbol("query_handler");
+
+impl PartialEq<Symbol> for Ident {
+    fn eq(&self, word: &Symbol) -> bool {
+        self == word.0
+    }
+}
+
+impl PartialEq<Symbol> for &Ident {
+    fn eq(&self, word: &Symbol) -> bool {
+        *self == word.0
+    }
+}
+
+impl PartialEq<Symbol> for Path {
+    fn eq(&self, word: &Symbol) -> bool {
+        self.is_ident(word.0)
+    }
+}
+
+impl PartialEq<Symbol> for &Path {
+    fn eq(&self, word: &Symbol) -> bool {
+        self.is_ident(word.0)
+    }
+}
+
+impl Display for Symbol {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.0)
+    }
+}
