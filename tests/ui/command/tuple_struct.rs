@@ -1,0 +1,25 @@
+use cqrs_core::{Command, Event, aggregate};
+
+#[derive(Debug, Clone, Event)]
+pub enum AccountEvent {
+    Closed,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("account is closed")]
+pub struct AccountClosed;
+
+#[derive(Debug, Default)]
+pub struct Account;
+
+#[aggregate(event = AccountEvent, error = AccountClosed)]
+impl Account {
+    #[event_handler(Closed)]
+    fn on_closed(&mut self) {}
+}
+
+#[derive(Command)]
+#[command(aggregate = Account, id = account_id)]
+pub struct Deposit(String, u64);
+
+fn main() {}

@@ -1,0 +1,49 @@
+use cqrs_core::{Query, QueryBus, projection};
+
+#[derive(Debug, Query)]
+#[query(output = u64)]
+pub struct GetBalance {
+    pub account_id: String,
+}
+
+#[derive(Debug, Query)]
+#[query(output = Vec<String>)]
+pub struct ListAccounts;
+
+#[derive(Debug, thiserror::Error)]
+#[error("no such account")]
+pub struct NotFound;
+
+#[derive(Debug, Query)]
+#[query(output = u64)]
+pub struct CountAccounts;
+
+pub struct Balances;
+
+pub struct Counts;
+
+#[projection]
+impl Balances {
+    #[query_handler]
+    fn balance(&self, _: &GetBalance) -> Result<u64, NotFound> {
+        Err(NotFound)
+    }
+}
+
+#[projection]
+impl Counts {
+    #[query_handler]
+    fn count(&self, _: &CountAccounts) -> Result<u64, NotFound> {
+        Ok(0)
+    }
+}
+
+pub fn list() {
+    let queries = QueryBus::builder()
+        .handler(Balances)
+        .handler(Counts)
+        .build();
+    drop(queries.execute(ListAccounts));
+}
+
+fn main() {}
