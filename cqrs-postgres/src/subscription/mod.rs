@@ -1,1 +1,414 @@
-//! Durable, checkpointed subscriptions.
+//! Durable, checkpointed subscriptions to the global order of events.
+//!
+//! A [`Subscription`] feeds one projection every event of the types it handles, in the
+//! store's global order, from where it last stopped: it catches up from its stored
+//! [`Checkpoint`], then follows new events live. It is named by the projection's
+//! [`Projection::NAME`], which is also its checkpoint key.
+//!
+//! # Delivery guarantees
+//!
+//! | started with | the projection's context | guarantee |
+//! |---|---|---|
+//! | [`Subscription::transactional`] | `sqlx::PgConnection`: the batch's transaction | every event applied **exactly once** |
+//! | [`Subscription::at_least_once`] | `()` ([`ReadModel`](cqrs_core::ReadModel) or any [`Subscriber`]) | every event delivered **at least once** |
+//!
+//! **Transactional projections** keep their read model in the same database. Their handlers
+//! receive the batch's transaction as `&mut PgConnection` and write their rows through it;
+//! the checkpoint is moved in the same transaction, which then commits. Rows and checkpoint
+//! cannot disagree: after a crash at any point (mid-batch, mid-commit, the process killed)
+//! the subscription resumes from the last committed checkpoint, and every event's effect is
+//! in the read model exactly once. Keep such projections free of in-memory state and outside
+//! effects: a batch that fails is rolled back and applied again.
+//!
+//! **At-least-once subscribers** do something outside the database (send mail, publish to a
+//! broker, update an in-process [`ReadModel`](cqrs_core::ReadModel)). The handler runs first and the
+//! checkpoint is stored after each batch, so a crash between the two delivers the events of
+//! that batch again when the subscription restarts. **Delivery is at least once: the same
+//! event can arrive more than once, and [`RecordedEvent::event_id`](cqrs_core::RecordedEvent::event_id)
+//! is the idempotency key** — record it with the side effect (or pass it to the receiving
+//! system) and skip events already seen. After a handler error, the events before the failed
+//! one are checkpointed, so a retry starts at the failed event.
+//!
+//! # The global order: `(tx, position)`
+//!
+//! Every event row records the id of the transaction that wrote it (`tx`, an `xid8`) next to
+//! its `position`. A position is drawn when the row is inserted but becomes visible when the
+//! transaction commits, so reading "everything after position P" can pass over an event
+//! that commits a moment later with a smaller position: it would be lost for good. The
+//! subscription therefore reads in `(tx, position)` order and only events whose transaction
+//! is older than every transaction still running (`tx < pg_snapshot_xmin(pg_current_snapshot())`):
+//! those have all finished, and any transaction that commits later has an id at or above
+//! that horizon, so nothing can ever appear behind what was read. The catch-up query is
+//!
+//! ```sql
+//! SELECT ... FROM cqrs_events
+//! WHERE (tx, position) > ($checkpoint_tx, $checkpoint_position)
+//!   AND tx < pg_snapshot_xmin(pg_current_snapshot())
+//!   AND event_type = ANY($types)
+//! ORDER BY tx, position
+//! LIMIT $batch_size
+//! ```
+//!
+//! written as a row-value comparison so that it is a range scan of the `(tx, position)`
+//! index. The price: an event is delivered only once every transaction that started before
+//! it has ended, so one long-running writing transaction delays every subscription (never
+//! loses or reorders anything). Within a stream, versions are in `(tx, position)` order, since
+//! a stream's appends are serialized.
+//!
+//! # Checkpoints
+//!
+//! The `cqrs_checkpoints` table (migration `0002_subscriptions.sql`) holds one row per
+//! subscription name: `(name, tx, position, updated_at)`. The checkpoint means "every event
+//! at or before `(tx, position)` is processed". It also moves past events of types the
+//! subscription does not handle: each read also returns the last settled event of any type,
+//! and when a batch is not full the checkpoint advances to it. A projection that handles one
+//! rare event type still keeps up with the head of the store, so waiting for it to reach any
+//! position (below) finishes.
+//!
+//! A transactional batch locks its checkpoint row (`SELECT ... FOR UPDATE`) and checks it is
+//! still where the batch was read from; two instances of the same subscription therefore
+//! never both apply a batch — the second one adopts the stored checkpoint and goes on.
+//! At-least-once subscribers have no such guard: run one instance per name.
+//!
+//! To rebuild a read model from scratch, stop its subscription, empty its rows and delete
+//! its checkpoint row, in one transaction, and start it again.
+//!
+//! # Following live
+//!
+//! Appends run `pg_notify('cqrs_events', ...)` in their transaction. A caught-up
+//! subscription `LISTEN`s on that channel (on a connection of its own, opened before the
+//! first read so that nothing committed in between is missed) and reads as soon as a
+//! notification arrives. Notifications are only a wake-up call: a subscription also reads
+//! every [`SubscriptionOptions::poll_interval`], so a lost notification (listener connection
+//! dropped, notifications turned off) only delays delivery, never loses an event. When
+//! committed events are waiting behind an older, still-open transaction, it looks again
+//! within milliseconds, backing off while that transaction stays open.
+//!
+//! # Failures
+//!
+//! Nothing is swallowed. A failing read, handler or commit stops the attempt; the error is
+//! logged (`tracing`), published in [`SubscriptionHandle::status`], and the subscription
+//! retries from its stored checkpoint after an exponential backoff
+//! ([`SubscriptionOptions::retry_backoff`]). With
+//! [`SubscriptionOptions::max_consecutive_failures`] it gives up after that many failures in
+//! a row and [`SubscriptionHandle::join`] / [`SubscriptionHandle::shutdown`] return the last
+//! error.
+//!
+//! # Read your writes
+//!
+//! A command's [`Committed::position`](cqrs_core::Committed::position) is the global
+//! position of its last event. Before a query that must see that command's effect, wait for
+//! the projection to pass it: [`Progress::wait_for`] in the process running the subscription
+//! (no polling), [`Checkpoints::wait_for`] from anywhere. Both take a timeout and fail with
+//! the typed [`WaitError::Timeout`]. Both compare in `(tx, position)` order, looking up the
+//! transaction id of the awaited position.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use cqrs_core::{Projection, ProjectionError, RecordedEvent};
+//! use cqrs_postgres::subscription::{Subscription, WaitError};
+//! use sqlx::{PgConnection, PgPool};
+//!
+//! /// Counts deposits per account, in a table of the same database.
+//! struct DepositCounts;
+//!
+//! impl Projection for DepositCounts {
+//!     const NAME: &'static str = "DepositCounts";
+//!     const EVENT_TYPES: &'static [&'static str] = &["account.deposited"];
+//!     type Context = PgConnection;
+//!
+//!     async fn project(
+//!         &mut self,
+//!         event: &RecordedEvent,
+//!         db: &mut PgConnection,
+//!     ) -> Result<(), ProjectionError> {
+//!         sqlx::query(
+//!             "INSERT INTO deposit_counts (account, deposits) VALUES ($1, 1) \
+//!              ON CONFLICT (account) DO UPDATE SET deposits = deposit_counts.deposits + 1",
+//!         )
+//!         .bind(&event.stream_id)
+//!         .execute(db)
+//!         .await
+//!         .map_err(|e| ProjectionError::Handler {
+//!             projection: Self::NAME,
+//!             event_type: event.event_type.clone(),
+//!             position: event.position,
+//!             source: e.into(),
+//!         })?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # async fn doc(pool: PgPool, committed: cqrs_core::Committed) -> Result<(), Box<dyn std::error::Error>> {
+//! let counts = Subscription::transactional(DepositCounts).start(&pool).await?;
+//!
+//! // ... a command was executed and returned `committed` ...
+//! match counts.wait_for(committed.position, Duration::from_secs(5)).await {
+//!     Ok(()) => {
+//!         let deposits: i64 =
+//!             sqlx::query_scalar("SELECT deposits FROM deposit_counts WHERE account = $1")
+//!                 .bind(&committed.stream_id)
+//!                 .fetch_one(&pool)
+//!                 .await?;
+//!         println!("{deposits} deposits, including the one just made");
+//!     }
+//!     Err(WaitError::Timeout { .. }) => println!("the read model is lagging; try again"),
+//!     Err(other) => return Err(other.into()),
+//! }
+//!
+//! counts.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+mod checkpoint;
+mod handle;
+mod read;
+mod run;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cqrs_core::{GlobalPosition, Projection, ProjectionError, Subscriber};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
+
+pub use checkpoint::{Checkpoint, Checkpoints};
+pub use handle::{Progress, SubscriptionHandle, SubscriptionStatus};
+
+/// The channel appends notify and subscriptions listen on.
+pub const NOTIFY_CHANNEL: &str = "cqrs_events";
+
+/// Why a subscription attempt failed. Cheap to clone: the sources are shared.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SubscriptionError {
+    /// The database failed: connection, query, commit, or the `LISTEN` connection.
+    #[error("subscription `{name}`: database error: {source}")]
+    Database {
+        /// The subscription.
+        name: &'static str,
+        /// What the driver reported.
+        #[source]
+        source: Arc<sqlx::Error>,
+    },
+    /// The projection's handler failed (or the event did not decode for it).
+    #[error(transparent)]
+    Projection(Arc<ProjectionError>),
+    /// A stored event row cannot be turned into a [`RecordedEvent`](cqrs_core::RecordedEvent).
+    #[error("subscription `{name}`: stored event at position {position} is malformed: {reason}")]
+    MalformedEvent {
+        /// The subscription.
+        name: &'static str,
+        /// Where the row is.
+        position: GlobalPosition,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A handler panicked; the subscription stopped.
+    #[error("subscription `{name}` panicked: {message}")]
+    Panicked {
+        /// The subscription.
+        name: &'static str,
+        /// The panic message.
+        message: String,
+    },
+}
+
+impl SubscriptionError {
+    fn database(name: &'static str, source: sqlx::Error) -> Self {
+        Self::Database {
+            name,
+            source: Arc::new(source),
+        }
+    }
+}
+
+/// Why waiting for a projection's progress did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    /// The projection had not processed the position when the timeout passed.
+    #[error("projection `{projection}` did not reach position {position} within {after:?}")]
+    Timeout {
+        /// The projection (subscription name).
+        projection: String,
+        /// The awaited position.
+        position: GlobalPosition,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The subscription stopped before reaching the position.
+    #[error("subscription `{projection}` stopped before reaching position {position}")]
+    Stopped {
+        /// The projection (subscription name).
+        projection: &'static str,
+        /// The awaited position.
+        position: GlobalPosition,
+    },
+    /// The database failed while looking up the position or the checkpoint.
+    #[error("waiting for a projection: database error: {0}")]
+    Database(#[source] sqlx::Error),
+}
+
+/// Tuning of a [`Subscription`]; the defaults suit most projections.
+#[derive(Debug, Clone)]
+pub struct SubscriptionOptions {
+    /// Most events read and applied per batch (and per transaction). Default 500.
+    pub batch_size: usize,
+    /// `LISTEN` for appends (default `true`). Without it, new events are found by polling.
+    pub notifications: bool,
+    /// How often a caught-up subscription reads even without a notification. Default 1 s.
+    pub poll_interval: Duration,
+    /// First delay before retrying a failed attempt; doubles per failure. Default 100 ms.
+    pub retry_initial: Duration,
+    /// Longest delay between retries. Default 30 s.
+    pub retry_max: Duration,
+    /// Give up after this many failed attempts in a row. Default `None`: retry forever.
+    pub max_consecutive_failures: Option<u32>,
+}
+
+impl Default for SubscriptionOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            notifications: true,
+            poll_interval: Duration::from_secs(1),
+            retry_initial: Duration::from_millis(100),
+            retry_max: Duration::from_secs(30),
+            max_consecutive_failures: None,
+        }
+    }
+}
+
+/// A subscription ready to start: a projection, how it is delivered to, and its options.
+///
+/// ```no_run
+/// # use cqrs_core::{ReadModel, Projection, ProjectionError, RecordedEvent};
+/// # use cqrs_postgres::subscription::Subscription;
+/// # #[derive(Default)] struct Mailer;
+/// # impl Projection for Mailer {
+/// #     const NAME: &'static str = "Mailer";
+/// #     const EVENT_TYPES: &'static [&'static str] = &["account.opened"];
+/// #     type Context = ();
+/// #     async fn project(&mut self, _: &RecordedEvent, _: &mut ()) -> Result<(), ProjectionError> { Ok(()) }
+/// # }
+/// # async fn doc(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+///
+/// // Side effects outside the database: at least once, keyed by the event id.
+/// let mailer = Subscription::at_least_once(ReadModel::new(Mailer::default()))
+///     .batch_size(100)
+///     .poll_interval(Duration::from_millis(500))
+///     .start(&pool)
+///     .await?;
+/// # mailer.shutdown().await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "a subscription does nothing until started"]
+pub struct Subscription {
+    delivery: Box<dyn run::Deliver>,
+    options: SubscriptionOptions,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("name", &self.delivery.name())
+            .field("event_types", &self.delivery.event_types())
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// A projection whose read model lives in this database: each batch's events are applied
+    /// through one transaction that also moves the checkpoint. Exactly once.
+    pub fn transactional<P>(projection: P) -> Self
+    where
+        P: Projection<Context = PgConnection>,
+    {
+        Self {
+            delivery: Box::new(run::Transactional(projection)),
+            options: SubscriptionOptions::default(),
+        }
+    }
+
+    /// A subscriber with effects outside this database (a
+    /// [`ReadModel`](cqrs_core::ReadModel), or any [`Subscriber`]): handler first, checkpoint
+    /// after each batch. At least once: use the event id to recognize a repeat.
+    pub fn at_least_once<S: Subscriber>(subscriber: S) -> Self {
+        Self {
+            delivery: Box::new(run::AtLeastOnce(subscriber)),
+            options: SubscriptionOptions::default(),
+        }
+    }
+
+    /// The subscription's name: its checkpoint key.
+    pub fn name(&self) -> &'static str {
+        self.delivery.name()
+    }
+
+    /// Replaces all options.
+    pub fn options(mut self, options: SubscriptionOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Most events per batch (at least 1).
+    pub fn batch_size(mut self, events: usize) -> Self {
+        self.options.batch_size = events.max(1);
+        self
+    }
+
+    /// Whether to `LISTEN` for appends; without, new events are found by polling only.
+    pub fn notifications(mut self, listen: bool) -> Self {
+        self.options.notifications = listen;
+        self
+    }
+
+    /// How often a caught-up subscription reads without a notification.
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.options.poll_interval = every;
+        self
+    }
+
+    /// The first and the longest delay between retries of a failed attempt.
+    pub fn retry_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.options.retry_initial = initial;
+        self.options.retry_max = max.max(initial);
+        self
+    }
+
+    /// Give up after `failures` failed attempts in a row (default: retry forever).
+    pub fn max_consecutive_failures(mut self, failures: u32) -> Self {
+        self.options.max_consecutive_failures = Some(failures.max(1));
+        self
+    }
+
+    /// Creates the checkpoint if this name has none, loads it, and starts following in a
+    /// background task. Must be called within a Tokio runtime.
+    ///
+    /// Fails if the checkpoint cannot be read (database unreachable, migrations not run).
+    pub async fn start(self, pool: &PgPool) -> Result<SubscriptionHandle, SubscriptionError> {
+        let name = self.delivery.name();
+        let checkpoint = checkpoint::ensure(pool, name)
+            .await
+            .map_err(|e| SubscriptionError::database(name, e))?;
+        let (status, watch_status) = watch::channel(SubscriptionStatus {
+            checkpoint,
+            ..SubscriptionStatus::default()
+        });
+        let (shutdown, watch_shutdown) = watch::channel(false);
+        let task = tokio::spawn(run::supervise(
+            self.delivery,
+            pool.clone(),
+            self.options,
+            watch_shutdown,
+            status,
+        ));
+        Ok(SubscriptionHandle::new(
+            Progress::new(name, pool.clone(), watch_status),
+            shutdown,
+            task,
+        ))
+    }
+}

@@ -1,0 +1,165 @@
+//! The catch-up read: the next events of some types after a checkpoint, gap-free.
+
+use chrono::{DateTime, Utc};
+use cqrs_core::{GlobalPosition, Metadata, RecordedEvent};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use super::SubscriptionError;
+use super::checkpoint::{self, Checkpoint, position_to_sql};
+
+/// What one read returned.
+#[derive(Debug)]
+pub(super) struct Batch {
+    /// Events of the subscribed types, in `(tx, position)` order, each with its checkpoint.
+    pub events: Vec<(Checkpoint, RecordedEvent)>,
+    /// Where the checkpoint stands once `events` are processed: the last event when the
+    /// batch is full, else the last settled event of any type (which may be further).
+    pub next: Checkpoint,
+    /// The batch hit the limit: more may follow at once.
+    pub full: bool,
+    /// Committed events exist beyond the settled horizon: they become readable as soon as
+    /// the older transactions still running finish.
+    pub pending: bool,
+}
+
+/// One statement, hence one snapshot, for the three answers:
+/// - `horizon`: the oldest transaction still running when the snapshot was taken. Every
+///   transaction below it has finished, and any transaction that commits later has an id at
+///   or above it, so events with `tx < horizon` can never be joined by a late commit behind
+///   them. Reading only below it is what makes the read gap-free.
+/// - `head`: the last settled event of any type, so the checkpoint passes the events this
+///   subscription does not read (a read-your-writes wait on one of them must finish).
+/// - `batch`: the next settled events of the subscribed types after the checkpoint. The row
+///   value comparison `(tx, position) > (..)` is an index range scan on `(tx, position)`; the
+///   equivalent `OR` form is not.
+const NEXT_BATCH: &str = "\
+WITH horizon AS (
+    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin
+),
+head AS (
+    SELECT e.tx, e.position
+    FROM cqrs_events e
+    WHERE e.tx < (SELECT xmin FROM horizon)
+    ORDER BY e.tx DESC, e.position DESC
+    LIMIT 1
+),
+batch AS (
+    SELECT e.tx, e.position, e.event_id, e.event_type, e.schema_version, e.stream_id,
+           e.stream_version, e.payload, e.metadata, e.recorded_at
+    FROM cqrs_events e
+    WHERE (e.tx, e.position) > ($1::text::xid8, $2)
+      AND e.tx < (SELECT xmin FROM horizon)
+      AND e.event_type = ANY($3)
+    ORDER BY e.tx, e.position
+    LIMIT $4
+)
+SELECT head.tx::text AS head_tx,
+       head.position AS head_position,
+       EXISTS (SELECT 1 FROM cqrs_events e WHERE e.tx >= (SELECT xmin FROM horizon)) AS pending,
+       batch.tx::text AS tx,
+       batch.position,
+       batch.event_id,
+       batch.event_type,
+       batch.schema_version::bigint AS schema_version,
+       batch.stream_id,
+       batch.stream_version::bigint AS stream_version,
+       batch.payload,
+       batch.metadata,
+       batch.recorded_at
+FROM (SELECT 1) AS always_one_row
+LEFT JOIN head ON true
+LEFT JOIN batch ON true
+ORDER BY batch.tx, batch.position";
+
+/// Reads up to `limit` events of `types` after `after`.
+pub(super) async fn next_batch(
+    pool: &PgPool,
+    name: &'static str,
+    after: Checkpoint,
+    types: &[&str],
+    limit: usize,
+) -> Result<Batch, SubscriptionError> {
+    let database = |source| SubscriptionError::database(name, source);
+    let rows = sqlx::query(NEXT_BATCH)
+        .bind(after.tx.to_string())
+        .bind(position_to_sql(after.position))
+        .bind(types)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(pool)
+        .await
+        .map_err(database)?;
+
+    let first = rows
+        .first()
+        .ok_or_else(|| database(sqlx::Error::RowNotFound))?;
+    // `head` is absent while no event has settled yet.
+    let head_tx: Option<String> = first.try_get("head_tx").map_err(database)?;
+    let head = match head_tx {
+        Some(tx) => checkpoint::decode((tx, first.try_get("head_position").map_err(database)?))
+            .map_err(database)?,
+        None => Checkpoint::START,
+    };
+    let pending: bool = first.try_get("pending").map_err(database)?;
+
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let tx: Option<String> = row.try_get("tx").map_err(database)?;
+        let Some(tx) = tx else {
+            // The single row of an empty batch carries the head columns only.
+            continue;
+        };
+        let at = checkpoint::decode((tx, row.try_get("position").map_err(database)?))
+            .map_err(database)?;
+        events.push((at, decode_event(name, at, row)?));
+    }
+
+    let full = events.len() >= limit;
+    let next = if full {
+        events.last().map_or(after, |(at, _)| *at)
+    } else {
+        head.max(after)
+    };
+    Ok(Batch {
+        events,
+        next,
+        full,
+        pending,
+    })
+}
+
+fn decode_event(
+    name: &'static str,
+    at: Checkpoint,
+    row: &sqlx::postgres::PgRow,
+) -> Result<RecordedEvent, SubscriptionError> {
+    let database = |source| SubscriptionError::database(name, source);
+    let malformed = |reason: String| SubscriptionError::MalformedEvent {
+        name,
+        position: at.position,
+        reason,
+    };
+    let schema_version: i64 = row.try_get("schema_version").map_err(database)?;
+    let stream_version: i64 = row.try_get("stream_version").map_err(database)?;
+    let metadata: Option<serde_json::Value> = row.try_get("metadata").map_err(database)?;
+    let metadata = match metadata {
+        None | Some(serde_json::Value::Null) => Metadata::default(),
+        Some(value) => serde_json::from_value(value)
+            .map_err(|e| malformed(format!("metadata does not decode: {e}")))?,
+    };
+    Ok(RecordedEvent {
+        event_id: row.try_get::<Uuid, _>("event_id").map_err(database)?,
+        event_type: row.try_get("event_type").map_err(database)?,
+        schema_version: u32::try_from(schema_version)
+            .map_err(|_| malformed(format!("schema version {schema_version} is out of range")))?,
+        stream_id: row.try_get("stream_id").map_err(database)?,
+        stream_version: u64::try_from(stream_version)
+            .map_err(|_| malformed(format!("stream version {stream_version} is negative")))?,
+        position: GlobalPosition(at.position.0),
+        recorded_at: row
+            .try_get::<DateTime<Utc>, _>("recorded_at")
+            .map_err(database)?,
+        payload: row.try_get("payload").map_err(database)?,
+        metadata,
+    })
+}

@@ -1,0 +1,291 @@
+//! The task behind a running subscription: read, deliver, checkpoint, wait, retry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cqrs_core::{BoxFuture, Projection, Subscriber};
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use super::checkpoint::{self, Checkpoint};
+use super::read::{self, Batch};
+use super::{NOTIFY_CHANNEL, SubscriptionError, SubscriptionOptions, SubscriptionStatus};
+
+/// How a batch reaches its consumer and how the checkpoint follows.
+pub(super) trait Deliver: Send + 'static {
+    fn name(&self) -> &'static str;
+    fn event_types(&self) -> &'static [&'static str];
+
+    /// Delivers `batch`, read after checkpoint `from`, and returns the stored checkpoint.
+    fn deliver<'a>(
+        &'a mut self,
+        pool: &'a PgPool,
+        from: Checkpoint,
+        batch: &'a Batch,
+    ) -> BoxFuture<'a, Result<Checkpoint, SubscriptionError>>;
+}
+
+/// Read-model rows and checkpoint in one transaction per batch: exactly once.
+pub(super) struct Transactional<P>(pub P);
+
+impl<P: Projection<Context = PgConnection>> Deliver for Transactional<P> {
+    fn name(&self) -> &'static str {
+        P::NAME
+    }
+
+    fn event_types(&self) -> &'static [&'static str] {
+        P::EVENT_TYPES
+    }
+
+    fn deliver<'a>(
+        &'a mut self,
+        pool: &'a PgPool,
+        from: Checkpoint,
+        batch: &'a Batch,
+    ) -> BoxFuture<'a, Result<Checkpoint, SubscriptionError>> {
+        Box::pin(async move {
+            let database = |source| SubscriptionError::database(P::NAME, source);
+            let mut tx = pool.begin().await.map_err(database)?;
+            // The row lock serializes two instances of one subscription; the comparison makes
+            // the loser drop a batch the winner already applied.
+            let stored = checkpoint::lock(&mut tx, P::NAME).await.map_err(database)?;
+            if stored != from {
+                tx.rollback().await.map_err(database)?;
+                tracing::info!(
+                    subscription = P::NAME,
+                    %stored,
+                    expected = %from,
+                    "checkpoint moved under this subscription; continuing from the stored one"
+                );
+                return Ok(stored);
+            }
+            for (_, event) in &batch.events {
+                self.0
+                    .project(event, &mut tx)
+                    .await
+                    .map_err(|e| SubscriptionError::Projection(Arc::new(e)))?;
+            }
+            checkpoint::advance(&mut tx, P::NAME, batch.next)
+                .await
+                .map_err(database)?;
+            tx.commit().await.map_err(database)?;
+            Ok(batch.next)
+        })
+    }
+}
+
+/// Handler first, checkpoint after: at least once.
+pub(super) struct AtLeastOnce<S>(pub S);
+
+impl<S: Subscriber> Deliver for AtLeastOnce<S> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn event_types(&self) -> &'static [&'static str] {
+        self.0.event_types()
+    }
+
+    fn deliver<'a>(
+        &'a mut self,
+        pool: &'a PgPool,
+        from: Checkpoint,
+        batch: &'a Batch,
+    ) -> BoxFuture<'a, Result<Checkpoint, SubscriptionError>> {
+        Box::pin(async move {
+            let name = self.0.name();
+            let database = |source| SubscriptionError::database(name, source);
+            let mut done = from;
+            for (at, event) in &batch.events {
+                if let Err(error) = self.0.handle(event).await {
+                    // Keep what succeeded so the retry starts at the failed event.
+                    if done > from {
+                        let mut conn = pool.acquire().await.map_err(database)?;
+                        checkpoint::advance(&mut conn, name, done)
+                            .await
+                            .map_err(database)?;
+                    }
+                    return Err(SubscriptionError::Projection(Arc::new(error)));
+                }
+                done = *at;
+            }
+            let mut conn = pool.acquire().await.map_err(database)?;
+            checkpoint::advance(&mut conn, name, batch.next)
+                .await
+                .map_err(database)?;
+            Ok(batch.next)
+        })
+    }
+}
+
+/// Runs a subscription until shutdown, retrying failures with backoff.
+pub(super) async fn supervise(
+    mut delivery: Box<dyn Deliver>,
+    pool: PgPool,
+    options: SubscriptionOptions,
+    mut shutdown: watch::Receiver<bool>,
+    status: watch::Sender<SubscriptionStatus>,
+) -> Result<(), SubscriptionError> {
+    let name = delivery.name();
+    let mut failures = 0u32;
+    loop {
+        let error = match run(
+            &mut *delivery,
+            &pool,
+            &options,
+            &mut shutdown,
+            &status,
+            &mut failures,
+        )
+        .await
+        {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        failures = failures.saturating_add(1);
+        status.send_modify(|s| {
+            s.failures = failures;
+            s.last_error = Some(error.clone());
+        });
+        if options
+            .max_consecutive_failures
+            .is_some_and(|max| failures >= max)
+        {
+            tracing::error!(subscription = name, failures, %error, "subscription stopped: too many consecutive failures");
+            return Err(error);
+        }
+        let delay = backoff(&options, failures);
+        tracing::warn!(subscription = name, failures, retry_in = ?delay, %error, "subscription failed; retrying");
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+fn backoff(options: &SubscriptionOptions, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(20);
+    options
+        .retry_initial
+        .saturating_mul(1 << doublings)
+        .min(options.retry_max)
+}
+
+/// One attempt: connect the listener, load the checkpoint, then follow until shutdown or the
+/// first error.
+async fn run(
+    delivery: &mut dyn Deliver,
+    pool: &PgPool,
+    options: &SubscriptionOptions,
+    shutdown: &mut watch::Receiver<bool>,
+    status: &watch::Sender<SubscriptionStatus>,
+    failures: &mut u32,
+) -> Result<(), SubscriptionError> {
+    let name = delivery.name();
+    let types = delivery.event_types();
+    let database = |source| SubscriptionError::database(name, source);
+
+    // Listen before the first read, so an append committed in between still wakes us.
+    let mut wake_up = if options.notifications {
+        Some(Listener::start(pool).await.map_err(database)?)
+    } else {
+        None
+    };
+    let mut checkpoint = checkpoint::ensure(pool, name).await.map_err(database)?;
+    status.send_modify(|s| s.checkpoint = checkpoint);
+
+    let mut pending_delay = PENDING_DELAY_MIN;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let batch = read::next_batch(pool, name, checkpoint, types, options.batch_size).await?;
+        if batch.next != checkpoint {
+            checkpoint = delivery.deliver(pool, checkpoint, &batch).await?;
+            *failures = 0;
+            status.send_modify(|s| {
+                s.checkpoint = checkpoint;
+                s.failures = 0;
+                s.last_error = None;
+            });
+            pending_delay = PENDING_DELAY_MIN;
+            if batch.full || checkpoint != batch.next {
+                continue;
+            }
+        }
+        // Caught up. Events committed behind a still-open older transaction settle when it
+        // ends, which nobody announces: look again soon, backing off while it stays open.
+        let delay = if batch.pending {
+            let delay = pending_delay;
+            pending_delay = (pending_delay * 2).min(options.poll_interval.min(PENDING_DELAY_MAX));
+            delay
+        } else {
+            options.poll_interval
+        };
+        let notified = async {
+            match wake_up.as_mut() {
+                Some(listener) => listener.woken().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            woken = notified => woken.map_err(database)?,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+const PENDING_DELAY_MIN: Duration = Duration::from_millis(5);
+const PENDING_DELAY_MAX: Duration = Duration::from_secs(1);
+
+/// `LISTEN` on the events channel in a task of its own, so that waiting for a notification
+/// never cancels a half-read message; the task turns notifications into wake-ups.
+struct Listener {
+    wake: Arc<Notify>,
+    failed: oneshot::Receiver<sqlx::Error>,
+    task: JoinHandle<()>,
+}
+
+impl Listener {
+    async fn start(pool: &PgPool) -> Result<Self, sqlx::Error> {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(NOTIFY_CHANNEL).await?;
+        let wake = Arc::new(Notify::new());
+        let (report, failed) = oneshot::channel();
+        let task = tokio::spawn({
+            let wake = Arc::clone(&wake);
+            async move {
+                loop {
+                    match listener.try_recv().await {
+                        // `None`: the connection dropped and is being re-established;
+                        // notifications may have been lost meanwhile, so read anyway.
+                        Ok(_) => wake.notify_one(),
+                        Err(error) => {
+                            let _ = report.send(error);
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self { wake, failed, task })
+    }
+
+    /// Resolves on the next notification (or one that arrived since the last call), or with
+    /// the error that ended the listener.
+    async fn woken(&mut self) -> Result<(), sqlx::Error> {
+        tokio::select! {
+            () = self.wake.notified() => Ok(()),
+            failed = &mut self.failed => Err(failed.unwrap_or(sqlx::Error::WorkerCrashed)),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
