@@ -3,6 +3,8 @@
 mod aggregate;
 mod command;
 mod event;
+#[cfg(test)]
+mod expand_tests;
 mod internals;
 mod projection;
 mod query;
