@@ -1,4 +1,114 @@
-//! Procedural macros for `cqrs-core`. Use them through `cqrs_core`, which re-exports them.
+//! The procedural macros of `cqrs_core`: they turn plain domain types into commands, queries,
+//! events, aggregates and projections, and make wiring mistakes compile errors that point at
+//! the user's own tokens.
+//!
+//! Depend on `cqrs_core`, not on this crate. It re-exports each macro under the name of the
+//! trait it implements (`cqrs_core::Command` is both the trait and the derive, as
+//! `serde::Serialize` is), and the generated code names `::cqrs_core`.
+//!
+//! | macro | goes on | generates |
+//! |---|---|---|
+//! | [`#[derive(Command)]`](derive@Command) | a struct with named fields | `Command` |
+//! | [`#[derive(Query)]`](derive@Query) | a struct or enum | `Query` |
+//! | [`#[derive(Event)]`](derive@Event) | an enum | `Event`; per payload type `EventPayload`, `From`, `IntoEvents` |
+//! | [`#[aggregate]`](macro@aggregate) | the aggregate's `impl` block | `Aggregate`, `Handles<C>`, `Apply<P>`, `ApplyUnit<E>`, `DispatchCommands` |
+//! | [`#[projection]`](macro@projection) | a read model's `impl` block | `Projection`, `HandlesQuery<Q>`, `DispatchQueries` |
+//!
+//! Each macro takes `crate = "path"` for code that reaches `cqrs_core` under another path (a
+//! facade crate re-exporting it). Nothing else about the generated code is configurable, and
+//! none of it is meant to be named by users: what it needs lives in `cqrs_core::__private`.
+//!
+//! ```
+//! use cqrs_core::prelude::*;
+//! use cqrs_core::{aggregate, projection};
+//!
+//! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+//! pub struct Deposited { pub amount: u64 }
+//!
+//! #[derive(Debug, Clone, PartialEq, Event)]
+//! pub enum AccountEvent {
+//!     #[event(name = "account.deposited")]
+//!     Deposited(Deposited),
+//!     #[event(name = "account.closed")]
+//!     Closed,
+//! }
+//!
+//! #[derive(Debug, thiserror::Error)]
+//! #[error("the account is closed")]
+//! pub struct Closed;
+//!
+//! #[derive(Debug, Deserialize, Command)]
+//! #[command(aggregate = Account, id = number, name = "account.deposit")]
+//! pub struct Deposit { pub number: u32, pub amount: u64 }
+//!
+//! #[derive(Debug, Default)]
+//! pub struct Account { balance: u64, closed: bool }
+//!
+//! #[aggregate(event = AccountEvent, error = Closed)]
+//! impl Account {
+//!     #[command_handler]
+//!     fn deposit(&self, command: &Deposit) -> Result<Deposited, Closed> {
+//!         if self.closed {
+//!             return Err(Closed);
+//!         }
+//!         Ok(Deposited { amount: command.amount })
+//!     }
+//!
+//!     #[event_handler]
+//!     fn on_deposited(&mut self, event: &Deposited) {
+//!         self.balance += event.amount;
+//!     }
+//!
+//!     #[event_handler(Closed)]
+//!     fn on_closed(&mut self) {
+//!         self.closed = true;
+//!     }
+//! }
+//!
+//! #[derive(Debug, Query)]
+//! #[query(output = u64)]
+//! pub struct TotalDeposits;
+//!
+//! #[derive(Debug, Default)]
+//! pub struct Totals { total: u64 }
+//!
+//! #[projection]
+//! impl Totals {
+//!     #[event_handler]
+//!     fn on_deposited(&mut self, event: &Deposited) {
+//!         self.total += event.amount;
+//!     }
+//!
+//!     #[query_handler]
+//!     fn total(&self, _: &TotalDeposits) -> Result<u64, std::convert::Infallible> {
+//!         Ok(self.total)
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let totals = cqrs_core::ReadModel::new(Totals::default());
+//! let bus = CommandBus::builder(InMemoryEventStore::new())
+//!     .aggregate::<Account>(())
+//!     .subscribe(totals.clone())
+//!     .build();
+//! bus.execute(Deposit { number: 1, amount: 30 }).await.unwrap();
+//! bus.execute(Deposit { number: 2, amount: 12 }).await.unwrap();
+//!
+//! let queries = QueryBus::builder().handler(totals).build();
+//! assert_eq!(queries.execute(TotalDeposits).await.unwrap(), 42);
+//! # }
+//! ```
+//!
+//! # How mistakes are reported
+//!
+//! A macro reports every mistake it finds, each at the token that is wrong: the attribute key,
+//! the literal, the argument type. Unknown keys list the known ones. A derive that fails still
+//! emits a stand-in impl, and an attribute still emits the impl block it is on, so one mistake
+//! gives one error rather than one per use of the type. Mistakes only the type checker can see
+//! read as sentences too: executing a command no handler accepts says
+//! "no `#[command_handler]` exists for command `Withdraw` on aggregate `Account`"; an event
+//! variant an aggregate does not apply names the variant.
 
 mod aggregate;
 mod command;
@@ -12,31 +122,463 @@ mod query;
 use proc_macro::TokenStream;
 use syn::{DeriveInput, parse_macro_input};
 
-/// Derives `cqrs_core::Command`.
+/// Derives `Command` for a struct: a request to change one aggregate.
+///
+/// ```text
+/// #[derive(Command)]
+/// #[command(aggregate = Type, id = field, name = "wire.name", validate, crate = "path")]
+/// struct Name { field: T, ... }
+/// ```
+///
+/// | key | required | meaning |
+/// |---|---|---|
+/// | `aggregate = Type` | yes | the aggregate the command targets (`Command::Aggregate`); its `#[aggregate]` impl needs a `#[command_handler]` for this command |
+/// | `id = field` | yes | the field naming the aggregate instance; `aggregate_id()` is `field.to_string()`, so its type implements `Display`; the stream written is `"{Aggregate::NAME}-{id}"` |
+/// | `name = "..."` | no | the stable wire name dynamic dispatch finds the command by (`Command::NAME`); defaults to the type's name, so pin it before clients depend on it |
+/// | `validate` | no | `Command::validate` runs the type's `validator::Validate` impl (cqrs-core's `validator` feature); the `Validation` middleware calls it |
+/// | `crate = "path"` | no | the path to `cqrs_core` in the generated code |
+///
+/// Keys may be split across several `#[command(...)]` attributes; each may be given once.
+///
+/// ```
+/// # use cqrs_core::prelude::*;
+/// # use cqrs_core::aggregate;
+/// # #[derive(Debug, Clone, Serialize, Deserialize)]
+/// # pub struct Deposited { pub amount: u64 }
+/// # #[derive(Debug, Clone, Event)]
+/// # pub enum AccountEvent { Deposited(Deposited) }
+/// #[derive(Debug, Deserialize, Command)]
+/// #[command(aggregate = Account, id = number, name = "account.deposit")]
+/// pub struct Deposit {
+///     pub number: u32,
+///     pub amount: u64,
+/// }
+///
+/// # #[derive(Debug, Default)]
+/// # pub struct Account;
+/// # #[aggregate(event = AccountEvent, error = std::convert::Infallible)]
+/// # impl Account {
+/// #     #[command_handler]
+/// #     fn deposit(&self, c: &Deposit) -> Result<Deposited, std::convert::Infallible> {
+/// #         Ok(Deposited { amount: c.amount })
+/// #     }
+/// #     #[event_handler]
+/// #     fn on_deposited(&mut self, _: &Deposited) {}
+/// # }
+/// let command = Deposit { number: 7, amount: 10 };
+/// assert_eq!(<Deposit as Command>::NAME, "account.deposit");
+/// assert_eq!(command.aggregate_id(), "7");
+/// ```
+///
+/// Forgetting which field identifies the aggregate is an error at the attribute:
+///
+/// ```compile_fail
+/// # use cqrs_core::prelude::*;
+/// # pub struct Account;
+/// #[derive(Command)]
+/// #[command(aggregate = Account)] // error: missing `id = ...` in `#[command(...)]`
+/// pub struct Deposit {
+///     pub number: u32,
+///     pub amount: u64,
+/// }
+/// ```
+///
+/// # Limitations
+///
+/// - Only structs with named fields; `id` names one of them.
+/// - Generic commands keep their parameters, which must satisfy `Command`'s
+///   `Send + Sync + 'static`: write the bounds on the struct.
 #[proc_macro_derive(Command, attributes(command))]
 pub fn derive_command(input: TokenStream) -> TokenStream {
     command::derive(&parse_macro_input!(input as DeriveInput)).into()
 }
 
-/// Derives `cqrs_core::Query`.
+/// Derives `Query`: a question with a typed answer.
+///
+/// ```text
+/// #[derive(Query)]
+/// #[query(output = Type, name = "wire.name", validate, crate = "path")]
+/// struct Name { ... }
+/// ```
+///
+/// | key | required | meaning |
+/// |---|---|---|
+/// | `output = Type` | yes | the answer's type (`Query::Output`); a `#[query_handler]` for the query returns `Result<Type, E>` |
+/// | `name = "..."` | no | the stable wire name dynamic dispatch finds the query by; defaults to the type's name |
+/// | `validate` | no | `Query::validate` runs the type's `validator::Validate` impl (cqrs-core's `validator` feature) |
+/// | `crate = "path"` | no | the path to `cqrs_core` in the generated code |
+///
+/// ```
+/// use cqrs_core::Query;
+///
+/// #[derive(Debug, Query)]
+/// #[query(output = Vec<String>, name = "accounts.owners")]
+/// pub struct ListOwners {
+///     pub limit: usize,
+/// }
+///
+/// assert_eq!(<ListOwners as Query>::NAME, "accounts.owners");
+/// ```
+///
+/// The answer's type is part of the query, so it cannot be left out:
+///
+/// ```compile_fail
+/// use cqrs_core::Query;
+///
+/// #[derive(Debug, Query)] // error: missing `output = ...` in `#[query(...)]`
+/// pub struct ListOwners {
+///     pub limit: usize,
+/// }
+/// ```
+///
+/// # Limitations
+///
+/// Generic queries keep their parameters, which must satisfy `Send + Sync + 'static`.
 #[proc_macro_derive(Query, attributes(query))]
 pub fn derive_query(input: TokenStream) -> TokenStream {
     query::derive(&parse_macro_input!(input as DeriveInput)).into()
 }
 
-/// Derives `cqrs_core::Event`.
+/// Derives `Event` for an enum whose variants are the event types of one aggregate.
+///
+/// ```text
+/// #[derive(Event)]
+/// #[event(crate = "path")]
+/// enum Name {
+///     #[event(name = "stable.name", version = N)]
+///     Variant(Payload),
+///     #[event(name = "other.name")]
+///     UnitVariant,
+/// }
+/// ```
+///
+/// Each variant is a unit variant or carries exactly one payload type. Variant keys:
+///
+/// | key | default | meaning |
+/// |---|---|---|
+/// | `name = "..."` | `"{Enum}.{Variant}"` | the type name stored with every event; it is what stored events are found by, so it never changes once events are written, and pinning it lets the variant be renamed |
+/// | `version = N` | `1` | the payload's schema version the current code writes and reads; a stored event of another version fails to decode with `EventDecodeError::UnsupportedVersion` |
+///
+/// On the enum, `crate = "path"` names the path to `cqrs_core`.
+///
+/// Besides `Event` (names, versions, the payload as JSON, decoding by name), each payload type
+/// gets `EventPayload` (its enum and stable name), `From<Payload>` for the enum, and
+/// `IntoEvents<Enum>`, so a command handler can return the payload alone. The enum also learns
+/// how to apply itself to any aggregate that has an `Apply<Payload>` per payload type and a
+/// handler per unit variant: that is what makes a forgotten `#[event_handler]` a compile error.
+///
+/// ```
+/// use cqrs_core::{Event, EventPayload};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// pub struct Deposited {
+///     pub amount: u64,
+/// }
+///
+/// #[derive(Debug, Clone, PartialEq, Event)]
+/// pub enum AccountEvent {
+///     #[event(name = "account.deposited", version = 2)]
+///     Deposited(Deposited),
+///     Closed,
+/// }
+///
+/// let event = AccountEvent::from(Deposited { amount: 5 });
+/// assert_eq!(event.event_type(), "account.deposited");
+/// assert_eq!(event.schema_version(), 2);
+/// assert_eq!(AccountEvent::Closed.event_type(), "AccountEvent.Closed");
+/// assert_eq!(<Deposited as EventPayload>::EVENT_TYPE, "account.deposited");
+///
+/// let stored = event.to_payload().unwrap();
+/// assert_eq!(AccountEvent::from_payload("account.deposited", 2, &stored).unwrap(), event);
+/// ```
+///
+/// Fields belong in a payload struct, not in the variant:
+///
+/// ```compile_fail
+/// use cqrs_core::Event;
+///
+/// #[derive(Debug, Clone, Event)]
+/// pub enum AccountEvent {
+///     Deposited { amount: u64 }, // error: an event variant is a unit variant or carries one payload type
+/// }
+/// ```
+///
+/// # Limitations
+///
+/// - A payload type belongs to one variant of one event enum (`EventPayload::Event` names it),
+///   so two variants, or two enums, cannot share a payload type.
+/// - Projections subscribe by payload type, so they cannot subscribe to a unit variant: give the
+///   variant a payload struct (even an empty one) when a read model needs it.
+/// - Two variants cannot share a name; the enum cannot be generic.
 #[proc_macro_derive(Event, attributes(event))]
 pub fn derive_event(input: TokenStream) -> TokenStream {
     event::derive(&parse_macro_input!(input as DeriveInput)).into()
 }
 
-/// Generates an aggregate.
+/// Makes an aggregate of the type whose `impl` block it is on: its `#[command_handler]`
+/// methods decide which events a command produces, its `#[event_handler]` methods apply them.
+///
+/// ```text
+/// #[aggregate(event = Enum, error = Error, services = Type, name = "category",
+///             snapshot = N, ignore(Payload, ...), crate = "path")]
+/// impl Name { ... }
+/// ```
+///
+/// | key | required | meaning |
+/// |---|---|---|
+/// | `event = Enum` | yes | the `#[derive(Event)]` enum the aggregate records |
+/// | `error = Error` | yes | the domain error commands are rejected with; each handler's error converts into it with `?` (`From`) |
+/// | `services = Type` | no | what command handlers may borrow besides the state (a password hasher, a uniqueness check), given once to `CommandBus::aggregate`; `()` when absent |
+/// | `name = "..."` | no | the stream category: the stream of instance `x` is `"{name}-{x}"`; defaults to the type's name |
+/// | `snapshot = N` | no | turns snapshots on with schema version `N`; the state is saved and restored with serde, so the type implements `Serialize` and `Deserialize` |
+/// | `ignore(P, ...)` | no | payload types the state does not depend on: applying them does nothing |
+/// | `crate = "path"` | no | the path to `cqrs_core` in the generated code |
+///
+/// # `#[command_handler]`
+///
+/// ```text
+/// #[command_handler]
+/// [async] fn name(&self, command: &C, [services: &S], [ctx: &CommandContext]) -> Result<X, E>
+/// ```
+///
+/// - Takes `&self`: a handler decides from the state, it does not change it.
+/// - The first argument is the command, by reference or by value (by value needs `C: Clone`:
+///   the bus keeps the command, the handler gets a clone).
+/// - After it, in any order: `&CommandContext` (command id, metadata, time of acceptance) and
+///   `&S` where `S` is the declared `services` type, written the same way.
+/// - Returns `Result<X, E>` where `X` is a payload type, the event enum, `Vec` or `Option` of
+///   the enum, or `()` (no events), and `E` converts into the aggregate's error.
+/// - May be `async`.
+///
+/// Each handler becomes `Handles<C>`, and the aggregate's commands are listed for dynamic
+/// dispatch by name. One handler per command type.
+///
+/// # `#[event_handler]`
+///
+/// ```text
+/// #[event_handler]
+/// fn name(&mut self, event: &Payload)
+/// #[event_handler(UnitVariant)]
+/// fn name(&mut self)
+/// ```
+///
+/// Applies one event to the state: synchronous, returns nothing (a recorded event cannot be
+/// refused). Every variant of the event enum needs a handler or an `ignore`: a payload variant
+/// without one is an error naming the payload type at `event = ...`, and a unit variant without
+/// one is an error naming the variant, both reported by `cargo check`.
+///
+/// Unmarked methods are left as they are. The markers are removed from the re-emitted block,
+/// and handlers get `#[allow(clippy::unused_self, clippy::unnecessary_wraps)]`: their `&self`
+/// and `Result` are the macro's contract, not the user's choice.
+///
+/// ```
+/// # use cqrs_core::prelude::*;
+/// # use cqrs_core::aggregate;
+/// # #[derive(Debug, Clone, Serialize, Deserialize)]
+/// # pub struct Opened { pub owner: String }
+/// # #[derive(Debug, Clone, Serialize, Deserialize)]
+/// # pub struct Noted { pub text: String }
+/// # #[derive(Debug, Clone, Event)]
+/// # pub enum AccountEvent { Opened(Opened), Noted(Noted), Closed }
+/// # #[derive(Debug, thiserror::Error)]
+/// # #[error("rejected")]
+/// # pub struct Rejected;
+/// # #[derive(Debug, Clone, Deserialize, Command)]
+/// # #[command(aggregate = Account, id = number)]
+/// # pub struct Open { pub number: u32, pub owner: String }
+/// # #[derive(Debug, Deserialize, Command)]
+/// # #[command(aggregate = Account, id = number)]
+/// # pub struct Close { pub number: u32 }
+/// pub struct Registry {
+///     pub banned: Vec<String>,
+/// }
+///
+/// #[derive(Debug, Default, Serialize, Deserialize)]
+/// pub struct Account {
+///     owner: Option<String>,
+///     closed: bool,
+/// }
+///
+/// #[aggregate(event = AccountEvent, error = Rejected, services = Registry, snapshot = 1, ignore(Noted))]
+/// impl Account {
+///     #[command_handler]
+///     async fn open(&self, command: Open, registry: &Registry, ctx: &CommandContext) -> Result<Opened, Rejected> {
+///         if self.owner.is_some() || registry.banned.contains(&command.owner) {
+///             return Err(Rejected);
+///         }
+///         let _accepted_at = ctx.now;
+///         Ok(Opened { owner: command.owner })
+///     }
+///
+///     #[command_handler]
+///     fn close(&self, _: &Close) -> Result<Option<AccountEvent>, Rejected> {
+///         Ok((!self.closed).then_some(AccountEvent::Closed))
+///     }
+///
+///     #[event_handler]
+///     fn on_opened(&mut self, event: &Opened) {
+///         self.owner = Some(event.owner.clone());
+///     }
+///
+///     #[event_handler(Closed)]
+///     fn on_closed(&mut self) {
+///         self.closed = true;
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let bus = CommandBus::builder(InMemoryEventStore::new())
+///     .aggregate::<Account>(Registry { banned: vec!["mallory".into()] })
+///     .build();
+/// bus.execute(Open { number: 1, owner: "ada".into() }).await.unwrap();
+/// assert!(bus.execute(Open { number: 2, owner: "mallory".into() }).await.is_err());
+/// # }
+/// ```
+///
+/// Forgetting to apply an event does not compile:
+///
+/// ```compile_fail,E0277
+/// # use cqrs_core::prelude::*;
+/// # use cqrs_core::aggregate;
+/// # #[derive(Debug, Clone, Serialize, Deserialize)]
+/// # pub struct Opened { pub owner: String }
+/// # #[derive(Debug, Clone, Serialize, Deserialize)]
+/// # pub struct Deposited { pub amount: u64 }
+/// #[derive(Debug, Clone, Event)]
+/// pub enum AccountEvent {
+///     Opened(Opened),
+///     Deposited(Deposited),
+/// }
+///
+/// #[derive(Debug, Default)]
+/// pub struct Account;
+///
+/// // error: `Account` has no `#[event_handler]` for event `Deposited`
+/// #[aggregate(event = AccountEvent, error = std::convert::Infallible)]
+/// impl Account {
+///     #[event_handler]
+///     fn on_opened(&mut self, _: &Opened) {}
+/// }
+/// ```
+///
+/// # Limitations
+///
+/// - Goes on an inherent, non-generic `impl` block; one such block per aggregate type.
+/// - Types are compared as written: `services`, command and payload types are matched by
+///   their tokens, so a handler naming the services type through another path or alias is
+///   reported as a mismatch.
 #[proc_macro_attribute]
 pub fn aggregate(args: TokenStream, item: TokenStream) -> TokenStream {
     aggregate::expand(args.into(), &item.into()).into()
 }
 
-/// Generates a projection.
+/// Makes a projection (a read model or reactor) of the type whose `impl` block it is on: its
+/// `#[event_handler]` methods consume recorded events, its `#[query_handler]` methods answer
+/// queries.
+///
+/// ```text
+/// #[projection(name = "stable.name", context = Type, crate = "path")]
+/// impl Name { ... }
+/// ```
+///
+/// | key | default | meaning |
+/// |---|---|---|
+/// | `name = "..."` | the type's name | `Projection::NAME`: the checkpoint key of durable subscriptions, so it stays stable |
+/// | `context = Type` | `()` | what event handlers borrow mutably besides the event (`Projection::Context`), such as the transaction a database read model writes its rows and its checkpoint in |
+/// | `crate = "path"` | `::cqrs_core` | the path to `cqrs_core` in the generated code |
+///
+/// # `#[event_handler]`
+///
+/// ```text
+/// #[event_handler]
+/// [async] fn name(&mut self | &self, event: &Payload, [recorded: &RecordedEvent], [ctx: &mut Context])
+///     [-> Result<(), E>]
+/// ```
+///
+/// The payload type says which events the handler takes; the projection subscribes to exactly
+/// those (`Projection::EVENT_TYPES`) and ignores the rest. `&RecordedEvent` gives the stream,
+/// position, time and metadata. A handler returning `Result<(), E>` (with `E` convertible into
+/// `Box<dyn Error + Send + Sync>`) fails the projection with `ProjectionError::Handler`.
+///
+/// # `#[query_handler]`
+///
+/// ```text
+/// #[query_handler]
+/// [async] fn name(&self, query: &Q) -> Result<Q::Output, E>
+/// ```
+///
+/// Becomes `HandlesQuery<Q>` with `E` as its error; the projection's queries are listed for
+/// dynamic dispatch by name. One handler per query type.
+///
+/// `Projection` is generated when there is at least one event handler, the query impls when
+/// there is at least one query handler. Markers are removed and unmarked methods left as they
+/// are.
+///
+/// ```
+/// # use cqrs_core::prelude::*;
+/// # use cqrs_core::projection;
+/// # #[derive(Debug, Clone, Serialize, Deserialize)]
+/// # pub struct Deposited { pub amount: u64 }
+/// # #[derive(Debug, Clone, Event)]
+/// # pub enum AccountEvent { #[event(name = "account.deposited")] Deposited(Deposited) }
+/// #[derive(Debug, Query)]
+/// #[query(output = u64)]
+/// pub struct GetBalance {
+///     pub stream_id: String,
+/// }
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("no such account")]
+/// pub struct NotFound;
+///
+/// #[derive(Default)]
+/// pub struct Balances {
+///     by_stream: std::collections::HashMap<String, u64>,
+/// }
+///
+/// #[projection(name = "balances.v1")]
+/// impl Balances {
+///     #[event_handler]
+///     fn on_deposited(&mut self, event: &Deposited, recorded: &RecordedEvent) {
+///         *self.by_stream.entry(recorded.stream_id.clone()).or_default() += event.amount;
+///     }
+///
+///     #[query_handler]
+///     fn balance(&self, query: &GetBalance) -> Result<u64, NotFound> {
+///         self.by_stream.get(&query.stream_id).copied().ok_or(NotFound)
+///     }
+/// }
+///
+/// assert_eq!(<Balances as Projection>::EVENT_TYPES, &["account.deposited"]);
+/// ```
+///
+/// A query handler answers with a `Result`, whose error type becomes the handler's:
+///
+/// ```compile_fail
+/// # use cqrs_core::prelude::*;
+/// # use cqrs_core::projection;
+/// # #[derive(Debug, Query)]
+/// # #[query(output = u64)]
+/// # pub struct GetTotal;
+/// # pub struct Totals { total: u64 }
+/// #[projection]
+/// impl Totals {
+///     #[query_handler]
+///     fn total(&self, _: &GetTotal) -> u64 { // error: a `#[query_handler]` returns `Result<Output, Error>`
+///         self.total
+///     }
+/// }
+/// ```
+///
+/// # Limitations
+///
+/// - Subscriptions are by payload type, so a unit variant cannot be subscribed to: give it a
+///   payload struct when a read model needs it.
+/// - `ReadModel` (the in-process, lock-guarded wrapper) takes projections whose context is `()`;
+///   one with another `context` is fed by a subscription that supplies it.
+/// - The `context` type is compared as written, like the aggregate's `services`.
 #[proc_macro_attribute]
 pub fn projection(args: TokenStream, item: TokenStream) -> TokenStream {
     projection::expand(args.into(), &item.into()).into()
