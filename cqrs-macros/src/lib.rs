@@ -466,6 +466,8 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 /// # Limitations
 ///
 /// - Goes on an inherent, non-generic `impl` block; one such block per aggregate type.
+/// - `ignore` takes payload types; a unit variant the state does not depend on gets an empty
+///   `#[event_handler(Variant)]`.
 /// - Types are compared as written: `services`, command and payload types are matched by
 ///   their tokens, so a handler naming the services type through another path or alias is
 ///   reported as a mismatch.

@@ -386,7 +386,7 @@ impl UnitHandler {
             cx.error_spanned_by(
                 first,
                 format!(
-                    "`#[event_handler({variant})]` applies a unit variant, so it takes no event argument"
+                    "`#[event_handler({variant})]` applies the unit variant `{variant}` and takes no event argument; a handler taking a payload is marked `#[event_handler]`"
                 ),
             );
             return None;
