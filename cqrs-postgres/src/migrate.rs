@@ -1,0 +1,71 @@
+//! The schema migrations shipped with the crate, and the runner that applies them.
+
+use sqlx::PgPool;
+
+use crate::MigrateError;
+
+/// Every migration, in the order they apply: `(version, name, SQL)`.
+///
+/// Each file creates its objects `IF NOT EXISTS`, so it can also be run by hand or by another
+/// migration tool. [`PostgresEventStore::migrate`](crate::PostgresEventStore::migrate)
+/// applies the ones a database has not recorded yet.
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "events", include_str!("../migrations/0001_events.sql")),
+    (
+        2,
+        "subscriptions",
+        include_str!("../migrations/0002_subscriptions.sql"),
+    ),
+];
+
+/// Serializes concurrent runners within one database (`pg_advisory_xact_lock` key:
+/// the ASCII bytes of `cqrs_mig`).
+const LOCK_KEY: i64 = 0x6371_7273_5f6d_6967;
+
+const BOOKKEEPING: &str = "\
+CREATE TABLE IF NOT EXISTS cqrs_schema_migrations (
+    version    bigint      PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)";
+
+/// Applies the migrations `pool`'s database has not recorded, in one transaction.
+pub(crate) async fn run(pool: &PgPool) -> Result<Vec<i64>, MigrateError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(LOCK_KEY)
+        .execute(&mut *tx)
+        .await?;
+    let schema: Option<String> = sqlx::query_scalar("SELECT current_schema()")
+        .fetch_one(&mut *tx)
+        .await?;
+    if schema.is_none() {
+        return Err(MigrateError::NoSchema);
+    }
+    sqlx::query(BOOKKEEPING).execute(&mut *tx).await?;
+    let recorded: Vec<i64> = sqlx::query_scalar("SELECT version FROM cqrs_schema_migrations")
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut applied = Vec::new();
+    for &(version, name, sql) in MIGRATIONS {
+        if recorded.contains(&version) {
+            continue;
+        }
+        sqlx::raw_sql(sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|source| MigrateError::Migration {
+                version,
+                name,
+                source,
+            })?;
+        sqlx::query("INSERT INTO cqrs_schema_migrations (version, name) VALUES ($1, $2)")
+            .bind(version)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        applied.push(version);
+    }
+    tx.commit().await?;
+    Ok(applied)
+}

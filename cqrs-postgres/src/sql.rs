@@ -1,0 +1,227 @@
+//! The statements the store runs, verbatim: for review, for `EXPLAIN`, and for code that
+//! reads the tables itself.
+//!
+//! All names are unqualified and resolve through the connection's `search_path`.
+
+/// The columns of a [`RecordedEvent`](cqrs_core::RecordedEvent), in the order the store's
+/// row decoder expects them.
+macro_rules! event_columns {
+    () => {
+        "position, stream_id, stream_version, event_id, event_type, schema_version, \
+         payload, metadata, recorded_at"
+    };
+}
+
+/// The transaction-id horizon below which every event is settled; see [`READ_HORIZON`].
+macro_rules! read_horizon {
+    () => {
+        "coalesce(
+    (SELECT min(running.xid)
+       FROM pg_snapshot_xip(pg_current_snapshot()) AS running(xid)
+      WHERE NOT EXISTS (
+            SELECT 1
+              FROM pg_stat_get_activity(NULL) AS backend
+             WHERE backend.backend_xid = running.xid::xid
+               AND backend.datid <> (SELECT oid FROM pg_database
+                                      WHERE datname = current_database()))),
+    pg_snapshot_xmax(pg_current_snapshot()))"
+    };
+}
+
+/// A scalar `xid8` expression: the horizon below which every event of this database is
+/// settled, evaluated against the statement's own snapshot.
+///
+/// It is the smallest id among the transactions the snapshot sees running, leaving out those
+/// that `pg_stat_get_activity` shows running in *another* database (they cannot write here);
+/// when none is left, the snapshot's `xmax` (the first id not yet assigned). A transaction
+/// below the horizon has finished, and any transaction that commits events later has an id
+/// at or above it, so no event can ever appear below it that a reader has not seen.
+///
+/// It equals `pg_snapshot_xmin(pg_current_snapshot())` whenever the oldest running
+/// transaction is in this database; the filter only keeps a transaction in another database
+/// of the same cluster from holding this one's readers back. A running transaction that
+/// cannot be placed (a prepared transaction, a backend whose status is not visible) is kept,
+/// so the horizon is only ever lower than necessary, never higher.
+pub const READ_HORIZON: &str = read_horizon!();
+
+/// `read_all_from($1 = after, $2 = limit)`: the next settled events after the event at
+/// position `$1` (or from the start when `$1` is 0) in `(tx, position)` order.
+///
+/// The row-value comparison is a range scan of `cqrs_events_tx_position_idx`
+/// (`Index Cond: ((ROW(tx, position) > ROW(...)) AND (tx < ...))`). When no event is stored
+/// at `$1` the starting point is NULL and no row comes back.
+pub const READ_ALL_FROM: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    "
+FROM cqrs_events
+WHERE (tx, position) > (
+        coalesce((SELECT start.tx FROM cqrs_events AS start WHERE start.position = $1),
+                 CASE WHEN $1 = 0 THEN '0'::xid8 END),
+        $1)
+  AND tx < ",
+    read_horizon!(),
+    "
+ORDER BY tx, position
+LIMIT $2"
+);
+
+/// Whether an event is stored at position `$1`.
+pub const POSITION_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM cqrs_events WHERE position = $1)";
+
+/// `load_stream($1 = stream, $2 = from_version)`: a range scan of the
+/// `cqrs_events_stream_id_stream_version_key` unique index.
+pub const LOAD_STREAM: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    "
+FROM cqrs_events
+WHERE stream_id = $1 AND stream_version >= $2
+ORDER BY stream_version"
+);
+
+/// `stream_version($1 = stream)`: the stream's row in `cqrs_streams`.
+pub const STREAM_VERSION: &str = "SELECT version FROM cqrs_streams WHERE stream_id = $1";
+
+/// `load_snapshot($1 = stream)`.
+pub const LOAD_SNAPSHOT: &str =
+    "SELECT stream_version, schema_version, state FROM cqrs_snapshots WHERE stream_id = $1";
+
+/// `save_snapshot($1 = stream, $2 = version, $3 = schema version, $4 = state)`: replaces the
+/// stored snapshot unless that one covers a later version.
+pub const SAVE_SNAPSHOT: &str = "\
+INSERT INTO cqrs_snapshots (stream_id, stream_version, schema_version, state)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (stream_id) DO UPDATE
+   SET stream_version = excluded.stream_version,
+       schema_version = excluded.schema_version,
+       state = excluded.state,
+       taken_at = now()
+ WHERE cqrs_snapshots.stream_version <= excluded.stream_version";
+
+/// The shared tail of the append statements: insert the batch with ONE statement after the
+/// stream row was claimed (`stream` CTE), numbering versions from the claimed version.
+///
+/// `$1` stream, `$2` number of events, `$3..$7` the columns as arrays; unnest keeps them
+/// aligned and `WITH ORDINALITY` numbers them, so positions are drawn in batch order.
+macro_rules! append_tail {
+    ($notify:expr, $select:expr) => {
+        concat!(
+            ",
+inserted AS (
+    INSERT INTO cqrs_events
+           (stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
+    SELECT $1, stream.version - $2 + batch.ord, batch.event_id, batch.event_type,
+           batch.schema_version, batch.payload, batch.metadata
+      FROM stream,
+           unnest($3::uuid[], $4::text[], $5::int4[], $6::jsonb[], $7::jsonb[])
+               WITH ORDINALITY AS batch(event_id, event_type, schema_version, payload, metadata, ord)
+     ORDER BY batch.ord
+    RETURNING position, stream_version, recorded_at
+)",
+            $notify,
+            "
+SELECT inserted.position, inserted.stream_version, inserted.recorded_at
+  FROM inserted",
+            $select
+        )
+    };
+}
+
+/// Wakes `LISTEN cqrs_events` sessions at commit with the batch's last position.
+macro_rules! notify {
+    () => {
+        ",
+notified AS (
+    SELECT pg_notify('cqrs_events', max(position)::text) FROM inserted HAVING count(*) > 0
+)"
+    };
+}
+
+/// Refuses the claim when an event id of the batch is already stored (checked again by the
+/// unique index when inserting; this check keeps the transaction usable to say which id).
+macro_rules! no_stored_id {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM cqrs_events WHERE event_id = ANY($3))"
+    };
+}
+
+/// Claims the stream row for an exact expected version `$8` (> 0). Zero rows: the version
+/// differs, the stream does not exist, an id is taken, or the stream's last writer has a
+/// later transaction id than this one (see the crate docs: per-stream order).
+macro_rules! claim_exact {
+    () => {
+        concat!(
+            "WITH stream AS (
+    UPDATE cqrs_streams
+       SET version = version + $2, last_tx = pg_current_xact_id()
+     WHERE stream_id = $1 AND version = $8 AND last_tx <= pg_current_xact_id()
+       AND ",
+            no_stored_id!(),
+            "
+    RETURNING version
+)"
+        )
+    };
+}
+
+/// Claims a stream that must not exist yet.
+macro_rules! claim_new {
+    () => {
+        concat!(
+            "WITH stream AS (
+    INSERT INTO cqrs_streams (stream_id, version, last_tx)
+    SELECT $1, $2, pg_current_xact_id()
+     WHERE ",
+            no_stored_id!(),
+            "
+    ON CONFLICT (stream_id) DO NOTHING
+    RETURNING version
+)"
+        )
+    };
+}
+
+/// Claims a stream whatever its version.
+macro_rules! claim_any {
+    () => {
+        concat!(
+            "WITH stream AS (
+    INSERT INTO cqrs_streams (stream_id, version, last_tx)
+    SELECT $1, $2, pg_current_xact_id()
+     WHERE ",
+            no_stored_id!(),
+            "
+    ON CONFLICT (stream_id) DO UPDATE
+       SET version = cqrs_streams.version + excluded.version, last_tx = excluded.last_tx
+     WHERE cqrs_streams.last_tx <= excluded.last_tx
+    RETURNING version
+)"
+        )
+    };
+}
+
+/// Append with `ExpectedVersion::Exact(v)`, `v > 0` (`$8 = v`), notifying listeners.
+pub const APPEND_EXACT: &str = concat!(claim_exact!(), append_tail!(notify!(), ", notified"));
+/// Append to a stream that must not exist, notifying listeners.
+pub const APPEND_NEW: &str = concat!(claim_new!(), append_tail!(notify!(), ", notified"));
+/// Append whatever the stream's version, notifying listeners.
+pub const APPEND_ANY: &str = concat!(claim_any!(), append_tail!(notify!(), ", notified"));
+/// [`APPEND_EXACT`] without the notification.
+pub const APPEND_EXACT_QUIET: &str = concat!(claim_exact!(), append_tail!("", ""));
+/// [`APPEND_NEW`] without the notification.
+pub const APPEND_NEW_QUIET: &str = concat!(claim_new!(), append_tail!("", ""));
+/// [`APPEND_ANY`] without the notification.
+pub const APPEND_ANY_QUIET: &str = concat!(claim_any!(), append_tail!("", ""));
+
+/// After an append claimed nothing, in the same transaction: the stream's version (`$1`)
+/// and which ids of the batch (`$2`) are stored.
+pub const DIAGNOSE_APPEND: &str = "\
+SELECT (SELECT version FROM cqrs_streams WHERE stream_id = $1),
+       ARRAY(SELECT event_id FROM cqrs_events WHERE event_id = ANY($2))";
+
+/// The ids of a batch (`$1`) that are stored.
+pub const STORED_IDS: &str = "SELECT event_id FROM cqrs_events WHERE event_id = ANY($1)";
+
+/// Wakes `LISTEN cqrs_events` sessions with a position (`$1`, as text), outside an append.
+pub const NOTIFY: &str = "SELECT pg_notify('cqrs_events', $1)";

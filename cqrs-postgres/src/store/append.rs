@@ -1,0 +1,315 @@
+//! Appending: one statement claims the stream row and inserts the batch.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use cqrs_core::{AppendResult, ExpectedVersion, GlobalPosition, Metadata, NewEvent, StoreError};
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use super::read::to_u64;
+use super::{MAX_STREAM_ID_BYTES, NotifyMode, PostgresEventStore};
+use crate::error::database;
+use crate::{PostgresStoreError, sql};
+
+/// How often `append` starts over in a new transaction when the stream's last writer had a
+/// later transaction id. One retry nearly always suffices: the new transaction's id is
+/// larger than that of every transaction that committed before it started.
+const OUT_OF_ORDER_RETRIES: u32 = 8;
+
+/// Why an append wrote nothing, before it is turned into a [`StoreError`].
+pub(super) enum AppendFailure {
+    /// Already a final error.
+    Store(StoreError),
+    /// The stream is at `actual`, which `expected` does not match.
+    Conflict { actual: u64 },
+    /// The version matched but the stream's last writer has a later transaction id.
+    OutOfOrder { actual: u64 },
+    /// This id of the batch is already stored.
+    Duplicate { event_id: Uuid },
+    /// The unique index on event ids fired (a concurrent insert of the same id); which id is
+    /// found afterwards.
+    DuplicateRace(sqlx::Error),
+}
+
+impl From<StoreError> for AppendFailure {
+    fn from(error: StoreError) -> Self {
+        AppendFailure::Store(error)
+    }
+}
+
+pub(super) fn validate_stream_id(stream_id: &str) -> Result<(), StoreError> {
+    let reason = if stream_id.is_empty() {
+        "stream id is empty"
+    } else if stream_id.len() > MAX_STREAM_ID_BYTES {
+        "stream id is longer than 1024 bytes"
+    } else if stream_id.contains('\0') {
+        "stream id contains a NUL character, which PostgreSQL text cannot hold"
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::InvalidStreamId {
+        stream: stream_id.to_owned(),
+        reason,
+    })
+}
+
+impl PostgresEventStore {
+    /// `EventStore::append`: a transaction of its own, retried when the stream's last writer
+    /// had a later transaction id.
+    pub(super) async fn append_owned(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        validate_stream_id(stream_id)?;
+        let notify_in_tx = self.notify == NotifyMode::InTransaction;
+        let mut retries = 0;
+        loop {
+            let mut tx = self.pool.begin().await.map_err(database)?;
+            match self
+                .append_on(&mut tx, stream_id, expected, &events, notify_in_tx)
+                .await
+            {
+                Ok(result) => {
+                    tx.commit().await.map_err(database)?;
+                    if self.notify == NotifyMode::AfterCommit {
+                        self.after_commit.committed(result.last_position());
+                    }
+                    return Ok(result);
+                }
+                Err(AppendFailure::OutOfOrder { .. }) if retries < OUT_OF_ORDER_RETRIES => {
+                    retries += 1;
+                    tx.rollback().await.map_err(database)?;
+                }
+                Err(failure) => {
+                    // Nothing of the failed statement may stay; a failed rollback closes the
+                    // connection, which rolls back as well.
+                    let _ = tx.rollback().await;
+                    return Err(self
+                        .explain(failure, stream_id, expected, &events, true)
+                        .await);
+                }
+            }
+        }
+    }
+
+    /// Turns a failure into the caller's error. `owned` is set when the transaction was the
+    /// store's and is already rolled back, so waiting for a pooled connection cannot deadlock.
+    pub(super) async fn explain(
+        &self,
+        failure: AppendFailure,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+        owned: bool,
+    ) -> StoreError {
+        match failure {
+            AppendFailure::Store(error) => error,
+            AppendFailure::Conflict { actual } | AppendFailure::OutOfOrder { actual } => {
+                StoreError::Conflict {
+                    stream: stream_id.to_owned(),
+                    expected,
+                    actual,
+                }
+            }
+            AppendFailure::Duplicate { event_id } => StoreError::DuplicateEventId { event_id },
+            AppendFailure::DuplicateRace(error) => {
+                // The caller's transaction is aborted; look from another connection, but
+                // never wait for one (the caller may hold the pool's last).
+                let conn = if owned {
+                    self.pool.acquire().await.ok()
+                } else {
+                    self.pool.try_acquire()
+                };
+                let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+                let stored: Option<Vec<Uuid>> = match conn {
+                    Some(mut conn) => sqlx::query_scalar(sql::STORED_IDS)
+                        .bind(&ids)
+                        .fetch_all(&mut *conn)
+                        .await
+                        .ok(),
+                    None => None,
+                };
+                match stored.and_then(|stored| ids.into_iter().find(|id| stored.contains(id))) {
+                    Some(event_id) => StoreError::DuplicateEventId { event_id },
+                    None => database(error),
+                }
+            }
+        }
+    }
+
+    /// The append itself, on a connection inside a transaction.
+    pub(super) async fn append_on(
+        &self,
+        conn: &mut PgConnection,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+        notify: bool,
+    ) -> Result<AppendResult, AppendFailure> {
+        let mut seen = HashSet::with_capacity(events.len());
+        let repeated = events
+            .iter()
+            .find(|e| !seen.insert(e.event_id))
+            .map(|e| e.event_id);
+        if events.is_empty() || repeated.is_some() {
+            // Nothing to insert: only the version check (which comes first, as in the
+            // reference store).
+            let actual = current_version(conn, stream_id).await?;
+            if !expected.matches(actual) {
+                return Err(AppendFailure::Conflict { actual });
+            }
+            if let Some(event_id) = repeated {
+                return Err(AppendFailure::Duplicate { event_id });
+            }
+            return Ok(AppendResult {
+                stream_version: actual,
+                positions: Vec::new(),
+                recorded_at: Utc::now(),
+            });
+        }
+
+        let count = i64::try_from(events.len()).expect("a batch fits in memory");
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_ref()).collect();
+        let schema_versions = events
+            .iter()
+            .map(|e| {
+                i32::try_from(e.schema_version).map_err(|_| {
+                    AppendFailure::Store(
+                        PostgresStoreError::OutOfRange {
+                            column: "schema_version",
+                            value: i64::from(e.schema_version),
+                        }
+                        .into(),
+                    )
+                })
+            })
+            .collect::<Result<Vec<i32>, _>>()?;
+        let payloads: Vec<&Value> = events.iter().map(|e| &e.payload).collect();
+        let metadata: Vec<Json<&Metadata>> = events.iter().map(|e| Json(&e.metadata)).collect();
+
+        let statement = match (expected, notify) {
+            (ExpectedVersion::Exact(v), true) if v > 0 => sql::APPEND_EXACT,
+            (ExpectedVersion::Exact(v), false) if v > 0 => sql::APPEND_EXACT_QUIET,
+            (ExpectedVersion::Exact(_) | ExpectedVersion::NoStream, true) => sql::APPEND_NEW,
+            (ExpectedVersion::Exact(_) | ExpectedVersion::NoStream, false) => sql::APPEND_NEW_QUIET,
+            (ExpectedVersion::Any, true) => sql::APPEND_ANY,
+            (ExpectedVersion::Any, false) => sql::APPEND_ANY_QUIET,
+        };
+        let mut query = sqlx::query(statement)
+            .bind(stream_id)
+            .bind(count)
+            .bind(&ids)
+            .bind(&types)
+            .bind(&schema_versions)
+            .bind(&payloads)
+            .bind(&metadata);
+        if let ExpectedVersion::Exact(v) = expected
+            && v > 0
+        {
+            query = query.bind(i64::try_from(v).unwrap_or(i64::MAX));
+        }
+        let rows = query
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|error| classify(error, stream_id))?;
+
+        if rows.is_empty() {
+            return Err(diagnose(conn, stream_id, expected, &ids).await);
+        }
+        let mut written = rows
+            .iter()
+            .map(|row| {
+                let position: i64 = row.try_get(0).map_err(database)?;
+                let version: i64 = row.try_get(1).map_err(database)?;
+                let recorded_at: DateTime<Utc> = row.try_get(2).map_err(database)?;
+                Ok((
+                    to_u64("stream_version", version)?,
+                    GlobalPosition(to_u64("position", position)?),
+                    recorded_at,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        written.sort_unstable_by_key(|(version, ..)| *version);
+        let (stream_version, _, recorded_at) = *written.last().expect("rows is not empty");
+        let positions: Vec<GlobalPosition> = written.iter().map(|(_, p, _)| *p).collect();
+
+        if !self.inline.is_empty() {
+            self.run_inline(conn, stream_id, events, &written).await?;
+        }
+        Ok(AppendResult {
+            stream_version,
+            positions,
+            recorded_at,
+        })
+    }
+}
+
+async fn current_version(conn: &mut PgConnection, stream_id: &str) -> Result<u64, StoreError> {
+    let version: Option<i64> = sqlx::query_scalar(sql::STREAM_VERSION)
+        .bind(stream_id)
+        .fetch_optional(conn)
+        .await
+        .map_err(database)?;
+    version.map_or(Ok(0), |v| to_u64("version", v))
+}
+
+/// Translates the errors an append statement can raise, by SQLSTATE and constraint name.
+fn classify(error: sqlx::Error, stream_id: &str) -> AppendFailure {
+    let constraint = match &error {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => db.constraint(),
+        _ => None,
+    };
+    match constraint {
+        Some("cqrs_events_event_id_key") => AppendFailure::DuplicateRace(error),
+        Some("cqrs_events_stream_id_stream_version_key") => AppendFailure::Store(
+            PostgresStoreError::StreamOutOfSync {
+                stream: stream_id.to_owned(),
+            }
+            .into(),
+        ),
+        _ => AppendFailure::Store(database(error)),
+    }
+}
+
+/// The append statement claimed nothing: find out why, in the same transaction.
+async fn diagnose(
+    conn: &mut PgConnection,
+    stream_id: &str,
+    expected: ExpectedVersion,
+    ids: &[Uuid],
+) -> AppendFailure {
+    let row = match sqlx::query(sql::DIAGNOSE_APPEND)
+        .bind(stream_id)
+        .bind(ids)
+        .fetch_one(conn)
+        .await
+    {
+        Ok(row) => row,
+        Err(error) => return AppendFailure::Store(database(error)),
+    };
+    let version: Option<i64> = match row.try_get(0) {
+        Ok(version) => version,
+        Err(error) => return AppendFailure::Store(database(error)),
+    };
+    let stored: Vec<Uuid> = match row.try_get(1) {
+        Ok(stored) => stored,
+        Err(error) => return AppendFailure::Store(database(error)),
+    };
+    let actual = match version.map_or(Ok(0), |v| to_u64("version", v)) {
+        Ok(actual) => actual,
+        Err(error) => return AppendFailure::Store(error),
+    };
+    if !expected.matches(actual) {
+        AppendFailure::Conflict { actual }
+    } else if let Some(&event_id) = ids.iter().find(|id| stored.contains(id)) {
+        AppendFailure::Duplicate { event_id }
+    } else {
+        AppendFailure::OutOfOrder { actual }
+    }
+}

@@ -1,0 +1,208 @@
+//! The event store: [`PostgresEventStore`].
+
+mod append;
+mod inline;
+mod notify;
+mod read;
+
+use std::sync::Arc;
+
+use cqrs_core::{
+    AppendResult, BoxFuture, EventStore, ExpectedVersion, GlobalPosition, NewEvent, RecordedEvent,
+    Snapshot, StoreError,
+};
+use sqlx::{PgConnection, PgPool};
+
+pub use inline::InlineProjection;
+
+use crate::{MigrateError, migrate};
+use notify::AfterCommit;
+
+/// The longest stream id accepted, in bytes. Stream ids are keys of two B-tree indexes,
+/// whose entries must fit in a third of a page; this limit leaves room to spare.
+pub const MAX_STREAM_ID_BYTES: usize = 1024;
+
+/// How appends wake the sessions that `LISTEN` on the `cqrs_events` channel.
+///
+/// A notification is only a wake-up call: subscribers also poll, so a notification that
+/// never arrives delays them by at most their poll interval and loses nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NotifyMode {
+    /// `pg_notify('cqrs_events', <last position>)` inside the append's transaction:
+    /// listeners wake exactly when the events commit. PostgreSQL serializes the commits of
+    /// all transactions that notify (one lock, held through the commit's disk flush), so
+    /// concurrent appends no longer share flushes; see the README for what that costs.
+    #[default]
+    InTransaction,
+    /// After the append commits, a background task of this store sends one notification
+    /// for all the appends that committed since its last one. Appends commit without the
+    /// notification lock; listeners wake one round trip later. A crash between a commit
+    /// and its notification leaves listeners to their polling. Appends made with
+    /// [`PostgresEventStore::append_in`] still notify inside the caller's transaction, since
+    /// only the caller knows when it commits.
+    AfterCommit,
+    /// No notifications: listeners rely on polling.
+    Off,
+}
+
+/// An [`EventStore`] on PostgreSQL. Cloning is cheap and shares the pool.
+///
+/// See the [crate documentation](crate) for the schema, the global order and the guarantees.
+#[derive(Clone)]
+pub struct PostgresEventStore {
+    pool: PgPool,
+    inline: Arc<Vec<Arc<dyn InlineProjection>>>,
+    notify: NotifyMode,
+    after_commit: AfterCommit,
+}
+
+impl std::fmt::Debug for PostgresEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresEventStore")
+            .field("pool", &self.pool)
+            .field(
+                "inline_projections",
+                &self.inline.iter().map(|p| p.name()).collect::<Vec<_>>(),
+            )
+            .field("notify", &self.notify)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresEventStore {
+    /// A store on `pool`. The tables must exist: run [`Self::migrate`] first (or the SQL of
+    /// [`MIGRATIONS`](crate::MIGRATIONS) with your own tool).
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            after_commit: AfterCommit::new(pool.clone()),
+            pool,
+            inline: Arc::new(Vec::new()),
+            notify: NotifyMode::default(),
+        }
+    }
+
+    /// Creates or upgrades the store's tables in `pool`'s database: applies, in one
+    /// transaction, the [`MIGRATIONS`](crate::MIGRATIONS) it has not recorded in
+    /// `cqrs_schema_migrations`, and returns their versions.
+    ///
+    /// Running it again, or from several processes at once, is harmless: runners take a
+    /// transaction-scoped advisory lock and skip recorded versions. The tables go into the
+    /// first existing schema of the connection's `search_path`.
+    pub async fn migrate(pool: &PgPool) -> Result<Vec<i64>, MigrateError> {
+        migrate::run(pool).await
+    }
+
+    /// Runs `projection` in the transaction of every append, after the events are inserted.
+    /// If it fails, the append fails and nothing is written.
+    ///
+    /// Any [`cqrs_core::Projection`] whose `Context` is [`sqlx::PgConnection`] (and that is
+    /// `Clone`) qualifies, as does a hand-written [`InlineProjection`]. Projections run in the
+    /// order they were added.
+    #[must_use]
+    pub fn with_inline_projection(mut self, projection: impl InlineProjection) -> Self {
+        let mut all = Vec::clone(&self.inline);
+        all.push(Arc::new(projection));
+        self.inline = Arc::new(all);
+        self
+    }
+
+    /// Chooses how appends wake listeners (default [`NotifyMode::InTransaction`]).
+    #[must_use]
+    pub fn with_notify(mut self, mode: NotifyMode) -> Self {
+        self.notify = mode;
+        self
+    }
+
+    /// The pool this store uses.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Appends inside the caller's transaction: `conn` should be a [`sqlx::Transaction`]
+    /// (it dereferences to a `PgConnection`), and the events become visible when the caller
+    /// commits. The inline projections run in it too.
+    ///
+    /// Errors are those of [`EventStore::append`], with one more reason for
+    /// [`StoreError::Conflict`]: the stream's last append committed from a transaction that
+    /// started after this one (it has a larger transaction id). Appending now would put this
+    /// stream's new versions before its older ones in the global `(tx, position)` order, so
+    /// the append is refused; retry in a new transaction. (`EventStore::append` does that
+    /// retry itself.) The reported `actual` version may then equal the expected one.
+    ///
+    /// After an error the transaction may hold partial work (an inline projection's writes)
+    /// or be aborted: roll it back.
+    pub async fn append_in(
+        &self,
+        conn: &mut PgConnection,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        append::validate_stream_id(stream_id)?;
+        let notify = self.notify != NotifyMode::Off;
+        match self
+            .append_on(conn, stream_id, expected, &events, notify)
+            .await
+        {
+            Ok(result) => Ok(result),
+            Err(failure) => Err(self
+                .explain(failure, stream_id, expected, &events, false)
+                .await),
+        }
+    }
+
+    /// [`EventStore::read_all_from`] on a connection of the caller's (for instance inside a
+    /// transaction that also updates a read model).
+    pub async fn read_all_from_in(
+        conn: &mut PgConnection,
+        after: GlobalPosition,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        read::read_all_from(conn, after, limit).await
+    }
+}
+
+impl EventStore for PostgresEventStore {
+    fn append<'a>(
+        &'a self,
+        stream_id: &'a str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
+        Box::pin(self.append_owned(stream_id, expected, events))
+    }
+
+    fn load_stream<'a>(
+        &'a self,
+        stream_id: &'a str,
+        from_version: u64,
+    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>> {
+        Box::pin(read::load_stream(&self.pool, stream_id, from_version))
+    }
+
+    fn stream_version<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(read::stream_version(&self.pool, stream_id))
+    }
+
+    fn read_all_from(
+        &self,
+        after: GlobalPosition,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.pool.acquire().await.map_err(crate::error::database)?;
+            read::read_all_from(&mut conn, after, limit).await
+        })
+    }
+
+    fn load_snapshot<'a>(
+        &'a self,
+        stream_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
+        Box::pin(read::load_snapshot(&self.pool, stream_id))
+    }
+
+    fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(read::save_snapshot(&self.pool, snapshot))
+    }
+}
