@@ -16,10 +16,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::TestDb;
-use cqrs_core::{GlobalPosition, Projection, ProjectionError, ReadModel, RecordedEvent};
+use cqrs_core::{
+    Event, EventStore, ExpectedVersion, GlobalPosition, Metadata, NewEvent, Projection,
+    ProjectionError, ReadModel, RecordedEvent, projection,
+};
 use cqrs_postgres::subscription::{
     Checkpoint, Checkpoints, Subscription, SubscriptionError, WaitError,
 };
+use cqrs_postgres::{NotifyMode, PostgresEventStore};
+use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -27,33 +32,44 @@ use uuid::Uuid;
 /// Long enough that only a real failure reaches it.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-// ---------------------------------------------------------------- schema and appends
+// ---------------------------------------------------------------- events and appends
 
-/// The events table as the store defines it, and the subscriptions migration.
-async fn migrate(pool: &PgPool) {
-    sqlx::raw_sql(
-        "CREATE TABLE cqrs_events (
-            position       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            tx             xid8 NOT NULL DEFAULT pg_current_xact_id(),
-            stream_id      text NOT NULL,
-            stream_version bigint NOT NULL,
-            event_id       uuid NOT NULL UNIQUE,
-            event_type     text NOT NULL,
-            schema_version int NOT NULL,
-            payload        jsonb NOT NULL,
-            metadata       jsonb NOT NULL DEFAULT '{}',
-            recorded_at    timestamptz NOT NULL DEFAULT now(),
-            UNIQUE (stream_id, stream_version)
-        );
-        CREATE INDEX ON cqrs_events (tx, position);",
-    )
-    .execute(pool)
-    .await
-    .expect("events table");
-    sqlx::raw_sql(include_str!("../migrations/0002_subscriptions.sql"))
-        .execute(pool)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Happened {
+    pub n: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Event)]
+pub enum TestEvent {
+    #[event(name = "test.happened")]
+    Happened(Happened),
+    #[event(name = "test.a")]
+    A,
+    #[event(name = "test.b")]
+    B,
+    #[event(name = "test.c")]
+    C,
+}
+
+fn happened() -> TestEvent {
+    TestEvent::Happened(Happened { n: 1 })
+}
+
+fn noted(event_type: &str) -> TestEvent {
+    match event_type {
+        "test.a" => TestEvent::A,
+        "test.b" => TestEvent::B,
+        "test.c" => TestEvent::C,
+        other => panic!("no test event `{other}`"),
+    }
+}
+
+/// A fresh database with the store's tables, and a store on it.
+async fn store_on(db: &TestDb) -> PostgresEventStore {
+    PostgresEventStore::migrate(&db.pool)
         .await
-        .expect("subscriptions migration");
+        .expect("migrations");
+    PostgresEventStore::new(db.pool.clone())
 }
 
 /// An event as a test appended it.
@@ -66,72 +82,51 @@ struct Appended {
     position: GlobalPosition,
 }
 
-/// Appends one event per type to `stream` inside the caller's transaction, announcing it on
-/// the events channel unless `notify` is false (a lost notification).
-async fn append_in(
-    conn: &mut PgConnection,
-    stream: &str,
-    types: &[&str],
-    notify: bool,
-) -> Vec<Appended> {
-    let version: i64 = sqlx::query_scalar(
-        "SELECT coalesce(max(stream_version), 0) FROM cqrs_events WHERE stream_id = $1",
-    )
-    .bind(stream)
-    .fetch_one(&mut *conn)
-    .await
-    .expect("stream version");
-    let mut appended = Vec::new();
-    for (offset, event_type) in types.iter().enumerate() {
-        let event_id = Uuid::now_v7();
-        let stream_version = version + 1 + i64::try_from(offset).unwrap();
-        let position: i64 = sqlx::query_scalar(
-            "INSERT INTO cqrs_events \
-             (stream_id, stream_version, event_id, event_type, schema_version, payload) \
-             VALUES ($1, $2, $3, $4, 1, $5) RETURNING position",
-        )
-        .bind(stream)
-        .bind(stream_version)
-        .bind(event_id)
-        .bind(event_type)
-        .bind(serde_json::json!({ "n": stream_version }))
-        .fetch_one(&mut *conn)
-        .await
-        .expect("insert event");
-        appended.push(Appended {
-            event_id,
+fn new_events(events: &[TestEvent]) -> Vec<NewEvent> {
+    events
+        .iter()
+        .map(|event| NewEvent::from_event(event, Metadata::default()).expect("serialize"))
+        .collect()
+}
+
+fn appended(stream: &str, sent: &[NewEvent], result: &cqrs_core::AppendResult) -> Vec<Appended> {
+    let first_version = result.stream_version + 1 - u64::try_from(sent.len()).unwrap();
+    sent.iter()
+        .zip(&result.positions)
+        .zip(first_version..)
+        .map(|((event, &position), stream_version)| Appended {
+            event_id: event.event_id,
             stream_id: stream.to_owned(),
-            stream_version: u64::try_from(stream_version).unwrap(),
-            event_type: (*event_type).to_owned(),
-            position: GlobalPosition(u64::try_from(position).unwrap()),
-        });
-    }
-    if notify {
-        if let Some(last) = appended.last() {
-            sqlx::query("SELECT pg_notify('cqrs_events', $1)")
-                .bind(last.position.to_string())
-                .execute(&mut *conn)
-                .await
-                .expect("notify");
-        }
-    }
-    appended
+            stream_version,
+            event_type: event.event_type.to_string(),
+            position,
+        })
+        .collect()
 }
 
 /// Appends and commits.
-async fn append(pool: &PgPool, stream: &str, types: &[&str]) -> Vec<Appended> {
-    let mut tx = pool.begin().await.expect("begin");
-    let appended = append_in(&mut tx, stream, types, true).await;
-    tx.commit().await.expect("commit");
-    appended
+async fn append(store: &PostgresEventStore, stream: &str, events: &[TestEvent]) -> Vec<Appended> {
+    let sent = new_events(events);
+    let result = store
+        .append(stream, ExpectedVersion::Any, sent.clone())
+        .await
+        .expect("append");
+    appended(stream, &sent, &result)
 }
 
-/// Appends and commits without a notification.
-async fn append_silently(pool: &PgPool, stream: &str, types: &[&str]) -> Vec<Appended> {
-    let mut tx = pool.begin().await.expect("begin");
-    let appended = append_in(&mut tx, stream, types, false).await;
-    tx.commit().await.expect("commit");
-    appended
+/// Appends inside the caller's transaction.
+async fn append_in(
+    store: &PostgresEventStore,
+    conn: &mut PgConnection,
+    stream: &str,
+    events: &[TestEvent],
+) -> Vec<Appended> {
+    let sent = new_events(events);
+    let result = store
+        .append_in(conn, stream, ExpectedVersion::Any, sent.clone())
+        .await
+        .expect("append in transaction");
+    appended(stream, &sent, &result)
 }
 
 /// Polls `condition` until it holds, panicking with `what` after [`PATIENCE`].
@@ -150,8 +145,6 @@ where
 }
 
 // ---------------------------------------------------------------- a transactional projection
-
-const HAPPENED: &str = "test.happened";
 
 /// What the ledger projection does besides recording the event.
 #[derive(Clone)]
@@ -172,11 +165,59 @@ enum Fault {
     Always,
 }
 
+#[derive(Debug, thiserror::Error)]
+enum LedgerError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Injected(&'static str),
+}
+
 /// Records every event it handles as one row of `ledger`, through the batch transaction.
 /// `ledger` has no unique key, so an event applied twice shows up as two rows.
 struct Ledger {
     handled: Arc<AtomicUsize>,
     fault: Fault,
+}
+
+#[projection(context = PgConnection)]
+impl Ledger {
+    #[event_handler]
+    async fn on_happened(
+        &mut self,
+        _: &Happened,
+        event: &RecordedEvent,
+        db: &mut PgConnection,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO ledger (event_id, stream_id, stream_version, position) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(event.event_id)
+        .bind(&event.stream_id)
+        .bind(i64::try_from(event.stream_version).unwrap())
+        .bind(i64::try_from(event.position.0).unwrap())
+        .execute(&mut *db)
+        .await?;
+        let handled = self.handled.fetch_add(1, Ordering::SeqCst) + 1;
+        match &self.fault {
+            Fault::None => {}
+            Fault::HangMidBatch { after, hanging } => {
+                if handled >= *after && mid_batch(db).await? {
+                    hanging.notify_one();
+                    std::future::pending::<()>().await;
+                }
+            }
+            Fault::FailOnceMidBatch { after, failed } => {
+                if handled >= *after && !failed.load(Ordering::SeqCst) && mid_batch(db).await? {
+                    failed.store(true, Ordering::SeqCst);
+                    return Err(LedgerError::Injected("injected failure"));
+                }
+            }
+            Fault::Always => return Err(LedgerError::Injected("always fails")),
+        }
+        Ok(())
+    }
 }
 
 impl Ledger {
@@ -203,66 +244,13 @@ impl Ledger {
     }
 }
 
-fn handler_error(event: &RecordedEvent, message: &str) -> ProjectionError {
-    ProjectionError::Handler {
-        projection: Ledger::NAME,
-        event_type: event.event_type.clone(),
-        position: event.position,
-        source: message.into(),
-    }
-}
-
-impl Projection for Ledger {
-    const NAME: &'static str = "Ledger";
-    const EVENT_TYPES: &'static [&'static str] = &[HAPPENED];
-    type Context = PgConnection;
-
-    async fn project(
-        &mut self,
-        event: &RecordedEvent,
-        db: &mut PgConnection,
-    ) -> Result<(), ProjectionError> {
-        sqlx::query(
-            "INSERT INTO ledger (event_id, stream_id, stream_version, position) \
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(event.event_id)
-        .bind(&event.stream_id)
-        .bind(i64::try_from(event.stream_version).unwrap())
-        .bind(i64::try_from(event.position.0).unwrap())
-        .execute(&mut *db)
-        .await
-        .map_err(|e| handler_error(event, &e.to_string()))?;
-        let handled = self.handled.fetch_add(1, Ordering::SeqCst) + 1;
-        match &self.fault {
-            Fault::None => Ok(()),
-            Fault::HangMidBatch { after, hanging } => {
-                if handled >= *after && mid_batch(db).await {
-                    hanging.notify_one();
-                    std::future::pending::<()>().await;
-                }
-                Ok(())
-            }
-            Fault::FailOnceMidBatch { after, failed } => {
-                if handled >= *after && !failed.load(Ordering::SeqCst) && mid_batch(db).await {
-                    failed.store(true, Ordering::SeqCst);
-                    return Err(handler_error(event, "injected failure"));
-                }
-                Ok(())
-            }
-            Fault::Always => Err(handler_error(event, "always fails")),
-        }
-    }
-}
-
 /// Whether the open batch transaction already wrote three rows or more.
-async fn mid_batch(db: &mut PgConnection) -> bool {
+async fn mid_batch(db: &mut PgConnection) -> Result<bool, sqlx::Error> {
     let in_this_batch: i64 =
         sqlx::query_scalar("SELECT count(*) FROM ledger WHERE tx = pg_current_xact_id()")
             .fetch_one(db)
-            .await
-            .expect("rows of the open batch");
-    in_this_batch >= 3
+            .await?;
+    Ok(in_this_batch >= 3)
 }
 
 /// How many `ledger` rows each event id has.
@@ -275,11 +263,12 @@ async fn ledger_rows(pool: &PgPool) -> HashMap<Uuid, i64> {
         .collect()
 }
 
-async fn ledger_len(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM ledger")
+async fn ledger_len(pool: &PgPool) -> usize {
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
         .fetch_one(pool)
         .await
-        .expect("ledger count")
+        .expect("ledger count");
+    usize::try_from(rows).unwrap()
 }
 
 fn assert_exactly_once(rows: &HashMap<Uuid, i64>, events: &[Appended]) {
@@ -296,11 +285,11 @@ fn assert_exactly_once(rows: &HashMap<Uuid, i64>, events: &[Appended]) {
     assert_eq!(rows.len(), events.len(), "the ledger holds unknown events");
 }
 
-/// 100 events over 10 streams, committed one stream at a time.
-async fn ten_streams_of_ten(pool: &PgPool) -> Vec<Appended> {
+/// 100 events over 10 streams, one append each.
+async fn hundred_events(store: &PostgresEventStore) -> Vec<Appended> {
     let mut events = Vec::new();
     for n in 0..100 {
-        events.extend(append(pool, &format!("s-{}", n % 10), &[HAPPENED]).await);
+        events.extend(append(store, &format!("s-{}", n % 10), &[happened()]).await);
     }
     events
 }
@@ -310,9 +299,9 @@ async fn ten_streams_of_ten(pool: &PgPool) -> Vec<Appended> {
 #[tokio::test(flavor = "multi_thread")]
 async fn aborted_mid_batch_resumes_with_every_event_applied_exactly_once() {
     let db = TestDb::create(8).await;
-    migrate(&db.pool).await;
+    let store = store_on(&db).await;
     Ledger::create_table(&db.pool).await;
-    let events = ten_streams_of_ten(&db.pool).await;
+    let events = hundred_events(&store).await;
 
     let hanging = Arc::new(Notify::new());
     let ledger = Ledger::new(Fault::HangMidBatch {
@@ -330,17 +319,17 @@ async fn aborted_mid_batch_resumes_with_every_event_applied_exactly_once() {
         .expect("the projection reaches the middle of a batch");
     first.abort();
 
-    // The batch in flight is rolled back; what is stored agrees with the checkpoint.
+    // The batch in flight is rolled back: the rows are exactly those the checkpoint covers.
     let checkpoints = Checkpoints::new(db.pool.clone());
     let committed = tokio::time::timeout(PATIENCE, async {
         loop {
             let stored = checkpoints.load(Ledger::NAME).await.unwrap().unwrap();
-            let committed = events
+            let covered = events
                 .iter()
                 .filter(|e| e.position <= stored.position)
                 .count();
-            if ledger_len(&db.pool).await == i64::try_from(committed).unwrap() {
-                return committed;
+            if ledger_len(&db.pool).await == covered {
+                return covered;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -368,9 +357,9 @@ async fn aborted_mid_batch_resumes_with_every_event_applied_exactly_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_handler_failing_mid_batch_is_retried_without_applying_anything_twice() {
     let db = TestDb::create(8).await;
-    migrate(&db.pool).await;
+    let store = store_on(&db).await;
     Ledger::create_table(&db.pool).await;
-    let events = ten_streams_of_ten(&db.pool).await;
+    let events = hundred_events(&store).await;
 
     let failed = Arc::new(AtomicBool::new(false));
     let ledger = Ledger::new(Fault::FailOnceMidBatch {
@@ -402,9 +391,9 @@ async fn a_handler_failing_mid_batch_is_retried_without_applying_anything_twice(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_handler_that_keeps_failing_surfaces_its_error_and_applies_nothing() {
     let db = TestDb::create(8).await;
-    migrate(&db.pool).await;
+    let store = store_on(&db).await;
     Ledger::create_table(&db.pool).await;
-    let events = append(&db.pool, "s-1", &[HAPPENED, HAPPENED]).await;
+    let events = append(&store, "s-1", &[happened(), happened()]).await;
 
     let subscription = Subscription::transactional(Ledger::new(Fault::Always))
         .retry_backoff(Duration::from_millis(10), Duration::from_millis(20))
@@ -413,22 +402,22 @@ async fn a_handler_that_keeps_failing_surfaces_its_error_and_applies_nothing() {
         .await
         .expect("start");
     let error = subscription.join().await.expect_err("gives up");
-    match &error {
-        SubscriptionError::Projection(failure) => match &**failure {
-            ProjectionError::Handler {
-                projection,
-                position,
-                source,
-                ..
-            } => {
-                assert_eq!(*projection, Ledger::NAME);
-                assert_eq!(*position, events[0].position);
-                assert_eq!(source.to_string(), "always fails");
-            }
-            other => panic!("unexpected projection error {other:?}"),
-        },
-        other => panic!("unexpected error {other:?}"),
-    }
+    let SubscriptionError::Projection(failure) = &error else {
+        panic!("unexpected error {error:?}");
+    };
+    let ProjectionError::Handler {
+        projection,
+        position,
+        source,
+        ..
+    } = &**failure
+    else {
+        panic!("unexpected projection error {failure:?}");
+    };
+    assert_eq!(*projection, Ledger::NAME);
+    assert_eq!(*position, events[0].position);
+    assert_eq!(source.to_string(), "always fails");
+
     assert_eq!(ledger_len(&db.pool).await, 0);
     let stored = Checkpoints::new(db.pool.clone())
         .load(Ledger::NAME)
@@ -437,27 +426,93 @@ async fn a_handler_that_keeps_failing_surfaces_its_error_and_applies_nothing() {
     assert_eq!(stored, Some(Checkpoint::START));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_of_one_transactional_projection_never_apply_an_event_twice() {
+    let db = TestDb::create(16).await;
+    let store = store_on(&db).await;
+    Ledger::create_table(&db.pool).await;
+    let first = Subscription::transactional(Ledger::new(Fault::None))
+        .batch_size(4)
+        .start(&db.pool)
+        .await
+        .expect("first");
+    let second = Subscription::transactional(Ledger::new(Fault::None))
+        .batch_size(4)
+        .start(&db.pool)
+        .await
+        .expect("second");
+    let mut events = Vec::new();
+    for round in 0..40 {
+        events.extend(append(&store, &format!("twin-{}", round % 4), &[happened()]).await);
+    }
+    let last = events.last().unwrap().position;
+    first
+        .wait_for(last, PATIENCE)
+        .await
+        .expect("first caught up");
+    second
+        .wait_for(last, PATIENCE)
+        .await
+        .expect("second caught up");
+    assert_exactly_once(&ledger_rows(&db.pool).await, &events);
+    first.shutdown().await.expect("shutdown");
+    second.shutdown().await.expect("shutdown");
+}
+
 // ---------------------------------------------------------------- an at-least-once collector
 
-/// Keeps every event it receives, in order.
-#[derive(Default)]
-struct Collector {
-    seen: Vec<RecordedEvent>,
+/// Projections that keep every event the subscription hands them, in order. They do not
+/// filter by type themselves, so they show exactly what the subscription delivers.
+macro_rules! collectors {
+    ($($(#[$doc:meta])* $name:ident: $types:expr;)*) => {$(
+        $(#[$doc])*
+        #[derive(Default)]
+        struct $name {
+            seen: Vec<RecordedEvent>,
+        }
+
+        impl Projection for $name {
+            const NAME: &'static str = stringify!($name);
+            const EVENT_TYPES: &'static [&'static str] = $types;
+            type Context = ();
+
+            async fn project(
+                &mut self,
+                event: &RecordedEvent,
+                (): &mut (),
+            ) -> Result<(), ProjectionError> {
+                self.seen.push(event.clone());
+                Ok(())
+            }
+        }
+
+        impl Seen for $name {
+            fn seen(&self) -> &[RecordedEvent] {
+                &self.seen
+            }
+        }
+    )*};
 }
 
-impl Projection for Collector {
-    const NAME: &'static str = "Collector";
-    const EVENT_TYPES: &'static [&'static str] = &[HAPPENED];
-    type Context = ();
-
-    async fn project(&mut self, event: &RecordedEvent, _: &mut ()) -> Result<(), ProjectionError> {
-        self.seen.push(event.clone());
-        Ok(())
-    }
+trait Seen {
+    fn seen(&self) -> &[RecordedEvent];
 }
 
-async fn seen(model: &ReadModel<Collector>) -> Vec<RecordedEvent> {
-    model.read().await.seen.clone()
+collectors! {
+    /// Subscribes to `test.happened`.
+    Happenings: &["test.happened"];
+    /// Subscribes to `test.happened` too, under its own name.
+    Deaf: &["test.happened"];
+    /// Subscribes to `test.a` only.
+    OnlyA: &["test.a"];
+}
+
+async fn seen<C: Seen + Send + Sync>(model: &ReadModel<C>) -> Vec<RecordedEvent> {
+    model.read().await.seen().to_vec()
+}
+
+fn ids(events: &[RecordedEvent]) -> Vec<Uuid> {
+    events.iter().map(|e| e.event_id).collect()
 }
 
 // ---------------------------------------------------------------- the gap test
@@ -467,10 +522,10 @@ async fn a_live_subscriber_receives_events_committed_out_of_position_order_exact
     const APPENDERS: usize = 8;
     const TRANSACTIONS: usize = 12;
     let db = TestDb::create(24).await;
-    migrate(&db.pool).await;
+    let store = store_on(&db).await;
     Ledger::create_table(&db.pool).await;
 
-    let collector = ReadModel::new(Collector::default());
+    let collector = ReadModel::new(Happenings::default());
     let live = Subscription::at_least_once(collector.clone())
         .batch_size(16)
         .start(&db.pool)
@@ -486,14 +541,15 @@ async fn a_live_subscriber_receives_events_committed_out_of_position_order_exact
     // drawn in one order and become visible in another.
     let mut appenders = Vec::new();
     for appender in 0..APPENDERS {
-        let pool = db.pool.clone();
+        let store = store.clone();
         appenders.push(tokio::spawn(async move {
             let mut appended = Vec::new();
             for round in 0..TRANSACTIONS {
-                let mut tx = pool.begin().await.expect("begin");
-                let stream = format!("gap-{}", (appender + round) % 5 + appender * 5);
+                let mut tx = store.pool().begin().await.expect("begin");
+                let stream = format!("gap-{appender}-{}", round % 3);
                 let count = 1 + (appender + round) % 3;
-                appended.extend(append_in(&mut tx, &stream, &vec![HAPPENED; count], true).await);
+                appended
+                    .extend(append_in(&store, &mut tx, &stream, &vec![happened(); count]).await);
                 let hold = ((appender * 7 + round * 13) % 11) * 5;
                 tokio::time::sleep(Duration::from_millis(u64::try_from(hold).unwrap())).await;
                 tx.commit().await.expect("commit");
@@ -507,8 +563,8 @@ async fn a_live_subscriber_receives_events_committed_out_of_position_order_exact
     }
     assert_eq!(events.len(), APPENDERS * TRANSACTIONS * 2);
 
-    let progress = live.progress();
     // Every position, whatever its commit order, is passed by both subscriptions.
+    let progress = live.progress();
     for event in &events {
         progress.wait_for(event.position, PATIENCE).await.unwrap();
         ledger.wait_for(event.position, PATIENCE).await.unwrap();
@@ -550,36 +606,68 @@ async fn a_live_subscriber_receives_events_committed_out_of_position_order_exact
     ledger.shutdown().await.expect("ledger shutdown");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_is_delivered_past_a_transaction_that_may_still_commit() {
+    let db = TestDb::create(8).await;
+    let store = store_on(&db).await;
+    let collector = ReadModel::new(Happenings::default());
+    let subscription = Subscription::at_least_once(collector.clone())
+        .start(&db.pool)
+        .await
+        .expect("start");
+
+    // An older transaction appends first and stays open; a newer one commits behind it.
+    let mut older = db.pool.begin().await.expect("begin");
+    let held = append_in(&store, &mut older, "held", &[happened()])
+        .await
+        .remove(0);
+    let newer = append(&store, "free", &[happened()]).await.remove(0);
+    assert!(newer.position > held.position);
+    let early = subscription
+        .wait_for(newer.position, Duration::from_millis(300))
+        .await;
+    assert!(
+        matches!(early, Err(WaitError::Timeout { .. })),
+        "the newer event must wait for the older transaction: {early:?}"
+    );
+    assert!(seen(&collector).await.is_empty());
+
+    older.commit().await.expect("commit");
+    subscription
+        .wait_for(newer.position, PATIENCE)
+        .await
+        .expect("reached once the older transaction ended");
+    assert_eq!(
+        ids(&seen(&collector).await),
+        vec![held.event_id, newer.event_id]
+    );
+    subscription.shutdown().await.expect("shutdown");
+}
+
 // ---------------------------------------------------------------- following live
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_notification_wakes_a_caught_up_subscription() {
     let db = TestDb::create(8).await;
-    migrate(&db.pool).await;
-    let collector = ReadModel::new(Collector::default());
+    let store = store_on(&db).await;
+    let collector = ReadModel::new(Happenings::default());
     // Polling alone would not find the events before the test gives up.
     let subscription = Subscription::at_least_once(collector.clone())
         .poll_interval(Duration::from_secs(3600))
         .start(&db.pool)
         .await
         .expect("start");
-    let checkpoints = Checkpoints::new(db.pool.clone());
-    eventually("the subscription has caught up", || async {
-        checkpoints.load(Collector::NAME).await.unwrap().is_some()
-    })
-    .await;
 
     for round in 0..3 {
-        let appended = append(&db.pool, "live", &[HAPPENED, HAPPENED]).await;
+        let appended = append(&store, "live", &[happened(), happened()]).await;
         eventually("the notified events arrive", || async {
             seen(&collector).await.len() == (round + 1) * 2
         })
         .await;
-        let ids: Vec<Uuid> = seen(&collector).await[round * 2..]
-            .iter()
-            .map(|e| e.event_id)
-            .collect();
-        assert_eq!(ids, appended.iter().map(|e| e.event_id).collect::<Vec<_>>());
+        assert_eq!(
+            ids(&seen(&collector).await[round * 2..]),
+            appended.iter().map(|e| e.event_id).collect::<Vec<_>>()
+        );
     }
     subscription.shutdown().await.expect("shutdown");
 }
@@ -587,30 +675,16 @@ async fn a_notification_wakes_a_caught_up_subscription() {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_notifications_polling_still_delivers_everything() {
     let db = TestDb::create(8).await;
-    migrate(&db.pool).await;
+    let store = store_on(&db).await.with_notify(NotifyMode::Off);
 
     // A listening subscription whose notifications never come...
-    let listening = ReadModel::new(Collector::default());
+    let listening = ReadModel::new(Happenings::default());
     let listening_subscription = Subscription::at_least_once(listening.clone())
         .poll_interval(Duration::from_millis(50))
         .start(&db.pool)
         .await
         .expect("start listening");
     // ...and one that does not listen at all.
-    #[derive(Default)]
-    struct Deaf(Collector);
-    impl Projection for Deaf {
-        const NAME: &'static str = "Deaf";
-        const EVENT_TYPES: &'static [&'static str] = &[HAPPENED];
-        type Context = ();
-        async fn project(
-            &mut self,
-            event: &RecordedEvent,
-            ctx: &mut (),
-        ) -> Result<(), ProjectionError> {
-            self.0.project(event, ctx).await
-        }
-    }
     let deaf = ReadModel::new(Deaf::default());
     let deaf_subscription = Subscription::at_least_once(deaf.clone())
         .notifications(false)
@@ -621,21 +695,11 @@ async fn without_notifications_polling_still_delivers_everything() {
 
     let mut events = Vec::new();
     for round in 0..5 {
-        events
-            .extend(append_silently(&db.pool, &format!("quiet-{}", round % 2), &[HAPPENED]).await);
+        events.extend(append(&store, &format!("quiet-{}", round % 2), &[happened()]).await);
     }
-    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let expected: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
     eventually("polling delivers every event", || async {
-        let listened: Vec<Uuid> = seen(&listening).await.iter().map(|e| e.event_id).collect();
-        let polled: Vec<Uuid> = deaf
-            .read()
-            .await
-            .0
-            .seen
-            .iter()
-            .map(|e| e.event_id)
-            .collect();
-        listened == ids && polled == ids
+        ids(&seen(&listening).await) == expected && ids(&seen(&deaf).await) == expected
     })
     .await;
     listening_subscription.shutdown().await.expect("shutdown");
@@ -644,36 +708,36 @@ async fn without_notifications_polling_still_delivers_everything() {
 
 // ---------------------------------------------------------------- event types
 
-/// Handles only `test.a`.
-#[derive(Default)]
-struct OnlyA {
-    seen: Vec<String>,
-}
-
-impl Projection for OnlyA {
-    const NAME: &'static str = "OnlyA";
-    const EVENT_TYPES: &'static [&'static str] = &["test.a"];
-    type Context = ();
-
-    async fn project(&mut self, event: &RecordedEvent, _: &mut ()) -> Result<(), ProjectionError> {
-        self.seen.push(event.event_type.clone());
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_projection_receives_only_its_types_and_its_checkpoint_passes_the_others() {
     let db = TestDb::create(8).await;
-    migrate(&db.pool).await;
+    let store = store_on(&db).await;
     // History before it starts, and more after.
-    let mut events = append(&db.pool, "mixed", &["test.b", "test.a", "test.c"]).await;
+    let mut events = append(
+        &store,
+        "mixed",
+        &[noted("test.b"), noted("test.a"), noted("test.c")],
+    )
+    .await;
     let model = ReadModel::new(OnlyA::default());
     let subscription = Subscription::at_least_once(model.clone())
         .batch_size(2)
         .start(&db.pool)
         .await
         .expect("start");
-    events.extend(append(&db.pool, "mixed", &["test.a", "test.b", "test.b", "test.c"]).await);
+    events.extend(
+        append(
+            &store,
+            "mixed",
+            &[
+                noted("test.a"),
+                noted("test.b"),
+                noted("test.b"),
+                noted("test.c"),
+            ],
+        )
+        .await,
+    );
 
     // The last event is one it does not handle; reaching it means passing it.
     let last = events.last().unwrap();
@@ -682,42 +746,47 @@ async fn a_projection_receives_only_its_types_and_its_checkpoint_passes_the_othe
         .wait_for(last.position, PATIENCE)
         .await
         .expect("the checkpoint passes events of other types");
-    assert_eq!(model.read().await.seen, vec!["test.a", "test.a"]);
+    let received = seen(&model).await;
+    let a_events: Vec<Uuid> = events
+        .iter()
+        .filter(|e| e.event_type == "test.a")
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(ids(&received), a_events);
     assert_eq!(subscription.status().checkpoint.position, last.position);
 
-    // Only other types after this: the checkpoint still follows.
-    let others = append(&db.pool, "other", &["test.b", "test.c"]).await;
+    // Only other types from here on: the stored checkpoint still follows.
+    let others = append(&store, "other", &[noted("test.b"), noted("test.c")]).await;
     Checkpoints::new(db.pool.clone())
         .wait_for(OnlyA::NAME, others[1].position, PATIENCE)
         .await
         .expect("the stored checkpoint passes them too");
-    assert_eq!(model.read().await.seen.len(), 2);
+    assert_eq!(seen(&model).await.len(), 2);
     subscription.shutdown().await.expect("shutdown");
 }
 
 // ---------------------------------------------------------------- read your writes
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_query_waits_for_the_projection_to_reach_a_position() {
+async fn waiting_for_an_unreachable_position_times_out_with_a_typed_error() {
     let db = TestDb::create(8).await;
-    migrate(&db.pool).await;
+    let store = store_on(&db).await;
     Ledger::create_table(&db.pool).await;
     let subscription = Subscription::transactional(Ledger::new(Fault::None))
         .start(&db.pool)
         .await
         .expect("start");
 
-    let written = append(&db.pool, "ryw", &[HAPPENED]).await.remove(0);
+    let written = append(&store, "ryw", &[happened()]).await.remove(0);
     subscription
         .wait_for(written.position, PATIENCE)
         .await
         .expect("reached");
-    let rows = ledger_rows(&db.pool).await;
-    assert_eq!(
-        rows.get(&written.event_id),
-        Some(&1),
-        "the query sees the write"
-    );
+    assert_eq!(ledger_rows(&db.pool).await.get(&written.event_id), Some(&1));
+    subscription
+        .wait_for(GlobalPosition::START, Duration::ZERO)
+        .await
+        .expect("the start is always reached");
 
     let unreachable = GlobalPosition(written.position.0 + 1_000_000);
     let local = subscription
@@ -728,81 +797,13 @@ async fn a_query_waits_for_the_projection_to_reach_a_position() {
             if projection == Ledger::NAME && position == unreachable),
         "{local:?}"
     );
-    let shared = Checkpoints::new(db.pool.clone())
+    let stored = Checkpoints::new(db.pool.clone())
         .wait_for(Ledger::NAME, unreachable, Duration::from_millis(200))
         .await;
     assert!(
-        matches!(shared, Err(WaitError::Timeout { .. })),
-        "{shared:?}"
+        matches!(stored, Err(WaitError::Timeout { ref projection, position, .. })
+            if projection == Ledger::NAME && position == unreachable),
+        "{stored:?}"
     );
-    subscription.shutdown().await.expect("shutdown");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn two_instances_of_one_transactional_projection_never_apply_an_event_twice() {
-    let db = TestDb::create(16).await;
-    migrate(&db.pool).await;
-    Ledger::create_table(&db.pool).await;
-    let first = Subscription::transactional(Ledger::new(Fault::None))
-        .batch_size(4)
-        .start(&db.pool)
-        .await
-        .expect("first");
-    let second = Subscription::transactional(Ledger::new(Fault::None))
-        .batch_size(4)
-        .start(&db.pool)
-        .await
-        .expect("second");
-    let mut events = Vec::new();
-    for round in 0..40 {
-        events.extend(append(&db.pool, &format!("twin-{}", round % 4), &[HAPPENED]).await);
-    }
-    let last = events.last().unwrap().position;
-    first
-        .wait_for(last, PATIENCE)
-        .await
-        .expect("first caught up");
-    second
-        .wait_for(last, PATIENCE)
-        .await
-        .expect("second caught up");
-    assert_exactly_once(&ledger_rows(&db.pool).await, &events);
-    first.shutdown().await.expect("shutdown");
-    second.shutdown().await.expect("shutdown");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_position_behind_an_open_transaction_is_reached_once_it_commits() {
-    let db = TestDb::create(8).await;
-    migrate(&db.pool).await;
-    let collector = ReadModel::new(Collector::default());
-    let subscription = Subscription::at_least_once(collector.clone())
-        .start(&db.pool)
-        .await
-        .expect("start");
-
-    // An older transaction inserts first and stays open; a newer one commits behind it.
-    let mut older = db.pool.begin().await.expect("begin");
-    let held = append_in(&mut older, "held", &[HAPPENED], true)
-        .await
-        .remove(0);
-    let newer = append(&db.pool, "free", &[HAPPENED]).await.remove(0);
-    assert!(newer.position > held.position);
-    let early = subscription
-        .wait_for(newer.position, Duration::from_millis(300))
-        .await;
-    assert!(
-        matches!(early, Err(WaitError::Timeout { .. })),
-        "nothing is delivered past a transaction that may still commit: {early:?}"
-    );
-    assert!(seen(&collector).await.is_empty());
-
-    older.commit().await.expect("commit");
-    subscription
-        .wait_for(newer.position, PATIENCE)
-        .await
-        .expect("reached once the older transaction ended");
-    let ids: Vec<Uuid> = seen(&collector).await.iter().map(|e| e.event_id).collect();
-    assert_eq!(ids, vec![held.event_id, newer.event_id]);
     subscription.shutdown().await.expect("shutdown");
 }

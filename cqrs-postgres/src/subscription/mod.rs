@@ -162,6 +162,7 @@
 //! ```
 
 mod checkpoint;
+mod consistency;
 mod handle;
 mod read;
 mod run;
@@ -174,6 +175,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
 pub use checkpoint::{Checkpoint, Checkpoints};
+pub use consistency::{AfterPosition, ReadYourWrites, ReadYourWritesError};
 pub use handle::{Progress, SubscriptionHandle, SubscriptionStatus};
 
 /// The channel appends notify and subscriptions listen on.
