@@ -1,5 +1,7 @@
 //! The catch-up read: the next events of some types after a checkpoint, gap-free.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use cqrs_core::{GlobalPosition, Metadata, RecordedEvent};
 use sqlx::{PgPool, Row};
@@ -24,18 +26,23 @@ pub(super) struct Batch {
 }
 
 /// One statement, hence one snapshot, for the three answers:
-/// - `horizon`: the oldest transaction still running when the snapshot was taken. Every
-///   transaction below it has finished, and any transaction that commits later has an id at
-///   or above it, so events with `tx < horizon` can never be joined by a late commit behind
-///   them. Reading only below it is what makes the read gap-free.
+/// - `horizon`: the store's [`READ_HORIZON`](crate::sql::READ_HORIZON), the oldest
+///   transaction that may still write here when the snapshot was taken. Every transaction
+///   below it has finished, and any transaction that commits later has an id at or above it,
+///   so events with `tx < horizon` can never be joined by a late commit behind them. Reading
+///   only below it is what makes the read gap-free.
 /// - `head`: the last settled event of any type, so the checkpoint passes the events this
 ///   subscription does not read (a read-your-writes wait on one of them must finish).
+/// - `pending`: whether any event lies at or above the horizon (`max(tx)`: one step down
+///   the index), committed but not readable yet.
 /// - `batch`: the next settled events of the subscribed types after the checkpoint. The row
 ///   value comparison `(tx, position) > (..)` is an index range scan on `(tx, position)`; the
 ///   equivalent `OR` form is not.
-const NEXT_BATCH: &str = "\
-WITH horizon AS (
-    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin
+static NEXT_BATCH: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "\
+WITH horizon AS MATERIALIZED (
+    SELECT {horizon} AS xmin
 ),
 head AS (
     SELECT e.tx, e.position
@@ -56,7 +63,8 @@ batch AS (
 )
 SELECT head.tx::text AS head_tx,
        head.position AS head_position,
-       EXISTS (SELECT 1 FROM cqrs_events e WHERE e.tx >= (SELECT xmin FROM horizon)) AS pending,
+       coalesce((SELECT max(e.tx) FROM cqrs_events e) >= (SELECT xmin FROM horizon), false)
+           AS pending,
        batch.tx::text AS tx,
        batch.position,
        batch.event_id,
@@ -70,7 +78,10 @@ SELECT head.tx::text AS head_tx,
 FROM (SELECT 1) AS always_one_row
 LEFT JOIN head ON true
 LEFT JOIN batch ON true
-ORDER BY batch.tx, batch.position";
+ORDER BY batch.tx, batch.position",
+        horizon = crate::sql::READ_HORIZON
+    )
+});
 
 /// Reads up to `limit` events of `types` after `after`.
 pub(super) async fn next_batch(
@@ -81,7 +92,7 @@ pub(super) async fn next_batch(
     limit: usize,
 ) -> Result<Batch, SubscriptionError> {
     let database = |source| SubscriptionError::database(name, source);
-    let rows = sqlx::query(NEXT_BATCH)
+    let rows = sqlx::query(&NEXT_BATCH)
         .bind(after.tx.to_string())
         .bind(position_to_sql(after.position))
         .bind(types)
