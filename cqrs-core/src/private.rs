@@ -112,3 +112,19 @@ pub fn from_snapshot<T: serde::de::DeserializeOwned>(
 ) -> Option<Result<T, serde_json::Error>> {
     Some(T::deserialize(state))
 }
+
+/// Stands in for [`validate`] when the `validator` feature is off, so that
+/// `#[command(validate)]` explains what is missing instead of failing to find a function.
+#[cfg(not(feature = "validator"))]
+pub fn validate<T: ValidatorFeatureIsOff>(_value: &T) -> Result<(), ValidationErrors> {
+    Ok(())
+}
+
+/// Never implemented: names the missing feature when `validate` is used without it.
+#[cfg(not(feature = "validator"))]
+#[diagnostic::on_unimplemented(
+    message = "`validate` needs the `validator` feature of `cqrs-core`",
+    label = "`{Self}` asks for validation",
+    note = "enable it in Cargo.toml: `cqrs-core = {{ version = \"...\", features = [\"validator\"] }}`"
+)]
+pub trait ValidatorFeatureIsOff {}

@@ -8,12 +8,56 @@ use crate::{Aggregate, Command, CommandContext, Handles, Metadata};
 /// Given events, when a command, then expect events or an error — with no store at all.
 ///
 /// ```
-/// # use cqrs_core::testing::Fixture;
-/// # fn doc<A: cqrs_core::Aggregate<Services = ()>>() {}
-/// // Fixture::<Account>::new(())
-/// //     .given([AccountEvent::Opened(Opened { owner: "ada".into() })])
-/// //     .when(Deposit { account_id, amount: 10 }).await
-/// //     .then_expect_events([AccountEvent::Deposited(Deposited { amount: 10 })]);
+/// use cqrs_core::prelude::*;
+/// use cqrs_core::testing::Fixture;
+///
+/// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// pub struct Deposited { pub amount: u64 }
+///
+/// #[derive(Debug, Clone, PartialEq, Event)]
+/// pub enum AccountEvent {
+///     Deposited(Deposited),
+///     Closed,
+/// }
+///
+/// #[derive(Debug, Command)]
+/// #[command(aggregate = Account, id = id)]
+/// pub struct Deposit { pub id: u32, pub amount: u64 }
+///
+/// #[derive(Debug, PartialEq, thiserror::Error)]
+/// #[error("the account is closed")]
+/// pub struct Closed;
+///
+/// #[derive(Debug, Default)]
+/// pub struct Account { balance: u64, closed: bool }
+///
+/// #[aggregate(event = AccountEvent, error = Closed)]
+/// impl Account {
+///     #[command_handler]
+///     fn deposit(&self, cmd: &Deposit) -> Result<Deposited, Closed> {
+///         if self.closed { return Err(Closed) }
+///         Ok(Deposited { amount: cmd.amount })
+///     }
+///     #[event_handler]
+///     fn on_deposited(&mut self, e: &Deposited) { self.balance += e.amount }
+///     #[event_handler(Closed)]
+///     fn on_closed(&mut self) { self.closed = true }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let account = Fixture::<Account>::default()
+///     .given([AccountEvent::Deposited(Deposited { amount: 5 })])
+///     .when(Deposit { id: 1, amount: 10 })
+///     .await
+///     .then_expect_events([AccountEvent::Deposited(Deposited { amount: 10 })]);
+/// assert_eq!(account.balance, 15);
+///
+/// Fixture::<Account>::default()
+///     .given([AccountEvent::Closed])
+///     .when(Deposit { id: 1, amount: 10 })
+///     .await
+///     .then_expect_error(Closed);
+/// # }
 /// ```
 pub struct Fixture<A: Aggregate> {
     services: A::Services,
