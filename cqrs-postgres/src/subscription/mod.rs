@@ -35,25 +35,29 @@
 //! its `position`. A position is drawn when the row is inserted but becomes visible when the
 //! transaction commits, so reading "everything after position P" can pass over an event
 //! that commits a moment later with a smaller position: it would be lost for good. The
-//! subscription therefore reads in `(tx, position)` order and only events whose transaction
-//! is older than every transaction still running (`tx < pg_snapshot_xmin(pg_current_snapshot())`):
-//! those have all finished, and any transaction that commits later has an id at or above
-//! that horizon, so nothing can ever appear behind what was read. The catch-up query is
+//! subscription therefore reads in `(tx, position)` order, and only events whose transaction
+//! is below the store's read horizon ([`sql::READ_HORIZON`](crate::sql::READ_HORIZON): the
+//! snapshot's oldest running transaction, leaving out those of other databases). Every
+//! transaction below it has finished, and any transaction that commits later has an id at or
+//! above it, so nothing can ever appear behind what was read. The catch-up query is, in
+//! essence,
 //!
 //! ```sql
 //! SELECT ... FROM cqrs_events
 //! WHERE (tx, position) > ($checkpoint_tx, $checkpoint_position)
-//!   AND tx < pg_snapshot_xmin(pg_current_snapshot())
+//!   AND tx < $horizon
 //!   AND event_type = ANY($types)
 //! ORDER BY tx, position
 //! LIMIT $batch_size
 //! ```
 //!
 //! written as a row-value comparison so that it is a range scan of the `(tx, position)`
-//! index. The price: an event is delivered only once every transaction that started before
-//! it has ended, so one long-running writing transaction delays every subscription (never
-//! loses or reorders anything). Within a stream, versions are in `(tx, position)` order, since
-//! a stream's appends are serialized.
+//! index (`Index Cond: ((ROW(tx, position) > ROW(...)) AND (tx < ...))`, with the type test
+//! as a filter on that scan). The price: an event is delivered only once every transaction
+//! of this database that started before it has ended, so one long-running writing
+//! transaction delays every subscription; it never makes one lose or reorder anything. The
+//! store refuses an append that would put a stream's versions out of `(tx, position)`
+//! order, so each stream arrives in version order.
 //!
 //! # Checkpoints
 //!
@@ -89,7 +93,7 @@
 //! Nothing is swallowed. A failing read, handler or commit stops the attempt; the error is
 //! logged (`tracing`), published in [`SubscriptionHandle::status`], and the subscription
 //! retries from its stored checkpoint after an exponential backoff
-//! ([`SubscriptionOptions::retry_backoff`]). With
+//! ([`Subscription::retry_backoff`]). With
 //! [`SubscriptionOptions::max_consecutive_failures`] it gives up after that many failures in
 //! a row and [`SubscriptionHandle::join`] / [`SubscriptionHandle::shutdown`] return the last
 //! error.
@@ -101,41 +105,45 @@
 //! the projection to pass it: [`Progress::wait_for`] in the process running the subscription
 //! (no polling), [`Checkpoints::wait_for`] from anywhere. Both take a timeout and fail with
 //! the typed [`WaitError::Timeout`]. Both compare in `(tx, position)` order, looking up the
-//! transaction id of the awaited position.
+//! transaction id of the awaited position. On the query bus, register a [`ReadYourWrites`]
+//! handler and send the query wrapped in [`AfterPosition`]: it waits, then answers.
 //!
 //! ```no_run
 //! use std::time::Duration;
 //!
-//! use cqrs_core::{Projection, ProjectionError, RecordedEvent};
+//! use cqrs_core::prelude::*;
 //! use cqrs_postgres::subscription::{Subscription, WaitError};
 //! use sqlx::{PgConnection, PgPool};
 //!
-//! /// Counts deposits per account, in a table of the same database.
+//! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+//! pub struct Deposited { pub amount: u64 }
+//!
+//! #[derive(Debug, Clone, PartialEq, Event)]
+//! pub enum AccountEvent {
+//!     #[event(name = "account.deposited")]
+//!     Deposited(Deposited),
+//! }
+//!
+//! /// Counts deposits per account, in a table of the same database. It subscribes to
+//! /// `account.deposited` only: the types its handlers take.
 //! struct DepositCounts;
 //!
-//! impl Projection for DepositCounts {
-//!     const NAME: &'static str = "DepositCounts";
-//!     const EVENT_TYPES: &'static [&'static str] = &["account.deposited"];
-//!     type Context = PgConnection;
-//!
-//!     async fn project(
+//! #[projection(context = PgConnection)]
+//! impl DepositCounts {
+//!     #[event_handler]
+//!     async fn on_deposited(
 //!         &mut self,
+//!         _: &Deposited,
 //!         event: &RecordedEvent,
-//!         db: &mut PgConnection,
-//!     ) -> Result<(), ProjectionError> {
+//!         db: &mut PgConnection, // the batch's transaction
+//!     ) -> Result<(), sqlx::Error> {
 //!         sqlx::query(
 //!             "INSERT INTO deposit_counts (account, deposits) VALUES ($1, 1) \
 //!              ON CONFLICT (account) DO UPDATE SET deposits = deposit_counts.deposits + 1",
 //!         )
 //!         .bind(&event.stream_id)
 //!         .execute(db)
-//!         .await
-//!         .map_err(|e| ProjectionError::Handler {
-//!             projection: Self::NAME,
-//!             event_type: event.event_type.clone(),
-//!             position: event.position,
-//!             source: e.into(),
-//!         })?;
+//!         .await?;
 //!         Ok(())
 //!     }
 //! }
@@ -284,25 +292,44 @@ impl Default for SubscriptionOptions {
 /// A subscription ready to start: a projection, how it is delivered to, and its options.
 ///
 /// ```no_run
-/// # use cqrs_core::{ReadModel, Projection, ProjectionError, RecordedEvent};
+/// # use cqrs_core::prelude::*;
 /// # use cqrs_postgres::subscription::Subscription;
-/// # #[derive(Default)] struct Mailer;
-/// # impl Projection for Mailer {
-/// #     const NAME: &'static str = "Mailer";
-/// #     const EVENT_TYPES: &'static [&'static str] = &["account.opened"];
-/// #     type Context = ();
-/// #     async fn project(&mut self, _: &RecordedEvent, _: &mut ()) -> Result<(), ProjectionError> { Ok(()) }
+/// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// # pub struct Opened { pub owner: String }
+/// # #[derive(Debug, Clone, PartialEq, Event)]
+/// # pub enum AccountEvent { #[event(name = "account.opened")] Opened(Opened) }
+/// # #[derive(Default)] struct MailService;
+/// # impl MailService {
+/// #     async fn send_once(&self, key: Uuid, to: &str) -> Result<(), std::io::Error> { Ok(()) }
 /// # }
-/// # async fn doc(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
 /// use std::time::Duration;
 ///
-/// // Side effects outside the database: at least once, keyed by the event id.
-/// let mailer = Subscription::at_least_once(ReadModel::new(Mailer::default()))
+/// /// Welcomes each new account holder by mail: a side effect outside the database.
+/// #[derive(Default)]
+/// struct Welcome {
+///     mail: MailService,
+/// }
+///
+/// #[projection]
+/// impl Welcome {
+///     #[event_handler]
+///     async fn on_opened(
+///         &mut self,
+///         opened: &Opened,
+///         event: &RecordedEvent,
+///     ) -> Result<(), std::io::Error> {
+///         // Delivery is at least once: the event id lets the mail service drop a repeat.
+///         self.mail.send_once(event.event_id, &opened.owner).await
+///     }
+/// }
+///
+/// # async fn doc(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+/// let welcome = Subscription::at_least_once(ReadModel::new(Welcome::default()))
 ///     .batch_size(100)
 ///     .poll_interval(Duration::from_millis(500))
 ///     .start(&pool)
 ///     .await?;
-/// # mailer.shutdown().await?;
+/// # welcome.shutdown().await?;
 /// # Ok(()) }
 /// ```
 #[must_use = "a subscription does nothing until started"]
