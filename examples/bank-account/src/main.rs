@@ -33,8 +33,7 @@ fn show<T: Debug, E: std::fmt::Display>(what: &str, outcome: Result<T, E>) {
 async fn main() -> Result<(), Box<dyn Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
 
@@ -98,17 +97,24 @@ async fn main() -> Result<(), Box<dyn Error>> {
         })
         .await,
     );
-    report("close while holding money", bus.execute(CloseAccount { account_id }).await);
+    report(
+        "close while holding money",
+        bus.execute(CloseAccount { account_id }).await,
+    );
 
     println!("\nJSON commands by name:");
     let body = format!(r#"{{"account_id":"{account_id}","amount":1250}}"#);
-    show(
-        "account.deposit 12.50",
-        service
-            .command_json
-            .dispatch_json("account.deposit", body.as_bytes())
-            .await,
-    );
+    match service
+        .command_json
+        .dispatch_json("account.deposit", body.as_bytes())
+        .await
+    {
+        Ok(c) => println!(
+            "  ok        {:<34} -> {} at version {}",
+            "account.deposit 12.50", c.stream_id, c.stream_version
+        ),
+        Err(error) => println!("  error     {:<34} -> {error}", "account.deposit 12.50"),
+    }
     show(
         "account.deposit with a bad amount",
         service
@@ -132,16 +138,17 @@ async fn main() -> Result<(), Box<dyn Error>> {
         "balance",
         service.queries.execute(GetBalance { account_id }).await,
     );
-    show(
-        "balance as JSON",
-        service
-            .query_json
-            .dispatch_json(
-                "account.balance",
-                format!(r#"{{"account_id":"{account_id}"}}"#).as_bytes(),
-            )
-            .await,
-    );
+    match service
+        .query_json
+        .dispatch_json(
+            "account.balance",
+            format!(r#"{{"account_id":"{account_id}"}}"#).as_bytes(),
+        )
+        .await
+    {
+        Ok(json) => println!("  ok        {:<34} -> {json}", "account.balance as JSON"),
+        Err(error) => println!("  error     {:<34} -> {error}", "account.balance as JSON"),
+    }
     show(
         "balance of an unknown account",
         service
