@@ -146,12 +146,12 @@ where
 
 // ---------------------------------------------------------------- a transactional projection
 
-/// What the ledger projection does besides recording the event.
+/// What a test projection does besides recording the event.
 #[derive(Clone)]
 enum Fault {
     None,
-    /// Once at least `after` events were handled and the open batch already holds three
-    /// rows, announce it and hang: the batch is in flight when the test aborts the task.
+    /// Once `after` events were handled, announce it and hang: the batch is in flight when
+    /// the test aborts the task. The ledger also waits until its open batch holds three rows.
     HangMidBatch {
         after: usize,
         hanging: Arc<Notify>,
@@ -513,6 +513,170 @@ async fn seen<C: Seen + Send + Sync>(model: &ReadModel<C>) -> Vec<RecordedEvent>
 
 fn ids(events: &[RecordedEvent]) -> Vec<Uuid> {
     events.iter().map(|e| e.event_id).collect()
+}
+
+// ---------------------------------------------------------------- at least once
+
+/// Every delivery a `Mailbox` received, shared by its instances across restarts.
+#[derive(Clone, Default)]
+struct Deliveries(Arc<std::sync::Mutex<Vec<RecordedEvent>>>);
+
+impl Deliveries {
+    fn all(&self) -> Vec<RecordedEvent> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn count_by_id(&self) -> HashMap<Uuid, usize> {
+        let mut counts = HashMap::new();
+        for event in self.all() {
+            *counts.entry(event.event_id).or_default() += 1;
+        }
+        counts
+    }
+}
+
+/// A side effect outside the database: it records each delivery in memory.
+struct Mailbox {
+    deliveries: Deliveries,
+    handled: usize,
+    fault: Fault,
+}
+
+#[projection]
+impl Mailbox {
+    #[event_handler]
+    async fn on_happened(
+        &mut self,
+        _: &Happened,
+        event: &RecordedEvent,
+    ) -> Result<(), LedgerError> {
+        self.deliveries.0.lock().unwrap().push(event.clone());
+        self.handled += 1;
+        match &self.fault {
+            Fault::HangMidBatch { after, hanging } if self.handled == *after => {
+                hanging.notify_one();
+                std::future::pending::<()>().await;
+            }
+            Fault::FailOnceMidBatch { after, failed }
+                if self.handled == *after && !failed.swap(true, Ordering::SeqCst) =>
+            {
+                return Err(LedgerError::Injected("injected failure"));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_aborted_at_least_once_subscriber_redelivers_only_what_it_had_not_checkpointed() {
+    let db = TestDb::create(8).await;
+    let store = store_on(&db).await;
+    let events = hundred_events(&store).await;
+    let deliveries = Deliveries::default();
+
+    let hanging = Arc::new(Notify::new());
+    let first = Subscription::at_least_once(ReadModel::new(Mailbox {
+        deliveries: deliveries.clone(),
+        handled: 0,
+        fault: Fault::HangMidBatch {
+            after: 20,
+            hanging: Arc::clone(&hanging),
+        },
+    }))
+    .batch_size(8)
+    .start(&db.pool)
+    .await
+    .expect("start");
+    tokio::time::timeout(PATIENCE, hanging.notified())
+        .await
+        .expect("the subscriber hangs in a batch");
+    first.abort();
+    let at_abort = Checkpoints::new(db.pool.clone())
+        .load(Mailbox::NAME)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let second = Subscription::at_least_once(ReadModel::new(Mailbox {
+        deliveries: deliveries.clone(),
+        handled: 0,
+        fault: Fault::None,
+    }))
+    .batch_size(8)
+    .start(&db.pool)
+    .await
+    .expect("restart");
+    let last = events.last().unwrap().position;
+    second.wait_for(last, PATIENCE).await.expect("caught up");
+    second.shutdown().await.expect("shutdown");
+
+    let counts = deliveries.count_by_id();
+    let mut repeated = 0;
+    for event in &events {
+        let count = counts.get(&event.event_id).copied().unwrap_or(0);
+        if event.position <= at_abort.position {
+            assert_eq!(
+                count, 1,
+                "checkpointed event {} is not delivered again",
+                event.position
+            );
+        } else {
+            assert!(
+                (1..=2).contains(&count),
+                "event {} delivered {count} times",
+                event.position
+            );
+            repeated += count - 1;
+        }
+    }
+    assert!(
+        repeated >= 1,
+        "the batch cut short by the abort is delivered again"
+    );
+    assert_eq!(counts.len(), events.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_at_least_once_handler_error_keeps_the_events_before_it() {
+    let db = TestDb::create(8).await;
+    let store = store_on(&db).await;
+    let events = hundred_events(&store).await;
+    let deliveries = Deliveries::default();
+
+    let subscription = Subscription::at_least_once(ReadModel::new(Mailbox {
+        deliveries: deliveries.clone(),
+        handled: 0,
+        fault: Fault::FailOnceMidBatch {
+            after: 13,
+            failed: Arc::new(AtomicBool::new(false)),
+        },
+    }))
+    .batch_size(8)
+    .retry_backoff(Duration::from_millis(10), Duration::from_millis(100))
+    .start(&db.pool)
+    .await
+    .expect("start");
+    let last = events.last().unwrap().position;
+    subscription
+        .wait_for(last, PATIENCE)
+        .await
+        .expect("caught up");
+    subscription.shutdown().await.expect("shutdown");
+
+    // The 13th delivery failed and was retried; nothing before it came again.
+    let delivered = deliveries.all();
+    let failed = &delivered[12];
+    assert_eq!(delivered[13].event_id, failed.event_id);
+    let counts = deliveries.count_by_id();
+    for event in &events {
+        let expected = if event.event_id == failed.event_id {
+            2
+        } else {
+            1
+        };
+        assert_eq!(counts.get(&event.event_id).copied(), Some(expected));
+    }
 }
 
 // ---------------------------------------------------------------- the gap test
