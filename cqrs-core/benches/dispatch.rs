@@ -129,6 +129,8 @@ fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
     let totals = *TOTALS.lock().unwrap();
+    // Iteration counts stay far below 2^52, where the cast would round.
+    #[allow(clippy::cast_precision_loss)]
     let per_op = |(elapsed, iters): (Duration, u64)| {
         if iters == 0 {
             f64::NAN

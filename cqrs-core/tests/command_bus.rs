@@ -383,10 +383,10 @@ async fn middleware_runs_in_the_order_added_outermost_first() {
     assert_eq!(*log.lock().unwrap(), ["first", "second", "third"]);
 }
 
-async fn opened_with<R: Send + Sync + 'static, M: cqrs_core::middleware::CommandChain>(
-    bus: &CommandBus<R, M>,
-) where
+async fn opened_with<R, M>(bus: &CommandBus<R, M>)
+where
     R: cqrs_core::list::Contains<Account, cqrs_core::list::Here>,
+    M: cqrs_core::middleware::CommandChain,
 {
     bus.execute(Open {
         id: 1,

@@ -41,6 +41,8 @@ impl Balances {
 
     #[event_handler]
     async fn on_deposited(&mut self, e: &Deposited, recorded: &RecordedEvent) {
+        // An async handler: the projection awaits it before the next event.
+        tokio::task::yield_now().await;
         *self.by_id.entry(recorded.stream_id.clone()).or_default() += e.amount;
     }
 
@@ -54,15 +56,15 @@ impl Balances {
 
     #[query_handler]
     async fn owners(&self, _q: &Owners) -> Result<Vec<String>, Unknown> {
+        tokio::task::yield_now().await;
         Ok(self.owners.clone())
     }
 }
 
-async fn setup() -> (
-    InMemoryEventStore,
-    CommandBus<(cqrs_core::Repository<Account>, ())>,
-    QueryBus<(ReadModel<Balances>, ()), (Validation, ())>,
-) {
+type Commands = CommandBus<(cqrs_core::Repository<Account>, ())>;
+type Queries = QueryBus<(ReadModel<Balances>, ()), (Validation, ())>;
+
+fn setup() -> (InMemoryEventStore, Commands, Queries) {
     let store = InMemoryEventStore::new();
     let balances = ReadModel::new(Balances::default());
     let bus = CommandBus::builder(store.clone())
@@ -78,7 +80,7 @@ async fn setup() -> (
 
 #[tokio::test]
 async fn queries_are_answered_by_their_handler_with_typed_output_and_errors() {
-    let (_, bus, queries) = setup().await;
+    let (_, bus, queries) = setup();
     bus.execute(Open {
         id: 1,
         owner: "ada".into(),
@@ -102,7 +104,7 @@ async fn queries_are_answered_by_their_handler_with_typed_output_and_errors() {
 
 #[tokio::test]
 async fn json_commands_are_dispatched_by_wire_name() {
-    let (store, bus, _) = setup().await;
+    let (store, bus, _) = setup();
     let commands = CommandDispatcher::new(bus).unwrap();
     assert_eq!(
         commands.names(),
@@ -129,11 +131,11 @@ async fn json_commands_are_dispatched_by_wire_name() {
 
 #[tokio::test]
 async fn unknown_names_and_malformed_json_are_typed_errors_and_write_nothing() {
-    let (store, bus, _) = setup().await;
+    let (store, bus, _) = setup();
     let commands = CommandDispatcher::new(bus).unwrap();
     match commands.dispatch_json("account.transfer", b"{}").await {
         Err(DispatchError::UnknownName { kind, name }) => {
-            assert_eq!((kind, name.as_str()), ("command", "account.transfer"))
+            assert_eq!((kind, name.as_str()), ("command", "account.transfer"));
         }
         other => panic!("expected UnknownName, got {other:?}"),
     }
@@ -141,7 +143,7 @@ async fn unknown_names_and_malformed_json_are_typed_errors_and_write_nothing() {
         (&br#"{"id": 3, "amount": "five"}"#[..], "amount"),
         (br#"{"id": 3}"#, "."),
         (br#"{"id": 3, "amount": 1} trailing"#, "."),
-        (br#"not json"#, "."),
+        (b"not json", "."),
     ] {
         match commands.dispatch_json("account.deposit", body).await {
             Err(DispatchError::Malformed {
@@ -173,7 +175,7 @@ async fn unknown_names_and_malformed_json_are_typed_errors_and_write_nothing() {
 
 #[tokio::test]
 async fn json_queries_are_dispatched_by_name_and_answer_json() {
-    let (_, bus, queries) = setup().await;
+    let (_, bus, queries) = setup();
     bus.execute(Open {
         id: 1,
         owner: "ada".into(),

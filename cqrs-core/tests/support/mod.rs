@@ -172,7 +172,7 @@ impl Account {
     #[event_handler]
     fn on_opened(&mut self, e: &Opened) {
         self.open = true;
-        self.owner = e.owner.clone();
+        self.owner.clone_from(&e.owner);
     }
 
     #[event_handler]

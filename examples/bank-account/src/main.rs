@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bank_account::domain::{AccountError, CloseAccount, Deposit, OpenAccount, Withdraw};
 use bank_account::read_model::GetBalance;
+use bank_account::wire::Service;
 use cqrs_core::{CommandError, Committed, EventStore, InMemoryEventStore, Metadata};
 use cqrs_postgres::PostgresEventStore;
 use uuid::Uuid;
@@ -37,18 +38,29 @@ async fn main() -> Result<(), Box<dyn Error>> {
         )
         .init();
 
-    let store: Arc<dyn EventStore> = if let Ok(url) = std::env::var("DATABASE_URL") {
+    let service = bank_account::wire::build(store().await?);
+    let account_id = Uuid::now_v7();
+    typed_commands(&service, account_id).await;
+    json_commands(&service, account_id).await;
+    queries(&service, account_id).await;
+    Ok(())
+}
+
+/// PostgreSQL when `DATABASE_URL` is set, else the in-memory store.
+async fn store() -> Result<Arc<dyn EventStore>, Box<dyn Error>> {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
         let pool = sqlx::PgPool::connect(&url).await?;
         PostgresEventStore::migrate(&pool).await?;
         println!("event store: PostgreSQL");
-        Arc::new(PostgresEventStore::new(pool))
+        Ok(Arc::new(PostgresEventStore::new(pool)))
     } else {
         println!("event store: in memory (set DATABASE_URL to use PostgreSQL)");
-        Arc::new(InMemoryEventStore::new())
-    };
-    let service = bank_account::wire::build(store);
+        Ok(Arc::new(InMemoryEventStore::new()))
+    }
+}
+
+async fn typed_commands(service: &Service, account_id: Uuid) {
     let bus = &service.commands;
-    let account_id = Uuid::now_v7();
     let correlation = Metadata::default()
         .with_correlation_id(Uuid::now_v7())
         .with_user_id("teller-7");
@@ -67,7 +79,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         bus.execute_with(
             Deposit {
                 account_id,
-                amount: 100_00,
+                amount: 10_000,
             },
             correlation.clone(),
         )
@@ -77,7 +89,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         "withdraw 30.00",
         bus.execute(Withdraw {
             account_id,
-            amount: 30_00,
+            amount: 3_000,
         })
         .await,
     );
@@ -85,7 +97,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         "withdraw 500.00",
         bus.execute(Withdraw {
             account_id,
-            amount: 500_00,
+            amount: 50_000,
         })
         .await,
     );
@@ -101,7 +113,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
         "close while holding money",
         bus.execute(CloseAccount { account_id }).await,
     );
+}
 
+async fn json_commands(service: &Service, account_id: Uuid) {
     println!("\nJSON commands by name:");
     let body = format!(r#"{{"account_id":"{account_id}","amount":1250}}"#);
     match service
@@ -132,7 +146,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
             .dispatch_json("account.transfer", b"{}")
             .await,
     );
+}
 
+async fn queries(service: &Service, account_id: Uuid) {
     println!("\nqueries:");
     show(
         "balance",
@@ -158,5 +174,4 @@ async fn main() -> Result<(), Box<dyn Error>> {
             })
             .await,
     );
-    Ok(())
 }

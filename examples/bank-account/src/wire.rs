@@ -39,6 +39,11 @@ pub struct Service {
 }
 
 /// Builds the service on `store`.
+///
+/// # Panics
+///
+/// If two commands or two queries of the service share a wire name (a programming error
+/// caught the first time the service starts).
 pub fn build(store: Arc<dyn EventStore>) -> Service {
     let balances = ReadModel::new(Balances::default());
     let commands = CommandBus::builder_shared(store)
