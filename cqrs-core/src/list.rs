@@ -89,6 +89,44 @@ where
     }
 }
 
+/// The index of the end of the handler list, where a query lands when no handler answers it.
+pub struct Nowhere;
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// Implemented by no type: the end of a query bus's handler list "answers" `Q` only if `Q`
+/// implements this, so a query no handler answers fails here with a message naming it.
+///
+/// The impl exists for the compiler's sake: without a second candidate at the end of the list,
+/// a bus with a single handler would let the compiler infer the query type from that handler
+/// and report a type mismatch instead of the missing handler.
+#[diagnostic::on_unimplemented(
+    message = "no query handler for `{Self}` is registered on this query bus",
+    label = "nothing on this bus answers `{Self}`",
+    note = "add a `#[projection]` type with a `#[query_handler]` for `{Self}` to the `QueryBus` builder with `.handler(...)`"
+)]
+pub trait NoHandlerRegistered: sealed::Sealed {}
+
+/// Stands for the missing handler in the impossible impl below; never constructed.
+pub struct Unanswered<Q>(std::convert::Infallible, PhantomData<Q>);
+
+impl<Q: Query> HandlesQuery<Q> for Unanswered<Q> {
+    type Error = std::convert::Infallible;
+
+    async fn handle_query(&self, _query: &Q) -> Result<Q::Output, Self::Error> {
+        match self.0 {}
+    }
+}
+
+impl<Q: Query + NoHandlerRegistered> Route<Q, Nowhere> for () {
+    type Handler = Unanswered<Q>;
+    fn handler(&self) -> &Unanswered<Q> {
+        unreachable!("`NoHandlerRegistered` is sealed and implemented by no type")
+    }
+}
+
 /// Element `T` sits at index `I` of the list.
 pub trait At<T, I>: Send + Sync + 'static {
     /// Borrows the element.
