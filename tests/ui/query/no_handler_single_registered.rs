@@ -25,9 +25,7 @@ impl Balances {
 }
 
 pub fn list() {
-    let queries = QueryBus::builder()
-        .handler(Balances)
-        .build();
+    let queries = QueryBus::builder().handler(Balances).build();
     drop(queries.execute(ListAccounts));
 }
 
