@@ -1,6 +1,6 @@
 //! The schema migrations shipped with the crate, and the runner that applies them.
 
-use sqlx::PgPool;
+use sqlx::{Executor, PgConnection, PgPool};
 
 use crate::MigrateError;
 
@@ -32,27 +32,29 @@ CREATE TABLE IF NOT EXISTS cqrs_schema_migrations (
 /// Applies the migrations `pool`'s database has not recorded, in one transaction.
 pub(crate) async fn run(pool: &PgPool) -> Result<Vec<i64>, MigrateError> {
     let mut tx = pool.begin().await?;
+    let conn: &mut PgConnection = &mut tx;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(LOCK_KEY)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
     let schema: Option<String> = sqlx::query_scalar("SELECT current_schema()")
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut *conn)
         .await?;
     if schema.is_none() {
         return Err(MigrateError::NoSchema);
     }
-    sqlx::query(BOOKKEEPING).execute(&mut *tx).await?;
+    sqlx::query(BOOKKEEPING).execute(&mut *conn).await?;
     let recorded: Vec<i64> = sqlx::query_scalar("SELECT version FROM cqrs_schema_migrations")
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await?;
     let mut applied = Vec::new();
     for &(version, name, sql) in MIGRATIONS {
         if recorded.contains(&version) {
             continue;
         }
-        sqlx::raw_sql(sql)
-            .execute(&mut *tx)
+        // `Executor::execute` with the raw text: the simple query protocol, which runs a
+        // file of several statements (and whose future stays `Send` for any lifetime).
+        conn.execute(sqlx::raw_sql(sql))
             .await
             .map_err(|source| MigrateError::Migration {
                 version,
@@ -62,7 +64,7 @@ pub(crate) async fn run(pool: &PgPool) -> Result<Vec<i64>, MigrateError> {
         sqlx::query("INSERT INTO cqrs_schema_migrations (version, name) VALUES ($1, $2)")
             .bind(version)
             .bind(name)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
         applied.push(version);
     }

@@ -53,27 +53,33 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        // The pool's connections belong to the test's runtime, which is blocked in this drop:
+        // never touch them from here. `DROP DATABASE ... WITH (FORCE)` ends them server-side,
+        // from a fresh connection on a private runtime and thread.
         let name = self.name.clone();
-        let pool = self.pool.clone();
-        // Drop runs outside async context guarantees; use a private runtime on a thread.
-        let _ = std::thread::spawn(move || {
+        let dropped = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
             runtime.block_on(async move {
-                pool.close().await;
                 let admin_options = PgConnectOptions::from_str(&admin_url())
                     .expect("url")
                     .disable_statement_logging();
-                if let Ok(mut admin) = PgConnection::connect_with(&admin_options).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut admin)
-                        .await;
-                    let _ = admin.close().await;
-                }
-            });
+                let mut admin = PgConnection::connect_with(&admin_options).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await?;
+                admin.close().await
+            })
         })
         .join();
+        if !std::thread::panicking() {
+            match dropped {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => panic!("could not drop test database {}: {error}", self.name),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
     }
 }
