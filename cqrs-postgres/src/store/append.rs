@@ -68,6 +68,34 @@ impl PostgresEventStore {
         validate_stream_id(stream_id)?;
         let notify_in_tx = self.notify == NotifyMode::InTransaction;
         let mut retries = 0;
+        if self.inline.is_empty() {
+            // The append is one statement, and one statement outside a transaction block is
+            // a transaction of its own: atomic, and a failure leaves nothing behind. No
+            // BEGIN/COMMIT round trips.
+            let mut conn = self.pool.acquire().await.map_err(database)?;
+            loop {
+                match self
+                    .append_on(&mut conn, stream_id, expected, &events, notify_in_tx)
+                    .await
+                {
+                    Ok(result) => {
+                        if self.notify == NotifyMode::AfterCommit {
+                            self.after_commit.committed(result.last_position());
+                        }
+                        return Ok(result);
+                    }
+                    Err(AppendFailure::OutOfOrder { .. }) if retries < OUT_OF_ORDER_RETRIES => {
+                        retries += 1;
+                    }
+                    Err(failure) => {
+                        drop(conn);
+                        return Err(self
+                            .explain(failure, stream_id, expected, &events, true)
+                            .await);
+                    }
+                }
+            }
+        }
         loop {
             let mut tx = self.pool.begin().await.map_err(database)?;
             match self
