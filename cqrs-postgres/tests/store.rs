@@ -1122,20 +1122,8 @@ fn events_of(n: u64) -> Vec<NewEvent> {
 
 // ---------------------------------------------------------------- plans
 
-async fn explain(conn: &mut PgConnection, statement: &str, bind: (i64, i64)) -> String {
-    let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {statement}"))
-        .bind(bind.0)
-        .bind(bind.1)
-        .fetch_all(&mut *conn)
-        .await
-        .expect("explain");
-    lines.join("\n")
-}
-
-async fn explain_stream(conn: &mut PgConnection, stream: &str) -> String {
-    let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", store_sql::LOAD_STREAM))
-        .bind(stream)
-        .bind(1_i64)
+async fn explain(conn: &mut PgConnection, execute: &str) -> String {
+    let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {execute}"))
         .fetch_all(&mut *conn)
         .await
         .expect("explain");
@@ -1172,13 +1160,23 @@ async fn load_stream_and_read_all_from_use_their_indexes() {
         .position;
 
     let mut conn = db.pool.acquire().await.expect("connection");
+    // The statements exactly as the store sends them, prepared with their parameters.
+    sqlx::raw_sql(&format!(
+        "PREPARE load_stream_plan (text, bigint) AS {};
+         PREPARE read_all_from_plan (bigint, bigint) AS {}",
+        store_sql::LOAD_STREAM,
+        store_sql::READ_ALL_FROM
+    ))
+    .execute(&mut *conn)
+    .await
+    .expect("prepare");
     let mut plans = BTreeMap::new();
     for mode in ["force_custom_plan", "force_generic_plan"] {
         sqlx::query(&format!("SET plan_cache_mode = {mode}"))
             .execute(&mut *conn)
             .await
             .expect("plan mode");
-        let load = explain_stream(&mut conn, "plan-42").await;
+        let load = explain(&mut conn, "EXECUTE load_stream_plan('plan-42', 1)").await;
         assert!(
             load.contains("Index Scan using cqrs_events_stream_id_stream_version_key")
                 || load.contains("Bitmap Index Scan on cqrs_events_stream_id_stream_version_key"),
@@ -1186,8 +1184,7 @@ async fn load_stream_and_read_all_from_use_their_indexes() {
         );
         let read = explain(
             &mut conn,
-            store_sql::READ_ALL_FROM,
-            (i64::try_from(middle.0).unwrap(), 1000),
+            &format!("EXECUTE read_all_from_plan({}, 1000)", middle.0),
         )
         .await;
         assert!(
