@@ -11,8 +11,9 @@
 //! variables (defaults in brackets): `BENCH_SECONDS` per throughput run [3], `BENCH_ROUNDS`
 //! of each throughput variant, median kept [3], `BENCH_CLIENTS` [1,8], `BENCH_HISTORY` events
 //! of the long aggregate [100000], `BENCH_LOADS` repetitions of a load [5], `BENCH_PARTS`
-//! [commands,loads,catch-up], `BENCH_PING` [1: sqlx's default `test_before_acquire`, a round
-//! trip per pool checkout; 0 turns it off]. `DATABASE_URL` names the server (default the
+//! [commands,loads,catch-up], `BENCH_VARIANTS` [0,1,2,3: hand-written, framework notifying
+//! in the transaction, after commit, not at all], `BENCH_PING` [1: sqlx's default
+//! `test_before_acquire`, a round trip per pool checkout; 0 turns it off]. `DATABASE_URL` names the server (default the
 //! local one).
 //!
 //! ```text
@@ -257,6 +258,13 @@ async fn commands(pool: &PgPool, store: &PostgresEventStore) {
         .split(',')
         .filter_map(|c| c.trim().parse().ok())
         .collect();
+    // Indexes into `VARIANTS`; running one alone is how to measure its process CPU per
+    // command (`perf stat`).
+    let selected: Vec<usize> = std::env::var("BENCH_VARIANTS")
+        .unwrap_or_else(|_| "0,1,2,3".into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
     println!("## commands/s (median of {rounds} runs of {seconds} s, variants taking turns)\n");
     println!(
         "| clients | {} | {} | ratio | {} | ratio | {} | ratio |",
@@ -268,20 +276,29 @@ async fn commands(pool: &PgPool, store: &PostgresEventStore) {
         for round in 0..rounds {
             for turn in 0..VARIANTS.len() {
                 let variant = (round + turn) % VARIANTS.len();
-                runs[variant].push(run_variant(variant, pool, store, n, seconds).await);
+                if selected.contains(&variant) {
+                    runs[variant].push(run_variant(variant, pool, store, n, seconds).await);
+                }
             }
         }
-        let [hand, in_tx, after, off]: [f64; 4] = runs
+        let rates: Vec<Option<f64>> = runs
             .into_iter()
-            .map(median)
-            .collect::<Vec<_>>()
-            .try_into()
-            .expect("four variants");
+            .map(|runs| (!runs.is_empty()).then(|| median(runs)))
+            .collect();
+        let cell = |rate: Option<f64>| rate.map_or_else(|| "-".to_owned(), |r| format!("{r:.0}"));
+        let ratio = |rate: Option<f64>| match (rate, rates[0]) {
+            (Some(rate), Some(hand)) => format!("{:.2}", rate / hand),
+            _ => "-".to_owned(),
+        };
         println!(
-            "| {n} | {hand:.0} | {in_tx:.0} | {:.2} | {after:.0} | {:.2} | {off:.0} | {:.2} |",
-            in_tx / hand,
-            after / hand,
-            off / hand
+            "| {n} | {} | {} | {} | {} | {} | {} | {} |",
+            cell(rates[0]),
+            cell(rates[1]),
+            ratio(rates[1]),
+            cell(rates[2]),
+            ratio(rates[2]),
+            cell(rates[3]),
+            ratio(rates[3]),
         );
     }
     println!();

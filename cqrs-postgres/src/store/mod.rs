@@ -39,7 +39,8 @@ pub enum NotifyMode {
     /// notification lock; listeners wake one round trip later. A crash between a commit
     /// and its notification leaves listeners to their polling. Appends made with
     /// [`PostgresEventStore::append_in`] still notify inside the caller's transaction, since
-    /// only the caller knows when it commits.
+    /// only the caller knows when it commits. The task runs on the Tokio runtime of the
+    /// first append that needs it, and stops with that runtime.
     AfterCommit,
     /// No notifications: listeners rely on polling.
     Off,
