@@ -18,7 +18,10 @@ pub struct RepositoryOptions {
     ///
     /// A cached state is only used after reading the stream's tail past its version, so a
     /// state written by another process is never served stale: the cache saves decoding and
-    /// applying history, not the round trip that checks it.
+    /// applying history, not the round trip that checks it. With the cache on, commands on
+    /// one aggregate run one at a time within the process (each waits for the cached state),
+    /// so they never conflict with each other and never rebuild the state from history;
+    /// only writers in other processes can cause a conflict.
     pub cache_capacity: usize,
 }
 
@@ -40,13 +43,19 @@ pub struct Loaded<A> {
     pub version: u64,
 }
 
+/// What one attempt at a command returns.
+type Attempt<A> = Result<(Committed, Vec<RecordedEvent>), CommandError<<A as Aggregate>::Error>>;
+
 /// Loads and commits one aggregate type against an [`EventStore`].
 pub struct Repository<A: Aggregate> {
     store: Arc<dyn EventStore>,
     services: A::Services,
     options: RepositoryOptions,
-    cache: Mutex<HashMap<String, Loaded<A>>>,
+    cache: Mutex<HashMap<String, Slot<A>>>,
 }
+
+/// One aggregate's cached state, locked while a command runs on it.
+type Slot<A> = Arc<tokio::sync::Mutex<Option<Loaded<A>>>>;
 
 impl<A: Aggregate> Repository<A> {
     /// A repository for `A` with its handlers' services.
@@ -73,9 +82,18 @@ impl<A: Aggregate> Repository<A> {
         &self.store
     }
 
-    /// Loads the current state of a stream: cached state, else snapshot, then the tail.
+    /// Loads the current state of a stream from its snapshot (if any) and the events after it.
     pub async fn load(&self, stream_id: &str) -> Result<Loaded<A>, CommandError<A::Error>> {
-        let mut loaded = match self.take_cached(stream_id) {
+        self.load_from(stream_id, None).await
+    }
+
+    /// Brings `start` (a cached state), or else the snapshot, up to date with the stream.
+    async fn load_from(
+        &self,
+        stream_id: &str,
+        start: Option<Loaded<A>>,
+    ) -> Result<Loaded<A>, CommandError<A::Error>> {
+        let mut loaded = match start {
             Some(cached) => cached,
             None => self.load_snapshot(stream_id).await?,
         };
@@ -158,58 +176,76 @@ impl<A: Aggregate> Repository<A> {
         C: crate::Command<Aggregate = A>,
         A: Handles<C>,
     {
+        let slot = self.slot(&ctx.stream_id);
+        let mut guard = match &slot {
+            Some(slot) => Some(slot.lock().await),
+            None => None,
+        };
         let mut attempt = 0;
         loop {
-            match self.execute_once(command, ctx, record).await {
+            let cached = guard.as_mut().and_then(|state| state.take());
+            let (result, keep) = self.execute_once(command, ctx, record, cached).await;
+            if let Some(state) = guard.as_mut() {
+                **state = keep;
+            }
+            match result {
                 Err(error) if error.is_conflict() && attempt < retries => attempt += 1,
                 other => return other,
             }
         }
     }
 
+    /// One attempt. Returns the outcome and the state worth keeping for the next command
+    /// (`None` when it may be ahead of the store: the events were applied but not appended).
     async fn execute_once<C>(
         &self,
         command: &C,
         ctx: &CommandContext,
         record: bool,
-    ) -> Result<(Committed, Vec<RecordedEvent>), CommandError<A::Error>>
+        cached: Option<Loaded<A>>,
+    ) -> (Attempt<A>, Option<Loaded<A>>)
     where
         C: crate::Command<Aggregate = A>,
         A: Handles<C>,
     {
         let stream_id = ctx.stream_id.as_str();
-        let mut loaded = self.load(stream_id).await?;
-        let events = loaded
-            .state
-            .handle(command, &self.services, ctx)
-            .await
-            .map_err(CommandError::Rejected)?;
+        let mut loaded = match self.load_from(stream_id, cached).await {
+            Ok(loaded) => loaded,
+            Err(error) => return (Err(error), None),
+        };
+        let events = match loaded.state.handle(command, &self.services, ctx).await {
+            Ok(events) => events,
+            Err(rejection) => return (Err(CommandError::Rejected(rejection)), Some(loaded)),
+        };
         if events.is_empty() {
-            let version = loaded.version;
-            self.put_cached(stream_id, loaded);
-            return Ok((
-                Committed {
-                    command_id: ctx.command_id,
-                    stream_id: stream_id.to_owned(),
-                    stream_version: version,
-                    position: GlobalPosition::START,
-                    events: 0,
-                },
-                Vec::new(),
-            ));
+            let committed = Committed {
+                command_id: ctx.command_id,
+                stream_id: stream_id.to_owned(),
+                stream_version: loaded.version,
+                position: GlobalPosition::START,
+                events: 0,
+            };
+            return (Ok((committed, Vec::new())), Some(loaded));
         }
         let metadata = ctx.event_metadata();
-        let new_events = events
+        let new_events = match events
             .iter()
             .map(|event| NewEvent::from_event(event, metadata.clone()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(CommandError::Serialize)?;
+        {
+            Ok(new_events) => new_events,
+            Err(error) => return (Err(CommandError::Serialize(error)), Some(loaded)),
+        };
         for event in &events {
             loaded.state.apply(event);
         }
         let recorded_input = record.then(|| new_events.clone());
         let expected = ExpectedVersion::Exact(loaded.version);
-        let appended = self.store.append(stream_id, expected, new_events).await?;
+        let appended = match self.store.append(stream_id, expected, new_events).await {
+            Ok(appended) => appended,
+            // The state has the rejected events applied: drop it and rebuild next time.
+            Err(error) => return (Err(error.into()), None),
+        };
         let previous = loaded.version;
         loaded.version = appended.stream_version;
         self.maybe_snapshot(stream_id, previous, &loaded).await;
@@ -220,11 +256,10 @@ impl<A: Aggregate> Repository<A> {
             position: appended.last_position(),
             events: events.len(),
         };
-        self.put_cached(stream_id, loaded);
         let recorded = recorded_input
             .map(|input| record_events(stream_id, previous, &appended, input))
             .unwrap_or_default();
-        Ok((committed, recorded))
+        (Ok((committed, recorded)), Some(loaded))
     }
 
     async fn maybe_snapshot(&self, stream_id: &str, previous: u64, loaded: &Loaded<A>) {
@@ -256,29 +291,26 @@ impl<A: Aggregate> Repository<A> {
         }
     }
 
-    fn take_cached(&self, stream_id: &str) -> Option<Loaded<A>> {
-        if self.options.cache_capacity == 0 {
-            return None;
-        }
-        self.cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(stream_id)
-    }
-
-    fn put_cached(&self, stream_id: &str, loaded: Loaded<A>) {
+    /// The cache slot of a stream, or `None` when the cache is off.
+    fn slot(&self, stream_id: &str) -> Option<Slot<A>> {
         let capacity = self.options.cache_capacity;
         if capacity == 0 {
-            return;
+            return None;
         }
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= capacity {
-            // Any entry will do: an evicted state is rebuilt from the store on its next use.
-            if let Some(evict) = cache.keys().next().cloned() {
-                cache.remove(&evict);
-            }
+        if let Some(slot) = cache.get(stream_id) {
+            return Some(Arc::clone(slot));
         }
-        cache.insert(stream_id.to_owned(), loaded);
+        if cache.len() >= capacity {
+            // Evict the states no command is using; an evicted state is rebuilt from the store
+            // on its next use.
+            cache.retain(|_, slot| Arc::strong_count(slot) > 1);
+        }
+        let slot = Slot::<A>::default();
+        if cache.len() < capacity {
+            cache.insert(stream_id.to_owned(), Arc::clone(&slot));
+        }
+        Some(slot)
     }
 }
 

@@ -184,7 +184,12 @@ async fn without_retries_a_conflict_is_returned_typed() {
         }
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
-    bus.execute(Deposit { id: 1, amount: 1 }).await.unwrap();
+    // A second bus on the same store stands for another process writing the same aggregate.
+    let other_process = self::bus(store.clone());
+    other_process
+        .execute(Deposit { id: 1, amount: 1 })
+        .await
+        .unwrap();
     match slow.await.unwrap() {
         Err(CommandError::Conflict {
             stream,
@@ -201,10 +206,43 @@ async fn without_retries_a_conflict_is_returned_typed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_on_one_aggregate_in_one_process_wait_for_each_other_instead_of_conflicting() {
+    let store = CountingStore::default();
+    let bus = self::bus(store.clone());
+    opened(&bus, 1).await;
+    let slow = tokio::spawn({
+        let bus = bus.clone();
+        async move {
+            bus.execute(SlowDeposit {
+                id: 1,
+                amount: 1,
+                millis: 100,
+            })
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // No retries configured: this would conflict if it did not wait for the slow command.
+    bus.execute(Deposit { id: 1, amount: 1 }).await.unwrap();
+    slow.await.unwrap().unwrap();
+    let versions: Vec<_> = store.loads().iter().map(|(_, from)| *from).collect();
+    assert_eq!(
+        versions,
+        [1, 2, 3],
+        "each command read only the tail after the cached state"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_retries_concurrent_commands_on_one_aggregate_all_commit_in_order() {
+    // Without the cache, commands of one process race each other like separate processes.
     let store = InMemoryEventStore::new();
+    let options = RepositoryOptions {
+        snapshot_every: None,
+        cache_capacity: 0,
+    };
     let bus = CommandBus::builder(store.clone())
-        .aggregate::<Account>(limits())
+        .aggregate_with::<Account>(limits(), options)
         .retry_on_conflict(1000)
         .build();
     opened(&bus, 1).await;
