@@ -9,7 +9,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-/// A position in a store's global order of events. `GlobalPosition::START` precedes every event.
+/// The position of an event in a store's global log. `GlobalPosition::START` precedes every
+/// event.
+///
+/// A position identifies an event and is what `read_all_from` resumes after. Whether positions
+/// compare like the global order is up to the store: the in-memory store assigns them in
+/// commit order, so they do; PostgreSQL orders by `(transaction id, position)`, so two
+/// positions from concurrent transactions may compare the other way round. Ask the store (or
+/// a subscription's progress) whether one event is before another rather than comparing numbers.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
