@@ -66,7 +66,7 @@
 //! |---|---|---|
 //! | `macros` | yes | re-exports `#[derive(Command, Query, Event)]`, `#[aggregate]`, `#[projection]` |
 //! | `validator` | no | `#[command(validate)]` / `#[query(validate)]` run `validator::Validate` in the [`middleware::Validation`] layer |
-//! | `testing` | no | [`testing::conformance`]: the checks every [`EventStore`] must pass |
+//! | `testing` | no | `testing::conformance`: the checks every [`EventStore`] must pass |
 //!
 //! # Dependencies
 //!
