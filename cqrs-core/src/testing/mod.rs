@@ -1,5 +1,5 @@
 //! Test support: the given/when/then [`Fixture`] for aggregates, and (feature `testing`) the
-//! [`conformance`] kit any [`EventStore`](crate::EventStore) implementation can run.
+//! `conformance` kit any [`EventStore`](crate::EventStore) implementation can run.
 
 use std::fmt::Debug;
 
