@@ -227,15 +227,20 @@ impl<A: Aggregate> Repository<A> {
             };
             return (Ok((committed, Vec::new())), Some(loaded));
         }
-        let metadata = ctx.event_metadata();
-        let new_events = match events
-            .iter()
-            .map(|event| NewEvent::from_event(event, metadata.clone()))
-            .collect::<Result<Vec<_>, _>>()
-        {
-            Ok(new_events) => new_events,
-            Err(error) => return (Err(CommandError::Serialize(error)), Some(loaded)),
-        };
+        let mut metadata = ctx.event_metadata();
+        let mut new_events = Vec::with_capacity(events.len());
+        for (index, event) in events.iter().enumerate() {
+            // Every event carries the same metadata; the last one takes it instead of a copy.
+            let metadata = if index + 1 == events.len() {
+                std::mem::take(&mut metadata)
+            } else {
+                metadata.clone()
+            };
+            match NewEvent::from_event(event, metadata) {
+                Ok(new_event) => new_events.push(new_event),
+                Err(error) => return (Err(CommandError::Serialize(error)), Some(loaded)),
+            }
+        }
         for event in &events {
             loaded.state.apply(event);
         }

@@ -75,9 +75,14 @@ impl InMemoryEventStore {
                 actual,
             });
         }
-        let mut batch_ids = HashSet::with_capacity(events.len());
+        // Repeats within the batch can only exist with two or more events; `HashSet::new`
+        // does not allocate until the first insert, so a one-event append pays nothing here.
+        let mut batch_ids = HashSet::new();
+        let check_batch = events.len() > 1;
         for event in &events {
-            if inner.event_ids.contains(&event.event_id) || !batch_ids.insert(event.event_id) {
+            if inner.event_ids.contains(&event.event_id)
+                || (check_batch && !batch_ids.insert(event.event_id))
+            {
                 return Err(StoreError::DuplicateEventId {
                     event_id: event.event_id,
                 });
