@@ -4,7 +4,7 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 
 use super::{ast, check};
-use crate::internals::syntax::{at_user, path_at};
+use crate::internals::syntax::{at_user, path_at, validate_fn};
 
 pub fn expand(command: &check::Command<'_>) -> TokenStream {
     let check::Command {
@@ -22,15 +22,7 @@ pub fn expand(command: &check::Command<'_>) -> TokenStream {
     let aggregate_id = quote_spanned! {at_user(id)=>
         #pi::std::string::ToString::to_string(&self.#id)
     };
-    let validate = validate.map(|key| {
-        let span = at_user(key);
-        let p = path_at(&p, span);
-        quote_spanned! {span=>
-            fn validate(&self) -> ::core::result::Result<(), #p::ValidationErrors> {
-                #p::validate(self)
-            }
-        }
-    });
+    let validate = validate.map(|key| validate_fn(&p, key));
     quote! {
         const _: () = {
             #[automatically_derived]

@@ -176,6 +176,21 @@ pub fn path_at(p: &proc_macro2::TokenStream, span: Span) -> proc_macro2::TokenSt
     respan(p.clone(), span)
 }
 
+/// The `validate` method of `#[command(validate)]` and `#[query(validate)]`, spanned at the
+/// user's `validate` key so a missing `Validate` impl or feature is reported there.
+pub fn validate_fn(
+    p: &proc_macro2::TokenStream,
+    key: &proc_macro2::TokenStream,
+) -> proc_macro2::TokenStream {
+    let span = at_user(key);
+    let p = path_at(p, span);
+    quote::quote_spanned! {span=>
+        fn validate(&self) -> ::core::result::Result<(), #p::ValidationErrors> {
+            #p::validate(self)
+        }
+    }
+}
+
 /// Where to point at a signature's return type, or at its closing parenthesis when it has none.
 pub fn output_span(sig: &Signature) -> Span {
     match &sig.output {

@@ -1,10 +1,10 @@
 //! The `Query` impl, and the stand-in emitted with the errors when the input is wrong.
 
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
+use quote::quote;
 
 use super::{ast, check};
-use crate::internals::syntax::{at_user, path_at};
+use crate::internals::syntax::validate_fn;
 
 pub fn expand(query: &check::Query<'_>) -> TokenStream {
     let check::Query {
@@ -17,15 +17,7 @@ pub fn expand(query: &check::Query<'_>) -> TokenStream {
     } = query;
     let p = quote!(#krate::__private);
     let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
-    let validate = validate.map(|key| {
-        let span = at_user(key);
-        let p = path_at(&p, span);
-        quote_spanned! {span=>
-            fn validate(&self) -> ::core::result::Result<(), #p::ValidationErrors> {
-                #p::validate(self)
-            }
-        }
-    });
+    let validate = validate.map(|key| validate_fn(&p, key));
     quote! {
         const _: () = {
             #[automatically_derived]
