@@ -139,11 +139,8 @@ impl<P: Send + Sync> ReadModel<P> {
 }
 
 impl<P: Projection<Context = ()>> ReadModel<P> {
-    /// Applies one event under the write lock.
+    /// Applies one event under the write lock (events of other types are ignored).
     pub async fn project(&self, event: &RecordedEvent) -> Result<(), ProjectionError> {
-        if !P::EVENT_TYPES.contains(&event.event_type.as_str()) {
-            return Ok(());
-        }
         self.inner.write().await.project(event, &mut ()).await
     }
 }
