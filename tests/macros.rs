@@ -431,13 +431,13 @@ fn events_round_trip_through_their_stored_form() {
 #[test]
 fn decoding_an_unknown_name_a_wrong_version_or_a_bad_payload_is_a_typed_error() {
     assert_eq!(
-        AccountEvent::from_payload("Deposited", 2, &json!({"amount": 1})),
+        AccountEvent::from_payload("Deposited", 2, &json!({"amount": 1}).into()),
         Err(EventDecodeError::UnknownType {
             name: "Deposited".to_owned()
         })
     );
     assert_eq!(
-        AccountEvent::from_payload("account.deposited", 1, &json!({"amount": 1})),
+        AccountEvent::from_payload("account.deposited", 1, &json!({"amount": 1}).into()),
         Err(EventDecodeError::UnsupportedVersion {
             name: "account.deposited".to_owned(),
             found: 1,
@@ -445,7 +445,7 @@ fn decoding_an_unknown_name_a_wrong_version_or_a_bad_payload_is_a_typed_error() 
         })
     );
     assert!(matches!(
-        AccountEvent::from_payload("account.deposited", 2, &json!({"amount": "x"})),
+        AccountEvent::from_payload("account.deposited", 2, &json!({"amount": "x"}).into()),
         Err(EventDecodeError::Payload { path, .. }) if path == "amount"
     ));
 }

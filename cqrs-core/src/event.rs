@@ -1,7 +1,7 @@
 //! Domain events: the [`Event`] trait that `#[derive(Event)]` implements, the per-variant
 //! [`EventPayload`] link, and what aggregates implement to apply them.
 
-use serde_json::Value;
+use crate::Payload;
 
 /// The stable identity of one event variant: its wire name and schema version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,7 +34,7 @@ pub trait Event: Sized + Send + Sync + 'static {
     fn schema_version(&self) -> u32;
 
     /// Serializes the payload (not the enum tag) to JSON.
-    fn to_payload(&self) -> Result<Value, serde_json::Error>;
+    fn to_payload(&self) -> Result<Payload, serde_json::Error>;
 
     /// Rebuilds an event from its stored form.
     ///
@@ -44,7 +44,7 @@ pub trait Event: Sized + Send + Sync + 'static {
     fn from_payload(
         event_type: &str,
         version: u32,
-        payload: &Value,
+        payload: &Payload,
     ) -> Result<Self, EventDecodeError>;
 
     /// Whether `event_type` is one of this enum's type names.

@@ -109,7 +109,7 @@ pub use error::{
     CommandError, DispatchError, DuplicateName, FieldError, QueryError, ValidationErrors,
 };
 pub use event::{Apply, ApplyUnit, Event, EventDecodeError, EventPayload, EventType, IntoEvents};
-pub use metadata::{GlobalPosition, Metadata, NewEvent, RecordedEvent};
+pub use metadata::{GlobalPosition, Metadata, NewEvent, Payload, RecordedEvent};
 pub use projection::{Projection, ProjectionError, ReadModel, Subscriber};
 pub use query::{HandlesQuery, Query};
 pub use repository::{Loaded, Repository, RepositoryOptions};

@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 /// The position of an event in a store's global log. `GlobalPosition::START` precedes every
@@ -96,7 +98,7 @@ pub struct NewEvent {
     /// Payload schema version.
     pub schema_version: u32,
     /// Serialized payload.
-    pub payload: Value,
+    pub payload: Payload,
     /// Correlation, causation, user and custom keys.
     pub metadata: Metadata,
 }
@@ -135,7 +137,7 @@ pub struct RecordedEvent {
     /// When the store recorded the event.
     pub recorded_at: DateTime<Utc>,
     /// Serialized payload.
-    pub payload: Value,
+    pub payload: Payload,
     /// Correlation, causation, user and custom keys.
     pub metadata: Metadata,
 }
@@ -144,5 +146,109 @@ impl RecordedEvent {
     /// Decodes the payload as event enum `E`.
     pub fn decode<E: crate::Event>(&self) -> Result<E, crate::EventDecodeError> {
         E::from_payload(&self.event_type, self.schema_version, &self.payload)
+    }
+}
+
+/// A serialized event payload: one JSON document, kept as text.
+///
+/// Events are written once and read many times, so the payload stays in the form a store
+/// holds it in: serializing an event writes its text directly, and decoding reads the typed
+/// variant straight from that text, with no intermediate [`serde_json::Value`] tree on either
+/// path. [`Payload::to_value`] builds the tree when one is wanted.
+///
+/// Equality compares JSON values, not spelling: a store may normalize whitespace and key
+/// order (PostgreSQL's `jsonb` does), and `{"a":1,"b":2}` equals `{"b": 2, "a": 1}`.
+#[derive(Clone)]
+pub struct Payload(Box<RawValue>);
+
+impl Payload {
+    /// Serializes `value` into a payload.
+    pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        serde_json::value::to_raw_value(value).map(Self)
+    }
+
+    /// A payload from JSON text; fails unless the text is one valid JSON document.
+    pub fn from_json(text: impl Into<String>) -> Result<Self, serde_json::Error> {
+        RawValue::from_string(text.into()).map(Self)
+    }
+
+    /// The JSON `null` payload of unit event variants.
+    pub fn null() -> Self {
+        Self::encode(&Value::Null).unwrap_or_else(|_| unreachable!("`null` always serializes"))
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The payload as a JSON value tree.
+    pub fn to_value(&self) -> Value {
+        // The text was checked to be one JSON document when the payload was made.
+        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
+    }
+
+    /// Deserializes the payload into `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.0.get())
+    }
+
+    /// The raw JSON, for encoders that write it verbatim.
+    pub fn as_raw(&self) -> &RawValue {
+        &self.0
+    }
+}
+
+impl From<Box<RawValue>> for Payload {
+    fn from(raw: Box<RawValue>) -> Self {
+        Self(raw)
+    }
+}
+
+impl From<Value> for Payload {
+    fn from(value: Value) -> Self {
+        Self::from(&value)
+    }
+}
+
+impl From<&Value> for Payload {
+    fn from(value: &Value) -> Self {
+        Self::encode(value).expect("a JSON value always serializes")
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str() || self.to_value() == other.to_value()
+    }
+}
+
+impl PartialEq<Value> for Payload {
+    fn eq(&self, other: &Value) -> bool {
+        self.to_value() == *other
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Box::<RawValue>::deserialize(deserializer).map(Self)
     }
 }

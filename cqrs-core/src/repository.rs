@@ -93,15 +93,61 @@ impl<A: Aggregate> Repository<A> {
         stream_id: &str,
         start: Option<Loaded<A>>,
     ) -> Result<Loaded<A>, CommandError<A::Error>> {
-        let mut loaded = match start {
-            Some(cached) => cached,
-            None => self.load_snapshot(stream_id).await?,
+        let (mut loaded, from_snapshot) = if let Some(cached) = start {
+            (cached, false)
+        } else {
+            let loaded = self.load_snapshot(stream_id).await?;
+            let from_snapshot = loaded.version > 0;
+            (loaded, from_snapshot)
         };
         let tail = self
             .store
             .load_stream(stream_id, loaded.version + 1)
             .await?;
-        for recorded in &tail {
+        if from_snapshot && tail.is_empty() {
+            // Nothing after the snapshot: it is either at the head or past it (the events were
+            // restored from an older backup). A snapshot past the head would be trusted by
+            // every later command and make each one conflict, so it is checked here, once per
+            // load from a snapshot.
+            let head = self.store.stream_version(stream_id).await?;
+            if head < loaded.version {
+                tracing::warn!(
+                    stream_id,
+                    snapshot_version = loaded.version,
+                    stream_version = head,
+                    "discarding snapshot past the stream's head; rebuilding from events"
+                );
+                // Left in place it would never be replaced (an older snapshot never replaces
+                // a newer one) and would be trusted again once the stream reaches its version.
+                self.store.delete_snapshot(stream_id).await?;
+                return self.replay(stream_id, Self::fresh()).await;
+            }
+        }
+        Self::fold(stream_id, &mut loaded, &tail)?;
+        Ok(loaded)
+    }
+
+    /// Folds every stored event after `loaded.version` into `loaded`.
+    async fn replay(
+        &self,
+        stream_id: &str,
+        mut loaded: Loaded<A>,
+    ) -> Result<Loaded<A>, CommandError<A::Error>> {
+        let tail = self
+            .store
+            .load_stream(stream_id, loaded.version + 1)
+            .await?;
+        Self::fold(stream_id, &mut loaded, &tail)?;
+        Ok(loaded)
+    }
+
+    /// Applies `tail` to `loaded`, checking that versions continue without holes.
+    fn fold(
+        stream_id: &str,
+        loaded: &mut Loaded<A>,
+        tail: &[RecordedEvent],
+    ) -> Result<(), CommandError<A::Error>> {
+        for recorded in tail {
             if recorded.stream_version != loaded.version + 1 {
                 // The store skipped or repeated a version: refuse to build state on it.
                 return Err(CommandError::Store(StoreError::Backend(
@@ -122,22 +168,22 @@ impl<A: Aggregate> Repository<A> {
             loaded.state.apply(&event);
             loaded.version = recorded.stream_version;
         }
-        Ok(loaded)
+        Ok(())
+    }
+
+    fn fresh() -> Loaded<A> {
+        Loaded {
+            state: A::default(),
+            version: 0,
+        }
     }
 
     async fn load_snapshot(&self, stream_id: &str) -> Result<Loaded<A>, CommandError<A::Error>> {
         let Some(schema_version) = A::SNAPSHOT_VERSION else {
-            return Ok(Loaded {
-                state: A::default(),
-                version: 0,
-            });
-        };
-        let fresh = Loaded {
-            state: A::default(),
-            version: 0,
+            return Ok(Self::fresh());
         };
         let Some(snapshot) = self.store.load_snapshot(stream_id).await? else {
-            return Ok(fresh);
+            return Ok(Self::fresh());
         };
         if snapshot.schema_version != schema_version {
             tracing::warn!(
@@ -146,7 +192,7 @@ impl<A: Aggregate> Repository<A> {
                 expected = schema_version,
                 "ignoring snapshot of another schema version; rebuilding from events"
             );
-            return Ok(fresh);
+            return Ok(Self::fresh());
         }
         match A::from_snapshot(&snapshot.state) {
             Some(Ok(state)) => Ok(Loaded {
@@ -155,13 +201,13 @@ impl<A: Aggregate> Repository<A> {
             }),
             Some(Err(error)) => {
                 tracing::warn!(stream_id, %error, "ignoring snapshot that no longer deserializes; rebuilding from events");
-                Ok(fresh)
+                Ok(Self::fresh())
             }
-            None => Ok(fresh),
+            None => Ok(Self::fresh()),
         }
     }
 
-    /// Runs command `C`: load, handle, apply, append with optimistic concurrency; on a
+    /// Runs command `C`: load, handle, append with optimistic concurrency, apply; on a
     /// version conflict reloads and retries up to `retries` more times.
     ///
     /// Returns the recorded events too when `record` is set (for in-process subscribers).
@@ -196,7 +242,14 @@ impl<A: Aggregate> Repository<A> {
     }
 
     /// One attempt. Returns the outcome and the state worth keeping for the next command
-    /// (`None` when it may be ahead of the store: the events were applied but not appended).
+    /// (`None` when it cannot be trusted as a prefix of the stream).
+    ///
+    /// A cached state is used optimistically: the handler runs on it without first reading
+    /// the stream's tail, and the append's version check is what proves it current. When that
+    /// check fails (another process wrote), the tail is read and the handler runs once more,
+    /// without counting against `retries`. Outcomes that write nothing (a rejection, no
+    /// events) are confirmed against the stream's version before they are returned, so no
+    /// caller ever sees a decision taken on a stale state.
     async fn execute_once<C>(
         &self,
         command: &C,
@@ -209,62 +262,113 @@ impl<A: Aggregate> Repository<A> {
         A: Handles<C>,
     {
         let stream_id = ctx.stream_id.as_str();
-        let mut loaded = match self.load_from(stream_id, cached).await {
-            Ok(loaded) => loaded,
-            Err(error) => return (Err(error), None),
+        let (mut loaded, mut current) = match cached {
+            Some(cached) => (cached, false),
+            None => match self.load_from(stream_id, None).await {
+                Ok(loaded) => (loaded, true),
+                Err(error) => return (Err(error), None),
+            },
         };
-        let events = match loaded.state.handle(command, &self.services, ctx).await {
-            Ok(events) => events,
-            Err(rejection) => return (Err(CommandError::Rejected(rejection)), Some(loaded)),
-        };
-        if events.is_empty() {
+        // Refreshing a stale state and rebuilding one that is ahead of the store each happen
+        // at most once per attempt; whatever conflicts after that is the caller's conflict.
+        let mut refreshes = 0;
+        loop {
+            let decided = loaded.state.handle(command, &self.services, ctx).await;
+            let events = match decided {
+                Ok(events) if !events.is_empty() => events,
+                outcome => {
+                    // Nothing to write: confirm the state the decision was taken on.
+                    if !current {
+                        match self.store.stream_version(stream_id).await {
+                            Ok(head) if head == loaded.version => {}
+                            Ok(_) => {
+                                refreshes += 1;
+                                (loaded, current) =
+                                    match self.catch_up(stream_id, Some(loaded)).await {
+                                        Ok(loaded) => (loaded, true),
+                                        Err(error) => return (Err(error), None),
+                                    };
+                                continue;
+                            }
+                            Err(error) => return (Err(error.into()), Some(loaded)),
+                        }
+                    }
+                    let result = match outcome {
+                        Ok(_) => Ok((
+                            Committed {
+                                command_id: ctx.command_id,
+                                stream_id: stream_id.to_owned(),
+                                stream_version: loaded.version,
+                                position: GlobalPosition::START,
+                                events: 0,
+                            },
+                            Vec::new(),
+                        )),
+                        Err(rejection) => Err(CommandError::Rejected(rejection)),
+                    };
+                    return (result, Some(loaded));
+                }
+            };
+            let new_events = match serialize(&events, ctx) {
+                Ok(new_events) => new_events,
+                Err(error) => return (Err(CommandError::Serialize(error)), Some(loaded)),
+            };
+            let recorded_input = record.then(|| new_events.clone());
+            let expected = ExpectedVersion::Exact(loaded.version);
+            let appended = match self.store.append(stream_id, expected, new_events).await {
+                Ok(appended) => appended,
+                Err(StoreError::Conflict { actual, .. })
+                    if refreshes < 2 && (!current || actual < loaded.version) =>
+                {
+                    refreshes += 1;
+                    // Another writer moved the stream (the cached state is behind), or the
+                    // state is ahead of the store (a snapshot or cache past a restored
+                    // stream): bring it up to date and decide again.
+                    let start = (actual >= loaded.version).then_some(loaded);
+                    (loaded, current) = match self.catch_up(stream_id, start).await {
+                        Ok(loaded) => (loaded, true),
+                        Err(error) => return (Err(error), None),
+                    };
+                    continue;
+                }
+                // The state is untouched (events are applied only once stored), so it is
+                // still a prefix of the stream and worth keeping.
+                Err(error) => return (Err(error.into()), Some(loaded)),
+            };
+            for event in &events {
+                loaded.state.apply(event);
+            }
+            let previous = loaded.version;
+            loaded.version = appended.stream_version;
+            self.maybe_snapshot(stream_id, previous, &loaded).await;
             let committed = Committed {
                 command_id: ctx.command_id,
                 stream_id: stream_id.to_owned(),
-                stream_version: loaded.version,
-                position: GlobalPosition::START,
-                events: 0,
+                stream_version: appended.stream_version,
+                position: appended.last_position(),
+                events: events.len(),
             };
-            return (Ok((committed, Vec::new())), Some(loaded));
+            let recorded = recorded_input
+                .map(|input| record_events(stream_id, previous, &appended, input))
+                .unwrap_or_default();
+            return (Ok((committed, recorded)), Some(loaded));
         }
-        let mut metadata = ctx.event_metadata();
-        let mut new_events = Vec::with_capacity(events.len());
-        for (index, event) in events.iter().enumerate() {
-            // Every event carries the same metadata; the last one takes it instead of a copy.
-            let metadata = if index + 1 == events.len() {
-                std::mem::take(&mut metadata)
-            } else {
-                metadata.clone()
-            };
-            match NewEvent::from_event(event, metadata) {
-                Ok(new_event) => new_events.push(new_event),
-                Err(error) => return (Err(CommandError::Serialize(error)), Some(loaded)),
-            }
+    }
+
+    /// Brings `start` (a state that may be behind the stream) up to date, or rebuilds the state
+    /// from the store when there is no usable start.
+    async fn catch_up(
+        &self,
+        stream_id: &str,
+        start: Option<Loaded<A>>,
+    ) -> Result<Loaded<A>, CommandError<A::Error>> {
+        if start.is_none() {
+            tracing::warn!(
+                stream_id,
+                "aggregate state is ahead of the stored stream; rebuilding it from the store"
+            );
         }
-        for event in &events {
-            loaded.state.apply(event);
-        }
-        let recorded_input = record.then(|| new_events.clone());
-        let expected = ExpectedVersion::Exact(loaded.version);
-        let appended = match self.store.append(stream_id, expected, new_events).await {
-            Ok(appended) => appended,
-            // The state has the rejected events applied: drop it and rebuild next time.
-            Err(error) => return (Err(error.into()), None),
-        };
-        let previous = loaded.version;
-        loaded.version = appended.stream_version;
-        self.maybe_snapshot(stream_id, previous, &loaded).await;
-        let committed = Committed {
-            command_id: ctx.command_id,
-            stream_id: stream_id.to_owned(),
-            stream_version: appended.stream_version,
-            position: appended.last_position(),
-            events: events.len(),
-        };
-        let recorded = recorded_input
-            .map(|input| record_events(stream_id, previous, &appended, input))
-            .unwrap_or_default();
-        (Ok((committed, recorded)), Some(loaded))
+        self.load_from(stream_id, start).await
     }
 
     async fn maybe_snapshot(&self, stream_id: &str, previous: u64, loaded: &Loaded<A>) {
@@ -317,6 +421,25 @@ impl<A: Aggregate> Repository<A> {
         }
         Some(slot)
     }
+}
+
+/// The stored form of a command's events, each carrying the command's metadata.
+fn serialize<E: crate::Event>(
+    events: &[E],
+    ctx: &CommandContext,
+) -> Result<Vec<NewEvent>, serde_json::Error> {
+    let mut metadata = ctx.event_metadata();
+    let mut new_events = Vec::with_capacity(events.len());
+    for (index, event) in events.iter().enumerate() {
+        // Every event carries the same metadata; the last one takes it instead of a copy.
+        let metadata = if index + 1 == events.len() {
+            std::mem::take(&mut metadata)
+        } else {
+            metadata.clone()
+        };
+        new_events.push(NewEvent::from_event(event, metadata)?);
+    }
+    Ok(new_events)
 }
 
 fn record_events(

@@ -169,7 +169,9 @@ async fn a_cached_state_never_hides_another_writers_events() {
 #[tokio::test]
 async fn without_retries_a_conflict_is_returned_typed() {
     let store = InMemoryEventStore::new();
-    let bus = bus(store.clone());
+    // Without the cache every command reads the stream first, so the conflict below is a
+    // real race between two writers that both read version 1.
+    let bus = bus_without_cache(store.clone());
     opened(&bus, 1).await;
     // The slow deposit loads at version 1, then another deposit commits version 2 first.
     let slow = tokio::spawn({
@@ -228,9 +230,59 @@ async fn commands_on_one_aggregate_in_one_process_wait_for_each_other_instead_of
     let versions: Vec<_> = store.loads().iter().map(|(_, from)| *from).collect();
     assert_eq!(
         versions,
-        [1, 2, 3],
-        "each command read only the tail after the cached state"
+        [1],
+        "only the first command read the stream; the others used the cached state"
     );
+    assert_eq!(store.inner.len(), 3);
+}
+
+#[tokio::test]
+async fn a_cached_state_behind_another_writer_is_refreshed_by_the_version_check_without_a_retry() {
+    let store = CountingStore::default();
+    // No retries configured: the stale cache must not surface as a conflict.
+    let bus = self::bus(store.clone());
+    opened(&bus, 1).await;
+    bus.execute(Deposit { id: 1, amount: 5 }).await.unwrap();
+    // Another process deposits behind this bus's back: its cached state is now behind.
+    let other_process = self::bus(store.inner.clone());
+    other_process
+        .execute(Deposit { id: 1, amount: 7 })
+        .await
+        .unwrap();
+    let loads_before = store.loads().len();
+    let committed = bus.execute(Deposit { id: 1, amount: 1 }).await.unwrap();
+    assert_eq!(committed.stream_version, 4);
+    assert_eq!(
+        store.loads()[loads_before..],
+        [("Account-1".to_owned(), 3)],
+        "the conflicting append made it read exactly the tail it missed"
+    );
+    // The refreshed state includes the other process's deposit: 5 + 7 + 1.
+    let withdrawn = bus.execute(Withdraw { id: 1, amount: 13 }).await.unwrap();
+    assert_eq!(withdrawn.stream_version, 5);
+}
+
+#[tokio::test]
+async fn a_rejection_taken_on_a_stale_cached_state_is_rechecked_against_the_store() {
+    let store = CountingStore::default();
+    let bus = self::bus(store.clone());
+    opened(&bus, 1).await;
+    // The cached state has a balance of 0; another process deposits 10.
+    let other_process = self::bus(store.inner.clone());
+    other_process
+        .execute(Deposit { id: 1, amount: 10 })
+        .await
+        .unwrap();
+    // On the stale state this withdrawal would be refused for lack of funds.
+    let committed = bus.execute(Withdraw { id: 1, amount: 10 }).await.unwrap();
+    assert_eq!(committed.stream_version, 3);
+    // A rejection on a current state is still a rejection, with nothing written.
+    let refused = bus.execute(Withdraw { id: 1, amount: 1 }).await;
+    assert!(
+        matches!(refused, Err(CommandError::Rejected(_))),
+        "{refused:?}"
+    );
+    assert_eq!(store.inner.len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,6 +398,52 @@ async fn a_snapshot_that_no_longer_deserializes_is_ignored() {
 }
 
 #[tokio::test]
+async fn a_snapshot_past_the_streams_head_is_discarded_and_the_state_rebuilt() {
+    // The events were restored from an older backup; the snapshot table was not.
+    let store = CountingStore::default();
+    let options = RepositoryOptions {
+        snapshot_every: Some(100),
+        cache_capacity: 0,
+    };
+    let bus = CommandBus::builder(store.clone())
+        .aggregate_with::<Account>(limits(), options)
+        .build();
+    opened(&bus, 1).await;
+    bus.execute(Deposit { id: 1, amount: 9 }).await.unwrap();
+    store
+        .save_snapshot(Snapshot {
+            stream_id: "Account-1".into(),
+            stream_version: 40,
+            schema_version: 1,
+            state: serde_json::to_value(Account {
+                open: true,
+                closed: false,
+                balance: 1_000,
+                owner: "from the future".into(),
+            })
+            .unwrap(),
+        })
+        .await
+        .unwrap();
+    // Trusting the snapshot would append at version 41 and conflict forever.
+    let error = bus
+        .execute(Withdraw { id: 1, amount: 10 })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.rejection(),
+        Some(&AccountError::InsufficientFunds {
+            balance: 9,
+            requested: 10
+        }),
+        "the state was rebuilt from the two stored events"
+    );
+    assert_eq!(store.load_snapshot("Account-1").await.unwrap(), None);
+    let committed = bus.execute(Withdraw { id: 1, amount: 9 }).await.unwrap();
+    assert_eq!(committed.stream_version, 3);
+}
+
+#[tokio::test]
 async fn a_stored_event_that_does_not_decode_is_a_typed_error_naming_it() {
     let store = InMemoryEventStore::new();
     let bus = bus(store.clone());
@@ -354,7 +452,7 @@ async fn a_stored_event_that_does_not_decode_is_a_typed_error_naming_it() {
         event_id: Uuid::now_v7(),
         event_type: "account.frozen".into(),
         schema_version: 1,
-        payload: serde_json::json!({}),
+        payload: serde_json::json!({}).into(),
         metadata: Metadata::default(),
     };
     store

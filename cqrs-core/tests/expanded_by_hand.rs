@@ -134,17 +134,17 @@ const _: () = {
                 Self::Closed => 1,
             }
         }
-        fn to_payload(&self) -> Result<p::serde_json::Value, p::serde_json::Error> {
+        fn to_payload(&self) -> Result<p::Payload, p::serde_json::Error> {
             match self {
-                Self::Opened(payload) => p::serde_json::to_value(payload),
-                Self::Deposited(payload) => p::serde_json::to_value(payload),
-                Self::Closed => Ok(p::serde_json::Value::Null),
+                Self::Opened(payload) => p::encode_variant(payload),
+                Self::Deposited(payload) => p::encode_variant(payload),
+                Self::Closed => Ok(p::Payload::null()),
             }
         }
         fn from_payload(
             event_type: &str,
             version: u32,
-            payload: &p::serde_json::Value,
+            payload: &p::Payload,
         ) -> Result<Self, p::EventDecodeError> {
             match event_type {
                 "account.opened" => {
@@ -488,8 +488,11 @@ async fn the_hand_expansion_runs_end_to_end() {
     assert_eq!(answer, serde_json::json!(7));
     assert_eq!(store.len(), 3);
 
-    let decoded =
-        AccountEvent::from_payload("account.deposited", 2, &serde_json::json!({"amount": "x"}));
+    let decoded = AccountEvent::from_payload(
+        "account.deposited",
+        2,
+        &serde_json::json!({"amount": "x"}).into(),
+    );
     assert!(matches!(decoded, Err(EventDecodeError::Payload { ref path, .. }) if path == "amount"));
     let _ = <Account as Aggregate>::NAME;
     let _ = <Balances as Projection>::EVENT_TYPES;

@@ -326,25 +326,36 @@ fn events_serialize_without_the_variant_name_and_decode_with_typed_errors() {
         AccountEvent::Closed.to_payload().unwrap(),
         serde_json::Value::Null
     );
-    let decoded =
-        AccountEvent::from_payload("account.deposited", 1, &serde_json::json!({ "amount": 7 }))
-            .unwrap();
+    let decoded = AccountEvent::from_payload(
+        "account.deposited",
+        1,
+        &serde_json::json!({ "amount": 7 }).into(),
+    )
+    .unwrap();
     assert_eq!(decoded, event);
     assert_eq!(
-        AccountEvent::from_payload("account.exploded", 1, &serde_json::json!({})),
+        AccountEvent::from_payload("account.exploded", 1, &serde_json::json!({}).into()),
         Err(cqrs_core::EventDecodeError::UnknownType {
             name: "account.exploded".into()
         })
     );
     assert_eq!(
-        AccountEvent::from_payload("account.deposited", 2, &serde_json::json!({ "amount": 7 })),
+        AccountEvent::from_payload(
+            "account.deposited",
+            2,
+            &serde_json::json!({ "amount": 7 }).into()
+        ),
         Err(cqrs_core::EventDecodeError::UnsupportedVersion {
             name: "account.deposited".into(),
             found: 2,
             expected: 1
         })
     );
-    match AccountEvent::from_payload("account.deposited", 1, &serde_json::json!({ "amount": -1 })) {
+    match AccountEvent::from_payload(
+        "account.deposited",
+        1,
+        &serde_json::json!({ "amount": -1 }).into(),
+    ) {
         Err(cqrs_core::EventDecodeError::Payload { name, path, .. }) => assert_eq!(
             (name.as_str(), path.as_str()),
             ("account.deposited", "amount")

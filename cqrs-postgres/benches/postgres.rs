@@ -398,7 +398,7 @@ fn decode(row: &PgRow) -> RecordedEvent {
         event_id: row.get(3),
         event_type: row.get(4),
         schema_version: u32::try_from(row.get::<i32, _>(5)).expect("schema version"),
-        payload: row.get(6),
+        payload: row.get::<Value, _>(6).into(),
         metadata: serde_json::from_value(metadata).expect("metadata"),
         recorded_at: row.get(8),
     }

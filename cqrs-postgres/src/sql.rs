@@ -99,6 +99,9 @@ ON CONFLICT (stream_id) DO UPDATE
        taken_at = now()
  WHERE cqrs_snapshots.stream_version <= excluded.stream_version";
 
+/// `delete_snapshot($1 = stream)`.
+pub const DELETE_SNAPSHOT: &str = "DELETE FROM cqrs_snapshots WHERE stream_id = $1";
+
 /// The shared tail of the append statements: insert the batch with ONE statement after the
 /// stream row was claimed (`stream` CTE), numbering versions from the claimed version.
 ///

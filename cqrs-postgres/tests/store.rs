@@ -39,7 +39,7 @@ fn event(n: u64) -> NewEvent {
         event_id: Uuid::now_v7(),
         event_type: "test.happened".into(),
         schema_version: 1,
-        payload: json!({ "n": n }),
+        payload: json!({ "n": n }).into(),
         metadata: Metadata::default(),
     }
 }
@@ -776,7 +776,7 @@ async fn bad_input_writes_nothing() {
 
     // PostgreSQL's jsonb cannot hold a NUL character; the whole batch is refused.
     let mut unstorable = event(2);
-    unstorable.payload = json!({ "text": "nul \u{0} inside" });
+    unstorable.payload = json!({ "text": "nul \u{0} inside" }).into();
     match store
         .append("new", ExpectedVersion::NoStream, vec![event(1), unstorable])
         .await

@@ -183,4 +183,9 @@ impl EventStore for InMemoryEventStore {
         }
         Box::pin(std::future::ready(Ok(())))
     }
+
+    fn delete_snapshot<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.write().snapshots.remove(stream_id);
+        Box::pin(std::future::ready(Ok(())))
+    }
 }

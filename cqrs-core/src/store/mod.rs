@@ -155,4 +155,9 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Stores a snapshot, replacing an older one of the same stream.
     fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Removes the snapshot of a stream, if any. The repository calls it when a snapshot
+    /// claims a version past the stream's head (the events were restored from an older
+    /// backup), since such a snapshot could never be replaced by a newer one.
+    fn delete_snapshot<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
 }

@@ -101,7 +101,7 @@ fn event(n: u64) -> NewEvent {
         event_id: Uuid::now_v7(),
         event_type: "conformance.happened".into(),
         schema_version: 3,
-        payload: json!({ "n": n, "text": "quote ' \" backslash \\ unicode é" }),
+        payload: json!({ "n": n, "text": "quote ' \" backslash \\ unicode é" }).into(),
         metadata: Metadata {
             correlation_id: Some(Uuid::now_v7()),
             causation_id: Some(Uuid::now_v7()),

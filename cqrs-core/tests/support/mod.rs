@@ -261,4 +261,7 @@ impl EventStore for CountingStore {
     fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<(), StoreError>> {
         self.inner.save_snapshot(snapshot)
     }
+    fn delete_snapshot<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner.delete_snapshot(stream_id)
+    }
 }

@@ -54,14 +54,14 @@ fn event_impl(event: &check::Event<'_>, p: &TokenStream) -> TokenStream {
             let span = at_user(payload);
             let p = path_at(p, span);
             to_payload.push(quote_spanned! {span=>
-                Self::#v(payload) => #p::serde_json::to_value(payload)
+                Self::#v(payload) => #p::encode_variant(payload)
             });
             quote_spanned! {span=>
                 #p::decode_variant(event_type, payload).map(Self::#v)
             }
         } else {
             to_payload.push(quote! {
-                Self::#v => ::core::result::Result::Ok(#p::serde_json::Value::Null)
+                Self::#v => ::core::result::Result::Ok(#p::Payload::null())
             });
             quote!(::core::result::Result::Ok(Self::#v))
         };
@@ -97,7 +97,7 @@ fn event_impl(event: &check::Event<'_>, p: &TokenStream) -> TokenStream {
             }
             fn to_payload(
                 &self,
-            ) -> ::core::result::Result<#p::serde_json::Value, #p::serde_json::Error> {
+            ) -> ::core::result::Result<#p::Payload, #p::serde_json::Error> {
                 match self {
                     #(#to_payload,)*
                 }
@@ -105,7 +105,7 @@ fn event_impl(event: &check::Event<'_>, p: &TokenStream) -> TokenStream {
             fn from_payload(
                 event_type: &str,
                 version: u32,
-                payload: &#p::serde_json::Value,
+                payload: &#p::Payload,
             ) -> ::core::result::Result<Self, #p::EventDecodeError> {
                 #payload_unused
                 match event_type {
@@ -292,13 +292,13 @@ pub fn fallback(event: &ast::Event<'_>, error: &syn::Error) -> TokenStream {
                 }
                 fn to_payload(
                     &self,
-                ) -> ::core::result::Result<#p::serde_json::Value, #p::serde_json::Error> {
+                ) -> ::core::result::Result<#p::Payload, #p::serde_json::Error> {
                     ::core::unreachable!()
                 }
                 fn from_payload(
                     event_type: &str,
                     _: u32,
-                    _: &#p::serde_json::Value,
+                    _: &#p::Payload,
                 ) -> ::core::result::Result<Self, #p::EventDecodeError> {
                     ::core::result::Result::Err(#p::unknown_event(event_type))
                 }

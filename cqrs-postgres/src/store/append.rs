@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use cqrs_core::{AppendResult, ExpectedVersion, GlobalPosition, Metadata, NewEvent, StoreError};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
@@ -218,7 +218,8 @@ impl PostgresEventStore {
                 })
             })
             .collect::<Result<Vec<i32>, _>>()?;
-        let payloads: Vec<&Value> = events.iter().map(|e| &e.payload).collect();
+        let payloads: Vec<Json<&RawValue>> =
+            events.iter().map(|e| Json(e.payload.as_raw())).collect();
         let metadata: Vec<Json<&Metadata>> = events.iter().map(|e| Json(&e.metadata)).collect();
 
         let statement = match (expected, notify) {

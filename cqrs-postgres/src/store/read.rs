@@ -1,9 +1,9 @@
 //! Reading streams, the global order and snapshots; decoding rows.
 
-use cqrs_core::{GlobalPosition, Metadata, RecordedEvent, Snapshot, StoreError};
-use serde_json::Value;
-use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, PgPool, Row};
+use cqrs_core::{GlobalPosition, Metadata, Payload, RecordedEvent, Snapshot, StoreError};
+use serde_json::value::RawValue;
+use sqlx::postgres::{PgRow, PgValueFormat};
+use sqlx::{ColumnIndex, PgConnection, PgPool, Row, ValueRef};
 
 use super::append::validate_stream_id;
 use crate::error::database;
@@ -17,15 +17,47 @@ fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// The JSON text of a `jsonb` column, borrowed from the row (`None` for SQL `NULL`).
+///
+/// In the binary format a `jsonb` value is a version byte (1) followed by the document's
+/// text, so the text can be read without building a [`serde_json::Value`] first.
+pub(crate) fn jsonb_text<I: ColumnIndex<PgRow>>(
+    row: &PgRow,
+    index: I,
+) -> Result<Option<&[u8]>, sqlx::Error> {
+    let value = row.try_get_raw(index)?;
+    if value.is_null() {
+        return Ok(None);
+    }
+    let binary = value.format() == PgValueFormat::Binary;
+    match (binary, value.as_bytes().map_err(sqlx::Error::Decode)?) {
+        (false, text) | (true, [1, text @ ..]) => Ok(Some(text)),
+        (true, _) => Err(sqlx::Error::Decode(
+            "unknown jsonb binary format version".into(),
+        )),
+    }
+}
+
+/// A `jsonb` column as an event payload, copied as text.
+pub(crate) fn decode_payload<I: ColumnIndex<PgRow>>(
+    row: &PgRow,
+    index: I,
+) -> Result<Payload, sqlx::Error> {
+    let text = jsonb_text(row, index)?.unwrap_or(b"null");
+    let raw: Box<RawValue> =
+        serde_json::from_slice(text).map_err(|source| sqlx::Error::Decode(source.into()))?;
+    Ok(Payload::from(raw))
+}
+
 /// Decodes a row of the columns [`sql::LOAD_STREAM`] and [`sql::READ_ALL_FROM`] select.
 pub(crate) fn decode_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     let position: i64 = row.try_get(0).map_err(database)?;
     let stream_id: String = row.try_get(1).map_err(database)?;
     let stream_version = to_u64("stream_version", row.try_get(2).map_err(database)?)?;
     let schema_version: i32 = row.try_get(5).map_err(database)?;
-    let metadata: Value = row.try_get(7).map_err(database)?;
+    let metadata_text = jsonb_text(row, 7).map_err(database)?.unwrap_or(b"null");
     let metadata: Metadata =
-        serde_json::from_value(metadata).map_err(|source| PostgresStoreError::Metadata {
+        serde_json::from_slice(metadata_text).map_err(|source| PostgresStoreError::Metadata {
             stream_id: stream_id.clone(),
             stream_version,
             source,
@@ -43,7 +75,7 @@ pub(crate) fn decode_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
         stream_version,
         position: GlobalPosition(to_u64("position", position)?),
         recorded_at: row.try_get(8).map_err(database)?,
-        payload: row.try_get(6).map_err(database)?,
+        payload: decode_payload(row, 6).map_err(database)?,
         metadata,
     })
 }
@@ -145,6 +177,18 @@ pub(super) async fn save_snapshot(pool: &PgPool, snapshot: Snapshot) -> Result<(
         .bind(to_i64(snapshot.stream_version))
         .bind(schema_version)
         .bind(&snapshot.state)
+        .execute(pool)
+        .await
+        .map_err(database)?;
+    Ok(())
+}
+
+pub(super) async fn delete_snapshot(pool: &PgPool, stream_id: &str) -> Result<(), StoreError> {
+    if validate_stream_id(stream_id).is_err() {
+        return Ok(());
+    }
+    sqlx::query(sql::DELETE_SNAPSHOT)
+        .bind(stream_id)
         .execute(pool)
         .await
         .map_err(database)?;

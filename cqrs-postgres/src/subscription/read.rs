@@ -152,10 +152,9 @@ fn decode_event(
     };
     let schema_version: i64 = row.try_get("schema_version").map_err(database)?;
     let stream_version: i64 = row.try_get("stream_version").map_err(database)?;
-    let metadata: Option<serde_json::Value> = row.try_get("metadata").map_err(database)?;
-    let metadata = match metadata {
-        None | Some(serde_json::Value::Null) => Metadata::default(),
-        Some(value) => serde_json::from_value(value)
+    let metadata = match crate::store::jsonb_text(row, "metadata").map_err(database)? {
+        None | Some(b"null") => Metadata::default(),
+        Some(text) => serde_json::from_slice(text)
             .map_err(|e| malformed(format!("metadata does not decode: {e}")))?,
     };
     Ok(RecordedEvent {
@@ -170,7 +169,7 @@ fn decode_event(
         recorded_at: row
             .try_get::<DateTime<Utc>, _>("recorded_at")
             .map_err(database)?,
-        payload: row.try_get("payload").map_err(database)?,
+        payload: crate::store::decode_payload(row, "payload").map_err(database)?,
         metadata,
     })
 }

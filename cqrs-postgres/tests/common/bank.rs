@@ -4,7 +4,7 @@
 
 use cqrs_core::{
     Aggregate, Command, CommandContext, Event, EventDecodeError, EventPayload, EventType, Handles,
-    Projection, ProjectionError, RecordedEvent,
+    Payload, Projection, ProjectionError, RecordedEvent,
 };
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
@@ -53,17 +53,17 @@ impl Event for BankEvent {
         1
     }
 
-    fn to_payload(&self) -> Result<serde_json::Value, serde_json::Error> {
+    fn to_payload(&self) -> Result<Payload, serde_json::Error> {
         match self {
-            BankEvent::Opened(p) => serde_json::to_value(p),
-            BankEvent::Deposited(p) => serde_json::to_value(p),
+            BankEvent::Opened(p) => Payload::encode(p),
+            BankEvent::Deposited(p) => Payload::encode(p),
         }
     }
 
     fn from_payload(
         event_type: &str,
         version: u32,
-        payload: &serde_json::Value,
+        payload: &Payload,
     ) -> Result<Self, EventDecodeError> {
         if !Self::declares(event_type) {
             return Err(EventDecodeError::UnknownType {
@@ -83,11 +83,13 @@ impl Event for BankEvent {
             message: e.to_string(),
         };
         if event_type == OPENED {
-            Opened::deserialize(payload)
+            payload
+                .decode::<Opened>()
                 .map(BankEvent::Opened)
                 .map_err(invalid)
         } else {
-            Deposited::deserialize(payload)
+            payload
+                .decode::<Deposited>()
                 .map(BankEvent::Deposited)
                 .map_err(invalid)
         }
