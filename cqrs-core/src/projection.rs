@@ -1,33 +1,4 @@
 //! Projections: read models and reactors fed by recorded events.
-//!
-//! # Which feed for which read model
-//!
-//! What a projection builds lives somewhere, and that decides how it may be fed after a
-//! restart:
-//!
-//! | what it builds lives | wrap or declare it as | feed it with | after a restart |
-//! |---|---|---|---|
-//! | in process memory | [`ReadModel`] | `cqrs_postgres::subscription::Subscription::in_memory`, or [`CommandBusBuilder::subscribe`](crate::CommandBusBuilder::subscribe) with [`InMemoryEventStore`](crate::InMemoryEventStore) | replayed from the first event |
-//! | in the event store's database | `#[projection(context = PgConnection)]` | `Subscription::transactional` | resumed from its stored checkpoint, exactly once |
-//! | outside the process (mail, broker, another database) | [`Reactor`] | `Subscription::at_least_once` | resumed from its stored checkpoint, at least once |
-//!
-//! A model in process memory is empty again after every restart, so it must see every event
-//! from the first one each time. A stored checkpoint says "everything before this point is
-//! done", which holds for rows in a database and for mail already sent, but not for a map that
-//! died with the last process: resuming such a model from a stored checkpoint leaves it
-//! silently without every earlier event (a uniqueness rule that asks it then accepts a
-//! duplicate). For the same reason [`CommandBusBuilder::subscribe`](crate::CommandBusBuilder::subscribe)
-//! alone is not enough on a durable store: it feeds only what this process commits from now
-//! on.
-//!
-//! **How the framework knows.** The wrapper says where the state lives, and it is chosen where
-//! the feed is wired: [`ReadModel`] is process memory, [`Reactor`] is outside, and a projection
-//! whose context is a database connection writes through the batch's transaction.
-//! [`Subscriber::state_location`] reports it to whatever feeds the subscriber; a durable
-//! at-least-once subscription refuses to resume an in-memory subscriber from a stored
-//! checkpoint past the first event. A marker on [`Projection`] itself would not do: the same
-//! projection type may be held in memory in one service and drive outside effects in another,
-//! and `#[projection]` writes its `Projection` impl.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -49,6 +20,35 @@ use crate::{
 /// in-memory read models, a database connection for a read model that must update its rows
 /// in the same transaction as its checkpoint (`#[projection(context = T)]`, handlers take
 /// `&mut T`).
+///
+/// # Which feed for which read model
+///
+/// What a projection builds lives somewhere, and that decides how it may be fed after a
+/// restart:
+///
+/// | what it builds lives | wrap or declare it as | feed it with | after a restart |
+/// |---|---|---|---|
+/// | in process memory | [`ReadModel`] | `cqrs_postgres::subscription::Subscription::in_memory`, or [`CommandBusBuilder::subscribe`](crate::CommandBusBuilder::subscribe) with [`InMemoryEventStore`](crate::InMemoryEventStore) | replayed from the first event |
+/// | in the event store's database | `#[projection(context = PgConnection)]` | `Subscription::transactional` | resumed from its stored checkpoint, exactly once |
+/// | outside the process (mail, broker, another database) | [`Reactor`] | `Subscription::at_least_once` | resumed from its stored checkpoint, at least once |
+///
+/// A model in process memory is empty again after every restart, so it must see every event
+/// from the first one each time. A stored checkpoint says "everything before this point is
+/// done", which holds for rows in a database and for mail already sent, but not for a map that
+/// died with the last process: resuming such a model from a stored checkpoint leaves it
+/// silently without every earlier event (a uniqueness rule that asks it then accepts a
+/// duplicate). For the same reason [`CommandBusBuilder::subscribe`](crate::CommandBusBuilder::subscribe)
+/// alone is not enough on a durable store: it feeds only what this process commits from now
+/// on.
+///
+/// **How the framework knows.** The wrapper says where the state lives, and it is chosen where
+/// the feed is wired: [`ReadModel`] is process memory, [`Reactor`] is outside, and a projection
+/// whose context is a database connection writes through the batch's transaction.
+/// [`Subscriber::state_location`] reports it to whatever feeds the subscriber; a durable
+/// at-least-once subscription refuses to resume an in-memory subscriber from a stored
+/// checkpoint past the first event. A marker on [`Projection`] itself would not do: the same
+/// projection type may be held in memory in one service and drive outside effects in another,
+/// and `#[projection]` writes its `Projection` impl.
 pub trait Projection: Send + Sync + 'static {
     /// Stable name: the checkpoint key of durable subscriptions.
     const NAME: &'static str;
@@ -138,7 +138,7 @@ where
 /// (or a subscription) to feed it and another with the query bus to answer queries from it.
 ///
 /// It starts empty in every process, so it must be fed every event from the first: see
-/// [the table above](self#which-feed-for-which-read-model). Its
+/// [which feed suits it](Projection#which-feed-for-which-read-model). Its
 /// [`Subscriber::state_location`] is [`StateLocation::InMemory`].
 pub struct ReadModel<P> {
     inner: Arc<RwLock<P>>,
