@@ -146,7 +146,11 @@
 //! (no polling), [`Checkpoints::wait_for`] from anywhere. Both take a timeout and fail with
 //! the typed [`WaitError::Timeout`]. Both compare in `(tx, position)` order, looking up the
 //! transaction id of the awaited position. On the query bus, register a [`ReadYourWrites`]
-//! handler and send the query wrapped in [`AfterPosition`]: it waits, then answers.
+//! handler and send the query wrapped in [`AfterPosition`]: it waits, then answers. What it
+//! waits for is a value, [`Consistency`]: a subscription's progress on PostgreSQL, nothing
+//! ([`Consistency::Immediate`]) where the command bus feeds the model in process, as on the
+//! in-memory store. So both builds of one service have one query bus type, and callers send
+//! `AfterPosition` queries to either.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -223,7 +227,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
 pub use checkpoint::{Checkpoint, Checkpoints};
-pub use consistency::{AfterPosition, ReadYourWrites, ReadYourWritesError};
+pub use consistency::{AfterPosition, Consistency, ReadYourWrites, ReadYourWritesError};
 pub use handle::{Progress, SubscriptionHandle, SubscriptionStatus};
 
 /// The channel appends notify and subscriptions listen on.
