@@ -110,7 +110,7 @@ pub use error::{
 };
 pub use event::{Apply, ApplyUnit, Event, EventDecodeError, EventPayload, EventType, IntoEvents};
 pub use metadata::{GlobalPosition, Metadata, NewEvent, Payload, RecordedEvent};
-pub use projection::{Projection, ProjectionError, ReadModel, Subscriber};
+pub use projection::{Projection, ProjectionError, Reactor, ReadModel, StateLocation, Subscriber};
 pub use query::{HandlesQuery, Query};
 pub use repository::{Loaded, Repository, RepositoryOptions};
 pub use store::{

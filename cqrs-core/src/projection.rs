@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use tokio::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::{
     BoxFuture, EventDecodeError, EventPayload, GlobalPosition, HandlesQuery, Query, RecordedEvent,
@@ -20,6 +20,35 @@ use crate::{
 /// in-memory read models, a database connection for a read model that must update its rows
 /// in the same transaction as its checkpoint (`#[projection(context = T)]`, handlers take
 /// `&mut T`).
+///
+/// # Which feed for which read model
+///
+/// What a projection builds lives somewhere, and that decides how it may be fed after a
+/// restart:
+///
+/// | what it builds lives | wrap or declare it as | feed it with | after a restart |
+/// |---|---|---|---|
+/// | in process memory | [`ReadModel`] | `cqrs_postgres::subscription::Subscription::in_memory`, or [`CommandBusBuilder::subscribe`](crate::CommandBusBuilder::subscribe) with [`InMemoryEventStore`](crate::InMemoryEventStore) | replayed from the first event |
+/// | in the event store's database | `#[projection(context = PgConnection)]` | `Subscription::transactional` | resumed from its stored checkpoint, exactly once |
+/// | outside the process (mail, broker, another database) | [`Reactor`] | `Subscription::at_least_once` | resumed from its stored checkpoint, at least once |
+///
+/// A model in process memory is empty again after every restart, so it must see every event
+/// from the first one each time. A stored checkpoint says "everything before this point is
+/// done", which holds for rows in a database and for mail already sent, but not for a map that
+/// died with the last process: resuming such a model from a stored checkpoint leaves it
+/// silently without every earlier event (a uniqueness rule that asks it then accepts a
+/// duplicate). For the same reason [`CommandBusBuilder::subscribe`](crate::CommandBusBuilder::subscribe)
+/// alone is not enough on a durable store: it feeds only what this process commits from now
+/// on.
+///
+/// **How the framework knows.** The wrapper says where the state lives, and it is chosen where
+/// the feed is wired: [`ReadModel`] is process memory, [`Reactor`] is outside, and a projection
+/// whose context is a database connection writes through the batch's transaction.
+/// [`Subscriber::state_location`] reports it to whatever feeds the subscriber; a durable
+/// at-least-once subscription refuses to resume an in-memory subscriber from a stored
+/// checkpoint past the first event. A marker on [`Projection`] itself would not do: the same
+/// projection type may be held in memory in one service and drive outside effects in another,
+/// and `#[projection]` writes its `Projection` impl.
 pub trait Projection: Send + Sync + 'static {
     /// Stable name: the checkpoint key of durable subscriptions.
     const NAME: &'static str;
@@ -105,8 +134,12 @@ where
     }
 }
 
-/// A shared, lockable read model: register one clone with the command bus (or a subscription)
-/// to feed it and another with the query bus to answer queries from it.
+/// A shared, lockable read model in process memory: register one clone with the command bus
+/// (or a subscription) to feed it and another with the query bus to answer queries from it.
+///
+/// It starts empty in every process, so it must be fed every event from the first: see
+/// [which feed suits it](Projection#which-feed-for-which-read-model). Its
+/// [`Subscriber::state_location`] is [`StateLocation::InMemory`].
 pub struct ReadModel<P> {
     inner: Arc<RwLock<P>>,
 }
@@ -157,6 +190,53 @@ where
     }
 }
 
+/// A projection whose effects leave the process: mail sent, messages published, rows written
+/// to another system.
+///
+/// What it did before a restart stays done, so a durable subscription may resume it from its
+/// stored checkpoint (`Subscription::at_least_once` in `cqrs-postgres`): its
+/// [`Subscriber::state_location`] is [`StateLocation::Outside`]. Delivery there is at least
+/// once, so make each effect idempotent by [`RecordedEvent::event_id`]. Whatever the
+/// projection keeps in its fields is not rebuilt after a restart; state that queries must see
+/// belongs in a [`ReadModel`].
+pub struct Reactor<P> {
+    inner: Arc<Mutex<P>>,
+}
+
+impl<P> Clone for Reactor<P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<P: Send> Reactor<P> {
+    /// Wraps a projection with outside effects.
+    pub fn new(projection: P) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(projection)),
+        }
+    }
+
+    /// Exclusive access to the projection; events wait meanwhile.
+    pub async fn lock(&self) -> MutexGuard<'_, P> {
+        self.inner.lock().await
+    }
+}
+
+/// Where a subscriber keeps what it built from the events it was given: this decides whether
+/// it may be resumed from a stored checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StateLocation {
+    /// In process memory ([`ReadModel`]): empty again in every new process, so it must be fed
+    /// from the first event each time, never resumed from a stored checkpoint.
+    InMemory,
+    /// Outside the process ([`Reactor`], or a database the subscriber writes to): what was
+    /// done before a restart stays done, so resuming from a stored checkpoint is right.
+    Outside,
+}
+
 /// A projection as the runtime holds it: type-erased so one bus can feed many kinds.
 pub trait Subscriber: Send + Sync + 'static {
     /// The projection's name.
@@ -166,6 +246,13 @@ pub trait Subscriber: Send + Sync + 'static {
     /// Applies one event.
     fn handle<'a>(&'a self, event: &'a RecordedEvent)
     -> BoxFuture<'a, Result<(), ProjectionError>>;
+
+    /// Where what this subscriber builds lives. [`ReadModel`] answers
+    /// [`StateLocation::InMemory`]; the default is [`StateLocation::Outside`], so a
+    /// hand-written subscriber that keeps its state in memory must say so.
+    fn state_location(&self) -> StateLocation {
+        StateLocation::Outside
+    }
 }
 
 impl<P: Projection<Context = ()>> Subscriber for ReadModel<P> {
@@ -182,5 +269,30 @@ impl<P: Projection<Context = ()>> Subscriber for ReadModel<P> {
         event: &'a RecordedEvent,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(self.project(event))
+    }
+
+    fn state_location(&self) -> StateLocation {
+        StateLocation::InMemory
+    }
+}
+
+impl<P: Projection<Context = ()>> Subscriber for Reactor<P> {
+    fn name(&self) -> &'static str {
+        P::NAME
+    }
+
+    fn event_types(&self) -> &'static [&'static str] {
+        P::EVENT_TYPES
+    }
+
+    fn handle<'a>(
+        &'a self,
+        event: &'a RecordedEvent,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move { self.inner.lock().await.project(event, &mut ()).await })
+    }
+
+    fn state_location(&self) -> StateLocation {
+        StateLocation::Outside
     }
 }

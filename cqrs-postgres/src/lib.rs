@@ -4,8 +4,9 @@
 //! optimistic concurrency, one statement per batch; per-stream loads; snapshots; and a global
 //! order that readers can follow without ever skipping an event committed late by a
 //! concurrent transaction. Inline projections update read-model rows in the append's own
-//! transaction, [`subscription`] feeds projections durably from a stored checkpoint, and
-//! every append wakes listeners with `NOTIFY`. The tables ship as SQL migrations
+//! transaction, [`subscription`] feeds projections durably from a stored checkpoint (or, for
+//! a read model in process memory, from the first event on every start), and every append
+//! wakes listeners with `NOTIFY`. The tables ship as SQL migrations
 //! ([`MIGRATIONS`]) that [`PostgresEventStore::migrate`] applies, or that you run with your
 //! own tool.
 //!
@@ -199,7 +200,11 @@
 //!   rows live in this database moves rows and checkpoint in one transaction: exactly once.
 //!   Anything with effects outside the database gets each event **at least once**, and may
 //!   see one again after a crash; use [`RecordedEvent::event_id`](cqrs_core::RecordedEvent)
-//!   as the idempotency key.
+//!   as the idempotency key. A read model in process memory
+//!   ([`ReadModel`](cqrs_core::ReadModel)) starts empty in every process, so it is fed by
+//!   [`Subscription::in_memory`](subscription::Subscription::in_memory), which replays from
+//!   the first event and stores no checkpoint; a durable subscription refuses to resume one
+//!   from a stored checkpoint. See [`subscription`] for which mode suits which read model.
 //! - **Notifications** are wake-up calls only; a missed one delays a subscriber until its
 //!   next poll and loses nothing.
 //!

@@ -3,13 +3,14 @@
 //! What they pin down: a transactional projection applies every event exactly once across
 //! crashes and handler failures; a live subscription misses nothing committed out of
 //! position order; notifications only speed delivery up; a projection receives only its
-//! event types while its checkpoint still passes the others; and a query can wait for a
-//! projection to reach a command's position.
+//! event types while its checkpoint still passes the others; a query can wait for a
+//! projection to reach a command's position; and a read model in process memory sees every
+//! earlier event after a restart, while a durable checkpoint refuses to resume one.
 #![allow(missing_docs)]
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,7 +19,7 @@ use std::time::Duration;
 use common::TestDb;
 use cqrs_core::{
     Event, EventStore, ExpectedVersion, GlobalPosition, Metadata, NewEvent, Projection,
-    ProjectionError, ReadModel, RecordedEvent, projection,
+    ProjectionError, Reactor, ReadModel, RecordedEvent, projection,
 };
 use cqrs_postgres::subscription::{
     Checkpoint, Checkpoints, Subscription, SubscriptionError, WaitError,
@@ -39,10 +40,17 @@ pub struct Happened {
     pub n: u64,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registered {
+    pub email: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Event)]
 pub enum TestEvent {
     #[event(name = "test.happened")]
     Happened(Happened),
+    #[event(name = "test.registered")]
+    Registered(Registered),
     #[event(name = "test.a")]
     A,
     #[event(name = "test.b")]
@@ -562,6 +570,7 @@ impl Mailbox {
             {
                 return Err(LedgerError::Injected("injected failure"));
             }
+            Fault::Always => return Err(LedgerError::Injected("always fails")),
             _ => {}
         }
         Ok(())
@@ -576,7 +585,7 @@ async fn an_aborted_at_least_once_subscriber_redelivers_only_what_it_had_not_che
     let deliveries = Deliveries::default();
 
     let hanging = Arc::new(Notify::new());
-    let first = Subscription::at_least_once(ReadModel::new(Mailbox {
+    let first = Subscription::at_least_once(Reactor::new(Mailbox {
         deliveries: deliveries.clone(),
         handled: 0,
         fault: Fault::HangMidBatch {
@@ -598,7 +607,7 @@ async fn an_aborted_at_least_once_subscriber_redelivers_only_what_it_had_not_che
         .unwrap()
         .unwrap();
 
-    let second = Subscription::at_least_once(ReadModel::new(Mailbox {
+    let second = Subscription::at_least_once(Reactor::new(Mailbox {
         deliveries: deliveries.clone(),
         handled: 0,
         fault: Fault::None,
@@ -644,7 +653,7 @@ async fn an_at_least_once_handler_error_keeps_the_events_before_it() {
     let events = hundred_events(&store).await;
     let deliveries = Deliveries::default();
 
-    let subscription = Subscription::at_least_once(ReadModel::new(Mailbox {
+    let subscription = Subscription::at_least_once(Reactor::new(Mailbox {
         deliveries: deliveries.clone(),
         handled: 0,
         fault: Fault::FailOnceMidBatch {
@@ -970,4 +979,305 @@ async fn waiting_for_an_unreachable_position_times_out_with_a_typed_error() {
         "{stored:?}"
     );
     subscription.shutdown().await.expect("shutdown");
+}
+
+// ---------------------------------------------------------------- read models in memory
+
+/// The e-mail addresses in use: the read model a user service asks before registering.
+#[derive(Default)]
+struct Emails {
+    taken: HashSet<String>,
+}
+
+#[projection]
+impl Emails {
+    #[event_handler]
+    fn on_registered(&mut self, registered: &Registered) {
+        self.taken.insert(registered.email.clone());
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct EmailTaken;
+
+fn registered(email: &str) -> TestEvent {
+    TestEvent::Registered(Registered {
+        email: email.to_owned(),
+    })
+}
+
+/// A user service's uniqueness rule: register `email` only if the read model does not know it.
+async fn register(
+    store: &PostgresEventStore,
+    emails: &ReadModel<Emails>,
+    email: &str,
+) -> Result<Appended, EmailTaken> {
+    if emails.read().await.taken.contains(email) {
+        return Err(EmailTaken);
+    }
+    let stream = format!("user-{}", Uuid::now_v7());
+    Ok(append(store, &stream, &[registered(email)]).await.remove(0))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_uniqueness_rule_asking_an_in_memory_model_holds_across_a_restart() {
+    let db = TestDb::create(8).await;
+    let store = store_on(&db).await;
+
+    // The first run registers an address.
+    let emails = ReadModel::new(Emails::default());
+    let feed = Subscription::in_memory(emails.clone())
+        .start(&db.pool)
+        .await
+        .expect("start");
+    let ada = register(&store, &emails, "ada@example.com")
+        .await
+        .expect("a new address");
+    feed.wait_for(ada.position, PATIENCE).await.expect("fed");
+    assert_eq!(
+        register(&store, &emails, "ada@example.com").await,
+        Err(EmailTaken)
+    );
+    feed.shutdown().await.expect("shutdown");
+
+    // The restarted service has a new, empty model; `start` returns once it holds the history.
+    let emails = ReadModel::new(Emails::default());
+    let feed = Subscription::in_memory(emails.clone())
+        .start(&db.pool)
+        .await
+        .expect("restart");
+    assert_eq!(
+        register(&store, &emails, "ada@example.com").await,
+        Err(EmailTaken),
+        "a duplicate is refused after a restart"
+    );
+    let grace = register(&store, &emails, "grace@example.com")
+        .await
+        .expect("another address");
+    feed.wait_for(grace.position, PATIENCE)
+        .await
+        .expect("follows live");
+    assert!(emails.read().await.taken.contains("grace@example.com"));
+    assert_eq!(
+        Checkpoints::new(db.pool.clone())
+            .load(Emails::NAME)
+            .await
+            .unwrap(),
+        None,
+        "an in-memory subscription stores no checkpoint"
+    );
+    feed.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_durable_subscription_refuses_an_in_memory_model_behind_its_stored_checkpoint() {
+    let db = TestDb::create(8).await;
+    let store = store_on(&db).await;
+    let ada = append(&store, "user-1", &[registered("ada@example.com")])
+        .await
+        .remove(0);
+
+    // From a fresh checkpoint the model does see every event, so the first start is allowed...
+    let emails = ReadModel::new(Emails::default());
+    let first = Subscription::at_least_once(emails.clone())
+        .start(&db.pool)
+        .await
+        .expect("a fresh checkpoint");
+    first.wait_for(ada.position, PATIENCE).await.expect("fed");
+    first.shutdown().await.expect("shutdown");
+    let checkpoints = Checkpoints::new(db.pool.clone());
+    let stored = checkpoints.load(Emails::NAME).await.unwrap().unwrap();
+    assert!(stored > Checkpoint::START);
+
+    // ...but a new, empty model would resume past the address, and never learn it.
+    let refused = Subscription::at_least_once(ReadModel::new(Emails::default()))
+        .start(&db.pool)
+        .await;
+    match refused {
+        Err(SubscriptionError::InMemoryBehindCheckpoint { name, checkpoint }) => {
+            assert_eq!(name, Emails::NAME);
+            assert_eq!(checkpoint, stored);
+        }
+        other => panic!("expected the in-memory model to be refused, got {other:?}"),
+    }
+
+    // Once the checkpoint is reset, the model starts at the first event again.
+    assert!(checkpoints.reset(Emails::NAME).await.unwrap());
+    let emails = ReadModel::new(Emails::default());
+    let again = Subscription::at_least_once(emails.clone())
+        .start(&db.pool)
+        .await
+        .expect("a reset checkpoint");
+    again.wait_for(ada.position, PATIENCE).await.expect("fed");
+    assert!(emails.read().await.taken.contains("ada@example.com"));
+    again.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resetting_a_checkpoint_makes_the_next_start_begin_at_the_first_event() {
+    let db = TestDb::create(8).await;
+    let store = store_on(&db).await;
+    let events = append(&store, "reset", &[happened(), happened(), happened()]).await;
+    let last = events.last().unwrap().position;
+    let deliveries = Deliveries::default();
+    let mailbox = || {
+        Reactor::new(Mailbox {
+            deliveries: deliveries.clone(),
+            handled: 0,
+            fault: Fault::None,
+        })
+    };
+    let first = Subscription::at_least_once(mailbox())
+        .start(&db.pool)
+        .await
+        .expect("start");
+    first.wait_for(last, PATIENCE).await.expect("caught up");
+    first.shutdown().await.expect("shutdown");
+    let checkpoints = Checkpoints::new(db.pool.clone());
+    assert!(checkpoints.load(Mailbox::NAME).await.unwrap().is_some());
+
+    // A reset inside a transaction that rolls back does not happen.
+    let mut tx = db.pool.begin().await.expect("begin");
+    assert!(
+        Checkpoints::reset_in(&mut tx, Mailbox::NAME)
+            .await
+            .expect("reset in a transaction")
+    );
+    tx.rollback().await.expect("rollback");
+    assert!(checkpoints.load(Mailbox::NAME).await.unwrap().is_some());
+
+    assert!(
+        checkpoints.reset(Mailbox::NAME).await.expect("reset"),
+        "there was a checkpoint"
+    );
+    assert_eq!(checkpoints.load(Mailbox::NAME).await.unwrap(), None);
+    assert!(
+        !checkpoints.reset(Mailbox::NAME).await.expect("reset"),
+        "nothing left to reset"
+    );
+
+    let second = Subscription::at_least_once(mailbox())
+        .start(&db.pool)
+        .await
+        .expect("restart");
+    second.wait_for(last, PATIENCE).await.expect("caught up");
+    second.shutdown().await.expect("shutdown");
+    let counts = deliveries.count_by_id();
+    for event in &events {
+        assert_eq!(
+            counts.get(&event.event_id).copied(),
+            Some(2),
+            "delivered once per start"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_in_memory_model_is_replayed_from_the_first_event_before_start_returns() {
+    let db = TestDb::create(8).await;
+    let store = store_on(&db).await;
+    let history = append(
+        &store,
+        "mixed",
+        &[happened(), noted("test.a"), happened(), happened()],
+    )
+    .await;
+
+    let model = ReadModel::new(Happenings::default());
+    let subscription = Subscription::in_memory(model.clone())
+        .batch_size(1)
+        .start(&db.pool)
+        .await
+        .expect("start");
+    // No waiting: `start` returned after the replay.
+    let mut expected = vec![
+        history[0].event_id,
+        history[2].event_id,
+        history[3].event_id,
+    ];
+    assert_eq!(ids(&seen(&model).await), expected);
+
+    let live = append(&store, "mixed", &[happened(), noted("test.b")]).await;
+    subscription
+        .wait_for(live[1].position, PATIENCE)
+        .await
+        .expect("follows live, passing other types");
+    expected.push(live[0].event_id);
+    assert_eq!(ids(&seen(&model).await), expected);
+
+    // Another model started now gets all of it too: there is no shared, stored checkpoint.
+    let another = ReadModel::new(Happenings::default());
+    let second = Subscription::in_memory(another.clone())
+        .start(&db.pool)
+        .await
+        .expect("start another");
+    assert_eq!(ids(&seen(&another).await), expected);
+    assert_eq!(
+        Checkpoints::new(db.pool.clone())
+            .load(Happenings::NAME)
+            .await
+            .unwrap(),
+        None
+    );
+    subscription.shutdown().await.expect("shutdown");
+    second.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_in_memory_model_retries_a_failed_event_without_applying_earlier_ones_again() {
+    let db = TestDb::create(8).await;
+    let store = store_on(&db).await;
+    let events = hundred_events(&store).await;
+    let deliveries = Deliveries::default();
+
+    let subscription = Subscription::in_memory(ReadModel::new(Mailbox {
+        deliveries: deliveries.clone(),
+        handled: 0,
+        fault: Fault::FailOnceMidBatch {
+            after: 13,
+            failed: Arc::new(AtomicBool::new(false)),
+        },
+    }))
+    .batch_size(8)
+    .retry_backoff(Duration::from_millis(10), Duration::from_millis(100))
+    .start(&db.pool)
+    .await
+    .expect("start, through one retry");
+
+    // The 13th delivery failed and was retried; nothing before it came again.
+    let delivered = deliveries.all();
+    let failed = &delivered[12];
+    assert_eq!(delivered[13].event_id, failed.event_id);
+    let counts = deliveries.count_by_id();
+    for event in &events {
+        let expected = if event.event_id == failed.event_id {
+            2
+        } else {
+            1
+        };
+        assert_eq!(counts.get(&event.event_id).copied(), Some(expected));
+    }
+    assert_eq!(subscription.status().failures, 0);
+    subscription.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_in_memory_start_fails_with_the_error_that_stopped_the_replay() {
+    let db = TestDb::create(8).await;
+    let store = store_on(&db).await;
+    append(&store, "s", &[happened()]).await;
+
+    let started = Subscription::in_memory(ReadModel::new(Mailbox {
+        deliveries: Deliveries::default(),
+        handled: 0,
+        fault: Fault::Always,
+    }))
+    .retry_backoff(Duration::from_millis(10), Duration::from_millis(10))
+    .max_consecutive_failures(2)
+    .start(&db.pool)
+    .await;
+    assert!(
+        matches!(started, Err(SubscriptionError::Projection(_))),
+        "{started:?}"
+    );
 }

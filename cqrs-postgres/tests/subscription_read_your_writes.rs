@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use common::TestDb;
 use cqrs_core::prelude::*;
-use cqrs_core::{GlobalPosition, QueryError};
+use cqrs_core::{GlobalPosition, QueryError, Repository};
 use cqrs_postgres::PostgresEventStore;
 use cqrs_postgres::subscription::{
-    AfterPosition, Checkpoints, ReadYourWrites, ReadYourWritesError, Subscription, WaitError,
+    AfterPosition, Checkpoints, Consistency, ReadYourWrites, ReadYourWritesError, Subscription,
+    SubscriptionHandle, WaitError,
 };
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Semaphore;
@@ -336,4 +337,129 @@ async fn a_query_on_an_unreachable_position_fails_with_a_typed_timeout() {
     }
     assert_eq!(<AfterPosition<GetBalance> as Query>::NAME, GetBalance::NAME);
     subscription.shutdown().await.expect("shutdown");
+}
+
+// ---------------------------------------------------------------- one service type, two stores
+
+/// Deposits per account, in process memory.
+#[derive(Default)]
+pub struct Totals {
+    by_stream: std::collections::HashMap<String, u64>,
+}
+
+#[projection]
+impl Totals {
+    #[event_handler]
+    fn on_deposited(&mut self, event: &Deposited, recorded: &RecordedEvent) {
+        *self
+            .by_stream
+            .entry(recorded.stream_id.clone())
+            .or_default() += event.amount;
+    }
+
+    #[query_handler]
+    fn total(&self, query: &GetBalance) -> Result<u64, std::convert::Infallible> {
+        Ok(self
+            .by_stream
+            .get(&format!("Account-{}", query.account))
+            .copied()
+            .unwrap_or(0))
+    }
+}
+
+/// Plain queries, and queries that read a command's writes.
+type TotalsHandlers = (ReadYourWrites<ReadModel<Totals>>, (ReadModel<Totals>, ()));
+
+/// The service's buses: the same type whichever store it runs on.
+struct Service {
+    commands: CommandBus<(Repository<Account>, ())>,
+    queries: QueryBus<TotalsHandlers>,
+    /// The subscription feeding `Totals` on PostgreSQL.
+    feed: Option<SubscriptionHandle>,
+}
+
+impl Service {
+    fn assemble(
+        store: Arc<dyn EventStore>,
+        totals: &ReadModel<Totals>,
+        in_process: bool,
+        consistency: Consistency,
+        feed: Option<SubscriptionHandle>,
+    ) -> Self {
+        let mut commands = CommandBus::builder_shared(store).aggregate::<Account>(());
+        if in_process {
+            commands = commands.subscribe(totals.clone());
+        }
+        let queries = QueryBus::builder()
+            .handler(totals.clone())
+            .handler(ReadYourWrites::with_consistency(
+                totals.clone(),
+                consistency,
+                PATIENCE,
+            ))
+            .build();
+        Self {
+            commands: commands.build(),
+            queries,
+            feed,
+        }
+    }
+
+    /// In memory: the command bus feeds the model before `execute` returns.
+    fn in_memory() -> Self {
+        let totals = ReadModel::new(Totals::default());
+        let store: Arc<dyn EventStore> = Arc::new(InMemoryEventStore::new());
+        Self::assemble(store, &totals, true, Consistency::Immediate, None)
+    }
+
+    /// On PostgreSQL: a subscription feeds the model, and queries wait for it.
+    async fn postgres(pool: &PgPool) -> Self {
+        let totals = ReadModel::new(Totals::default());
+        let feed = Subscription::in_memory(totals.clone())
+            .start(pool)
+            .await
+            .expect("start");
+        let store: Arc<dyn EventStore> = Arc::new(PostgresEventStore::new(pool.clone()));
+        let consistency = Consistency::Progress(feed.progress());
+        Self::assemble(store, &totals, false, consistency, Some(feed))
+    }
+}
+
+/// Every deposit is read back at once through `AfterPosition`, whatever feeds the model.
+async fn deposits_are_read_back(service: &Service) {
+    for round in 1..=10 {
+        let committed = service
+            .commands
+            .execute(Deposit {
+                account: 3,
+                amount: 10,
+            })
+            .await
+            .expect("deposit");
+        let total = service
+            .queries
+            .execute(AfterPosition::new(
+                committed.position,
+                GetBalance { account: 3 },
+            ))
+            .await
+            .expect("total");
+        assert_eq!(total, round * 10);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_service_type_reads_its_writes_on_the_in_memory_store_and_on_postgres() {
+    deposits_are_read_back(&Service::in_memory()).await;
+
+    let db = TestDb::create(8).await;
+    set_up(&db).await;
+    let service = Service::postgres(&db.pool).await;
+    deposits_are_read_back(&service).await;
+    service
+        .feed
+        .expect("fed by a subscription")
+        .shutdown()
+        .await
+        .expect("shutdown");
 }

@@ -79,6 +79,39 @@ impl Checkpoints {
         row.map(decode).transpose()
     }
 
+    /// Forgets the stored checkpoint of subscription `name`, so that its next start begins at
+    /// the first event. Returns whether there was one.
+    ///
+    /// Stop the subscription first: a running one goes on from where it is. For a projection
+    /// whose rows live in this database, empty the rows in the same transaction instead
+    /// ([`reset_in`](Self::reset_in)), or the replay applies every event a second time.
+    ///
+    /// ```no_run
+    /// # async fn doc(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    /// use cqrs_postgres::subscription::Checkpoints;
+    ///
+    /// let mut tx = pool.begin().await?;
+    /// sqlx::query("TRUNCATE deposit_counts").execute(&mut *tx).await?;
+    /// Checkpoints::reset_in(&mut tx, "DepositCounts").await?;
+    /// tx.commit().await?;
+    /// // The next `Subscription::transactional(DepositCounts).start(..)` rebuilds the table.
+    /// # Ok(()) }
+    /// ```
+    pub async fn reset(&self, name: &str) -> Result<bool, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        Self::reset_in(&mut conn, name).await
+    }
+
+    /// [`reset`](Self::reset) on a connection of yours, inside your transaction: the reset
+    /// takes effect when you commit, together with your other writes.
+    pub async fn reset_in(conn: &mut PgConnection, name: &str) -> Result<bool, sqlx::Error> {
+        let deleted = sqlx::query("DELETE FROM cqrs_checkpoints WHERE name = $1")
+            .bind(name)
+            .execute(conn)
+            .await?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
     /// Whether subscription `name` has processed the event at `position`.
     ///
     /// `false` while the event is not visible (not committed yet, or no such position) or the
@@ -182,6 +215,16 @@ pub(super) async fn advance(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// The last visible event in `(tx, position)` order, if any: what a replay must reach.
+pub(super) async fn head(pool: &PgPool) -> Result<Option<Checkpoint>, sqlx::Error> {
+    let row: Option<(String, i64)> = sqlx::query_as(
+        "SELECT tx::text, position FROM cqrs_events ORDER BY tx DESC, position DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    row.map(decode).transpose()
 }
 
 /// The `(tx, position)` of the event at `position`, if it is visible.

@@ -35,20 +35,58 @@ impl<Q: Query> Query for AfterPosition<Q> {
     }
 }
 
-/// Where a [`ReadYourWrites`] handler learns a projection's progress.
+/// What a [`ReadYourWrites`] handler waits for before it answers: a value, so that one
+/// handler type (and so one query bus type) serves every way of feeding the read model.
 #[derive(Debug, Clone)]
-enum Source {
-    InProcess(Progress),
+pub enum Consistency {
+    /// Nothing: answer at once. Right for a read model fed in process by the command bus
+    /// ([`CommandBusBuilder::subscribe`](cqrs_core::CommandBusBuilder::subscribe)), which
+    /// applies a command's events before `execute` returns, for commands sent through that
+    /// bus (the in-memory store's set-up).
+    Immediate,
+    /// The progress of a subscription running in this process (no polling).
+    Progress(Progress),
+    /// The stored checkpoint of subscription `name`, which may run in another process
+    /// (polls the checkpoint table).
     Stored {
+        /// The checkpoint table.
         checkpoints: Checkpoints,
+        /// The subscription.
         name: &'static str,
     },
+}
+
+impl Consistency {
+    /// Waits until the read model has processed `position`, or `timeout` passes.
+    pub async fn wait_for(
+        &self,
+        position: GlobalPosition,
+        timeout: Duration,
+    ) -> Result<(), WaitError> {
+        match self {
+            Consistency::Immediate => Ok(()),
+            Consistency::Progress(progress) => progress.wait_for(position, timeout).await,
+            Consistency::Stored { checkpoints, name } => {
+                checkpoints.wait_for(name, position, timeout).await
+            }
+        }
+    }
+}
+
+impl From<Progress> for Consistency {
+    fn from(progress: Progress) -> Self {
+        Consistency::Progress(progress)
+    }
 }
 
 /// A query handler that answers [`AfterPosition<Q>`] by waiting until a projection has
 /// processed the position, then asking the wrapped handler `H` for `Q`.
 ///
 /// Register it next to the plain handler: plain queries go to `H`, wrapped ones wait first.
+/// What it waits for is a value ([`Consistency`]), not part of its type: a service built on
+/// the in-memory store ([`Consistency::Immediate`]) and on PostgreSQL
+/// ([`Consistency::Progress`]) has one query bus type, and callers send `AfterPosition`
+/// queries to both.
 ///
 /// ```no_run
 /// # use cqrs_core::{HandlesQuery, Query, QueryBus, Committed};
@@ -81,18 +119,29 @@ enum Source {
 #[derive(Debug, Clone)]
 pub struct ReadYourWrites<H> {
     handler: H,
-    source: Source,
+    consistency: Consistency,
     timeout: Duration,
 }
 
 impl<H> ReadYourWrites<H> {
     /// Waits on a subscription running in this process (no polling).
     pub fn new(handler: H, progress: Progress, timeout: Duration) -> Self {
+        Self::with_consistency(handler, Consistency::Progress(progress), timeout)
+    }
+
+    /// Waits for what `consistency` says, at most `timeout`.
+    pub fn with_consistency(handler: H, consistency: Consistency, timeout: Duration) -> Self {
         Self {
             handler,
-            source: Source::InProcess(progress),
+            consistency,
             timeout,
         }
+    }
+
+    /// Answers at once ([`Consistency::Immediate`]): for a read model the command bus feeds
+    /// in process.
+    pub fn immediate(handler: H) -> Self {
+        Self::with_consistency(handler, Consistency::Immediate, Duration::ZERO)
     }
 
     /// Waits on the stored checkpoint of subscription `name`, which may run in another
@@ -103,11 +152,7 @@ impl<H> ReadYourWrites<H> {
         name: &'static str,
         timeout: Duration,
     ) -> Self {
-        Self {
-            handler,
-            source: Source::Stored { checkpoints, name },
-            timeout,
-        }
+        Self::with_consistency(handler, Consistency::Stored { checkpoints, name }, timeout)
     }
 
     /// The wrapped handler.
@@ -115,13 +160,9 @@ impl<H> ReadYourWrites<H> {
         &self.handler
     }
 
-    async fn wait(&self, position: GlobalPosition) -> Result<(), WaitError> {
-        match &self.source {
-            Source::InProcess(progress) => progress.wait_for(position, self.timeout).await,
-            Source::Stored { checkpoints, name } => {
-                checkpoints.wait_for(name, position, self.timeout).await
-            }
-        }
+    /// What it waits for.
+    pub fn consistency(&self) -> &Consistency {
+        &self.consistency
     }
 }
 
@@ -144,7 +185,8 @@ where
     type Error = ReadYourWritesError<H::Error>;
 
     async fn handle_query(&self, query: &AfterPosition<Q>) -> Result<Q::Output, Self::Error> {
-        self.wait(query.position)
+        self.consistency
+            .wait_for(query.position, self.timeout)
             .await
             .map_err(ReadYourWritesError::Wait)?;
         self.handler

@@ -13,7 +13,8 @@ use super::{SubscriptionError, WaitError};
 /// What a running subscription reports about itself.
 #[derive(Debug, Clone, Default)]
 pub struct SubscriptionStatus {
-    /// The stored checkpoint as of the last committed batch.
+    /// The checkpoint as of the last delivered batch: the stored one for a durable
+    /// subscription, the one kept beside the model for an in-memory one.
     pub checkpoint: Checkpoint,
     /// Failed attempts since the last successful batch (0 when healthy).
     pub failures: u32,
@@ -93,11 +94,22 @@ impl SubscriptionHandle {
     }
 
     /// Stops the subscription at once, wherever it is, as a crash would: an open batch
-    /// transaction is rolled back and the next start resumes from the stored checkpoint.
+    /// transaction is rolled back and the next start resumes from the stored checkpoint (an
+    /// in-memory subscription's next start replays from the first event).
     pub fn abort(mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+
+    /// Waits until the checkpoint is at or past `target`; if the subscription stops first,
+    /// returns what stopped it.
+    pub(super) async fn reach(&mut self, target: Checkpoint) -> Result<(), SubscriptionError> {
+        let mut status = self.progress.status.clone();
+        if status.wait_for(|s| s.checkpoint >= target).await.is_ok() {
+            return Ok(());
+        }
+        self.finish().await
     }
 
     async fn finish(&mut self) -> Result<(), SubscriptionError> {
@@ -156,7 +168,7 @@ impl Progress {
         self.name
     }
 
-    /// The latest stored checkpoint.
+    /// The latest checkpoint (see [`SubscriptionStatus::checkpoint`]).
     pub fn checkpoint(&self) -> Checkpoint {
         self.status.borrow().checkpoint
     }

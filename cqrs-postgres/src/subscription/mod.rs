@@ -1,16 +1,50 @@
-//! Durable, checkpointed subscriptions to the global order of events.
+//! Subscriptions to the global order of events: durable and checkpointed, or in memory.
 //!
 //! A [`Subscription`] feeds one projection every event of the types it handles, in the
-//! store's global order, from where it last stopped: it catches up from its stored
-//! [`Checkpoint`], then follows new events live. It is named by the projection's
-//! [`Projection::NAME`], which is also its checkpoint key.
+//! store's global order: it catches up from its [`Checkpoint`], then follows new events live.
+//! A durable subscription stores its checkpoint under the projection's
+//! [`Projection::NAME`] and resumes from it after a restart; an in-memory one keeps its
+//! checkpoint beside the model and replays from the first event in every process.
+//!
+//! # Which mode for which read model
+//!
+//! | the projection's state lives | start it with | the projection's context | after a restart | guarantee |
+//! |---|---|---|---|---|
+//! | in process memory ([`ReadModel`]) | [`Subscription::in_memory`] | `()` | replayed from the first event into the new, empty model | every event applied **exactly once** per process |
+//! | in this database | [`Subscription::transactional`] | `sqlx::PgConnection`: the batch's transaction | resumed from the stored checkpoint | every event applied **exactly once** |
+//! | outside the process: mail, a broker, another system ([`Reactor`](cqrs_core::Reactor) or any [`Subscriber`]) | [`Subscription::at_least_once`] | `()` | resumed from the stored checkpoint | every event delivered **at least once** |
+//!
+//! A stored checkpoint means "everything before this point is done". That holds for rows in
+//! this database and for mail already sent, but not for a map in memory that died with the
+//! last process: a new, empty model resumed from there never sees the earlier events, and a
+//! rule that asks it (is this e-mail address taken?) silently gives the wrong answer. So:
+//!
+//! - [`Subscription::in_memory`] takes a [`ReadModel`] and stores nothing. Every start reads
+//!   the store from the first event into the model, returns once the model holds every event
+//!   committed before it (so nothing answers from a half-built model), then follows live;
+//!   waiting for its progress ([`SubscriptionHandle::wait_for`], [`ReadYourWrites`]) works as
+//!   for the others.
+//!   Its checkpoint is not in `cqrs_checkpoints`, so [`Checkpoints::wait_for`] cannot see it.
+//!   The price is the replay on every start: for a large history, keep the model in the
+//!   database instead ([`Subscription::transactional`]).
+//! - [`Subscription::at_least_once`] refuses, at [`start`](Subscription::start), a subscriber
+//!   whose state is in memory ([`Subscriber::state_location`] is
+//!   [`StateLocation::InMemory`](cqrs_core::StateLocation::InMemory), as for every
+//!   [`ReadModel`]) when its stored checkpoint is past the start, with
+//!   [`SubscriptionError::InMemoryBehindCheckpoint`]. From a fresh checkpoint it starts (the
+//!   model does see every event) with a warning, since the next start will be refused. Wrap a
+//!   projection with outside effects in a [`Reactor`](cqrs_core::Reactor) instead.
+//!
+//! The framework learns where the state lives from the wrapper chosen where the feed is wired
+//! ([`ReadModel`]: memory; [`Reactor`](cqrs_core::Reactor): outside; a database context:
+//! this database), not from a marker on the projection type: see
+//! [`Projection`](cqrs_core::Projection#which-feed-for-which-read-model). The command bus's
+//! in-process feed ([`CommandBusBuilder::subscribe`](cqrs_core::CommandBusBuilder::subscribe)) hands a model
+//! only what this process commits, so on PostgreSQL a read model in memory needs
+//! [`Subscription::in_memory`] (and not also the in-process feed, which would apply each
+//! event twice).
 //!
 //! # Delivery guarantees
-//!
-//! | started with | the projection's context | guarantee |
-//! |---|---|---|
-//! | [`Subscription::transactional`] | `sqlx::PgConnection`: the batch's transaction | every event applied **exactly once** |
-//! | [`Subscription::at_least_once`] | `()` ([`ReadModel`](cqrs_core::ReadModel) or any [`Subscriber`]) | every event delivered **at least once** |
 //!
 //! **Transactional projections** keep their read model in the same database. Their handlers
 //! receive the batch's transaction as `&mut PgConnection` and write their rows through it;
@@ -20,9 +54,14 @@
 //! in the read model exactly once. Keep such projections free of in-memory state and outside
 //! effects: a batch that fails is rolled back and applied again.
 //!
+//! **In-memory read models** are fed by one task from the first event on; the checkpoint is a
+//! value beside the model, moved after each event, so a failed handler is retried from the
+//! failed event and nothing before it is applied again. A new process starts over with a new
+//! model.
+//!
 //! **At-least-once subscribers** do something outside the database (send mail, publish to a
-//! broker, update an in-process [`ReadModel`](cqrs_core::ReadModel)). The handler runs first and the
-//! checkpoint is stored after each batch, so a crash between the two delivers the events of
+//! broker, call another service). The handler runs first and the checkpoint is stored after
+//! each batch, so a crash between the two delivers the events of
 //! that batch again when the subscription restarts. **Delivery is at least once: the same
 //! event can arrive more than once, and [`RecordedEvent::event_id`](cqrs_core::RecordedEvent::event_id)
 //! is the idempotency key** — record it with the side effect (or pass it to the receiving
@@ -74,8 +113,9 @@
 //! never both apply a batch — the second one adopts the stored checkpoint and goes on.
 //! At-least-once subscribers have no such guard: run one instance per name.
 //!
-//! To rebuild a read model from scratch, stop its subscription, empty its rows and delete
-//! its checkpoint row, in one transaction, and start it again.
+//! To rebuild a read model from scratch, stop its subscription, then in one transaction empty
+//! its rows and reset its checkpoint ([`Checkpoints::reset_in`]), and start it again.
+//! [`Checkpoints::reset`] does the reset alone, for a subscriber with nothing to empty.
 //!
 //! # Following live
 //!
@@ -106,7 +146,11 @@
 //! (no polling), [`Checkpoints::wait_for`] from anywhere. Both take a timeout and fail with
 //! the typed [`WaitError::Timeout`]. Both compare in `(tx, position)` order, looking up the
 //! transaction id of the awaited position. On the query bus, register a [`ReadYourWrites`]
-//! handler and send the query wrapped in [`AfterPosition`]: it waits, then answers.
+//! handler and send the query wrapped in [`AfterPosition`]: it waits, then answers. What it
+//! waits for is a value, [`Consistency`]: a subscription's progress on PostgreSQL, nothing
+//! ([`Consistency::Immediate`]) where the command bus feeds the model in process, as on the
+//! in-memory store. So both builds of one service have one query bus type, and callers send
+//! `AfterPosition` queries to either.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -178,12 +222,12 @@ mod run;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cqrs_core::{GlobalPosition, Projection, ProjectionError, Subscriber};
+use cqrs_core::{GlobalPosition, Projection, ProjectionError, ReadModel, Subscriber};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
 pub use checkpoint::{Checkpoint, Checkpoints};
-pub use consistency::{AfterPosition, ReadYourWrites, ReadYourWritesError};
+pub use consistency::{AfterPosition, Consistency, ReadYourWrites, ReadYourWritesError};
 pub use handle::{Progress, SubscriptionHandle, SubscriptionStatus};
 
 /// The channel appends notify and subscriptions listen on.
@@ -213,6 +257,21 @@ pub enum SubscriptionError {
         position: GlobalPosition,
         /// What is wrong with it.
         reason: String,
+    },
+    /// [`Subscription::at_least_once`] was given a subscriber whose state lives in process
+    /// memory, and the stored checkpoint is past the first event: the new, empty model would
+    /// never see the events before it. Start it with [`Subscription::in_memory`] instead (or,
+    /// to replay once into a durable subscriber, [`Checkpoints::reset`] its checkpoint).
+    #[error(
+        "subscription `{name}`: its state lives in process memory, but its stored checkpoint is \
+         at {checkpoint}; resuming there would leave out every earlier event. Start it with \
+         `Subscription::in_memory`"
+    )]
+    InMemoryBehindCheckpoint {
+        /// The subscription.
+        name: &'static str,
+        /// The stored checkpoint.
+        checkpoint: Checkpoint,
     },
     /// A handler panicked; the subscription stopped.
     #[error("subscription `{name}` panicked: {message}")]
@@ -293,6 +352,7 @@ impl Default for SubscriptionOptions {
 ///
 /// ```no_run
 /// # use cqrs_core::prelude::*;
+/// # use cqrs_core::Reactor;
 /// # use cqrs_postgres::subscription::Subscription;
 /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 /// # pub struct Opened { pub owner: String }
@@ -324,7 +384,8 @@ impl Default for SubscriptionOptions {
 /// }
 ///
 /// # async fn doc(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
-/// let welcome = Subscription::at_least_once(ReadModel::new(Welcome::default()))
+/// // Mail sent stays sent: a `Reactor`, resumed from its stored checkpoint.
+/// let welcome = Subscription::at_least_once(Reactor::new(Welcome::default()))
 ///     .batch_size(100)
 ///     .poll_interval(Duration::from_millis(500))
 ///     .start(&pool)
@@ -361,9 +422,13 @@ impl Subscription {
         }
     }
 
-    /// A subscriber with effects outside this database (a
-    /// [`ReadModel`](cqrs_core::ReadModel), or any [`Subscriber`]): handler first, checkpoint
-    /// after each batch. At least once: use the event id to recognize a repeat.
+    /// A subscriber with effects outside this process (a [`Reactor`](cqrs_core::Reactor), or
+    /// any [`Subscriber`]): handler first, stored checkpoint after each batch. At least once:
+    /// use the event id to recognize a repeat.
+    ///
+    /// Not for a [`ReadModel`]: [`start`](Self::start) refuses one whose stored checkpoint is
+    /// past the first event ([`SubscriptionError::InMemoryBehindCheckpoint`]); use
+    /// [`in_memory`](Self::in_memory).
     pub fn at_least_once<S: Subscriber>(subscriber: S) -> Self {
         Self {
             delivery: Box::new(run::AtLeastOnce(subscriber)),
@@ -371,7 +436,52 @@ impl Subscription {
         }
     }
 
-    /// The subscription's name: its checkpoint key.
+    /// A read model in process memory: every start replays the store from the first event
+    /// into it, then follows live. No checkpoint is stored (and none is read), so the model
+    /// and its checkpoint can never disagree: a new process with a new, empty model sees
+    /// every event. Each event is applied once per start; a handler that fails is retried
+    /// from the failed event.
+    ///
+    /// Feed a model from one subscription only, and not also from the command bus.
+    ///
+    /// ```no_run
+    /// # use cqrs_core::prelude::*;
+    /// # use cqrs_postgres::subscription::Subscription;
+    /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    /// # pub struct Registered { pub email: String }
+    /// # #[derive(Debug, Clone, PartialEq, Event)]
+    /// # pub enum UserEvent { #[event(name = "user.registered")] Registered(Registered) }
+    /// use std::collections::HashSet;
+    ///
+    /// /// The e-mail addresses in use, asked before registering a new user.
+    /// #[derive(Default)]
+    /// struct Emails(HashSet<String>);
+    ///
+    /// #[projection]
+    /// impl Emails {
+    ///     #[event_handler]
+    ///     fn on_registered(&mut self, registered: &Registered) {
+    ///         self.0.insert(registered.email.clone());
+    ///     }
+    /// }
+    ///
+    /// # async fn doc(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    /// let emails = ReadModel::new(Emails::default());
+    /// let feed = Subscription::in_memory(emails.clone()).start(&pool).await?;
+    /// // Every address registered by earlier runs is in `emails` once the feed has caught up;
+    /// // `feed.wait_for(position, timeout)` waits for a given write.
+    /// # feed.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn in_memory<P: Projection<Context = ()>>(model: ReadModel<P>) -> Self {
+        Self {
+            delivery: Box::new(run::InMemory::new(model)),
+            options: SubscriptionOptions::default(),
+        }
+    }
+
+    /// The subscription's name: the projection's, and for a durable subscription its
+    /// checkpoint key.
     pub fn name(&self) -> &'static str {
         self.delivery.name()
     }
@@ -413,15 +523,27 @@ impl Subscription {
         self
     }
 
-    /// Creates the checkpoint if this name has none, loads it, and starts following in a
-    /// background task. Must be called within a Tokio runtime.
+    /// Durable: creates the checkpoint if this name has none, loads it, and returns once the
+    /// subscription follows in a background task. In memory: starts the background task at
+    /// the first event and returns once the model holds every event committed before the
+    /// call, so that nothing answers from a half-built model. Must be called within a Tokio
+    /// runtime.
     ///
-    /// Fails if the checkpoint cannot be read (database unreachable, migrations not run).
+    /// Fails if the checkpoint cannot be read (database unreachable, migrations not run), with
+    /// [`SubscriptionError::InMemoryBehindCheckpoint`] for an in-memory subscriber behind a
+    /// stored checkpoint, and, in memory, with the error that stopped the replay (after
+    /// [`max_consecutive_failures`](Self::max_consecutive_failures); by default a failing
+    /// replay is retried and `start` waits).
     pub async fn start(self, pool: &PgPool) -> Result<SubscriptionHandle, SubscriptionError> {
         let name = self.delivery.name();
-        let checkpoint = checkpoint::ensure(pool, name)
-            .await
-            .map_err(|e| SubscriptionError::database(name, e))?;
+        let database = |e| SubscriptionError::database(name, e);
+        let checkpoint = self.delivery.resume(pool).await.map_err(database)?;
+        self.delivery.check_start(checkpoint)?;
+        let replay_to = if self.delivery.waits_for_replay() {
+            checkpoint::head(pool).await.map_err(database)?
+        } else {
+            None
+        };
         let (status, watch_status) = watch::channel(SubscriptionStatus {
             checkpoint,
             ..SubscriptionStatus::default()
@@ -434,10 +556,14 @@ impl Subscription {
             watch_shutdown,
             status,
         ));
-        Ok(SubscriptionHandle::new(
+        let mut handle = SubscriptionHandle::new(
             Progress::new(name, pool.clone(), watch_status),
             shutdown,
             task,
-        ))
+        );
+        if let Some(head) = replay_to {
+            handle.reach(head).await?;
+        }
+        Ok(handle)
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cqrs_core::{BoxFuture, Projection, Subscriber};
+use cqrs_core::{BoxFuture, Projection, ReadModel, StateLocation, Subscriber};
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Notify, oneshot, watch};
@@ -18,7 +18,22 @@ pub(super) trait Deliver: Send + 'static {
     fn name(&self) -> &'static str;
     fn event_types(&self) -> &'static [&'static str];
 
-    /// Delivers `batch`, read after checkpoint `from`, and returns the stored checkpoint.
+    /// Where this attempt starts: the stored checkpoint, created at the start if missing.
+    fn resume<'a>(&'a self, pool: &'a PgPool) -> BoxFuture<'a, Result<Checkpoint, sqlx::Error>> {
+        Box::pin(checkpoint::ensure(pool, self.name()))
+    }
+
+    /// Whether `start` returns only once the consumer holds every event committed before it.
+    fn waits_for_replay(&self) -> bool {
+        false
+    }
+
+    /// Whether the consumer may start from `from`: refuses what cannot be right there.
+    fn check_start(&self, _from: Checkpoint) -> Result<(), SubscriptionError> {
+        Ok(())
+    }
+
+    /// Delivers `batch`, read after checkpoint `from`, and returns the new checkpoint.
     fn deliver<'a>(
         &'a mut self,
         pool: &'a PgPool,
@@ -88,6 +103,27 @@ impl<S: Subscriber> Deliver for AtLeastOnce<S> {
         self.0.event_types()
     }
 
+    /// A subscriber whose state lives in process memory starts empty: resuming it from a
+    /// stored checkpoint past the start would leave out every event before it, silently.
+    fn check_start(&self, from: Checkpoint) -> Result<(), SubscriptionError> {
+        if self.0.state_location() != StateLocation::InMemory {
+            return Ok(());
+        }
+        let name = self.0.name();
+        if from != Checkpoint::START {
+            return Err(SubscriptionError::InMemoryBehindCheckpoint {
+                name,
+                checkpoint: from,
+            });
+        }
+        tracing::warn!(
+            subscription = name,
+            "an in-memory read model under a stored checkpoint: the next start will be refused; \
+             feed it with `Subscription::in_memory`"
+        );
+        Ok(())
+    }
+
     fn deliver<'a>(
         &'a mut self,
         pool: &'a PgPool,
@@ -116,6 +152,60 @@ impl<S: Subscriber> Deliver for AtLeastOnce<S> {
                 .await
                 .map_err(database)?;
             Ok(batch.next)
+        })
+    }
+}
+
+/// A read model in process memory, with its checkpoint beside it: nothing is stored, so every
+/// start replays from the first event, and a retry after a failure resumes where the model is.
+pub(super) struct InMemory<P> {
+    model: ReadModel<P>,
+    done: Checkpoint,
+}
+
+impl<P> InMemory<P> {
+    pub(super) fn new(model: ReadModel<P>) -> Self {
+        Self {
+            model,
+            done: Checkpoint::START,
+        }
+    }
+}
+
+impl<P: Projection<Context = ()>> Deliver for InMemory<P> {
+    fn name(&self) -> &'static str {
+        P::NAME
+    }
+
+    fn event_types(&self) -> &'static [&'static str] {
+        P::EVENT_TYPES
+    }
+
+    fn resume<'a>(&'a self, _: &'a PgPool) -> BoxFuture<'a, Result<Checkpoint, sqlx::Error>> {
+        Box::pin(std::future::ready(Ok(self.done)))
+    }
+
+    fn waits_for_replay(&self) -> bool {
+        true
+    }
+
+    fn deliver<'a>(
+        &'a mut self,
+        _: &'a PgPool,
+        _: Checkpoint,
+        batch: &'a Batch,
+    ) -> BoxFuture<'a, Result<Checkpoint, SubscriptionError>> {
+        Box::pin(async move {
+            for (at, event) in &batch.events {
+                self.model
+                    .project(event)
+                    .await
+                    .map_err(|e| SubscriptionError::Projection(Arc::new(e)))?;
+                // Kept per event, so a retry starts at the failed one.
+                self.done = *at;
+            }
+            self.done = batch.next;
+            Ok(self.done)
         })
     }
 }
@@ -193,7 +283,7 @@ async fn run(
     } else {
         None
     };
-    let mut checkpoint = checkpoint::ensure(pool, name).await.map_err(database)?;
+    let mut checkpoint = delivery.resume(pool).await.map_err(database)?;
     status.send_modify(|s| s.checkpoint = checkpoint);
 
     let mut pending_delay = PENDING_DELAY_MIN;

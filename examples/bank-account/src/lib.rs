@@ -2,8 +2,9 @@
 //!
 //! - [`domain`]: the `Account` aggregate, its events, commands and errors;
 //! - [`read_model`]: the `Balances` projection and its `GetBalance` query;
-//! - [`wire`]: one function that builds the command bus, the query bus and the JSON
-//!   dispatcher on any event store.
+//! - [`wire`]: the command bus, the query bus and the JSON dispatchers, built on the
+//!   in-memory store or on PostgreSQL as one `Service` type; on PostgreSQL the balances
+//!   are replayed from every stored event at start, so they survive restarts.
 //!
 //! `src/main.rs` runs a short story on the in-memory store, or on PostgreSQL when
 //! `DATABASE_URL` is set.

@@ -1,24 +1,33 @@
 //! Runs a short story against the bank-account service and prints what happened.
 //!
-//! On the in-memory store by default; on PostgreSQL when `DATABASE_URL` is set.
+//! On the in-memory store by default; on PostgreSQL when `DATABASE_URL` is set, where the
+//! balances of earlier runs' accounts are replayed before the story starts.
 
 use std::error::Error;
 use std::fmt::Debug;
-use std::sync::Arc;
 
 use bank_account::domain::{AccountError, CloseAccount, Deposit, OpenAccount, Withdraw};
 use bank_account::read_model::GetBalance;
 use bank_account::wire::Service;
-use cqrs_core::{CommandError, Committed, EventStore, InMemoryEventStore, Metadata};
+use cqrs_core::{CommandError, Committed, GlobalPosition, InMemoryEventStore, Metadata};
 use cqrs_postgres::PostgresEventStore;
+use cqrs_postgres::subscription::AfterPosition;
 use uuid::Uuid;
 
-fn report(what: &str, outcome: Result<Committed, CommandError<AccountError>>) {
+/// Prints the outcome and moves `last` to a committed command's position.
+fn report(
+    what: &str,
+    outcome: Result<Committed, CommandError<AccountError>>,
+    last: &mut GlobalPosition,
+) {
     match outcome {
-        Ok(c) => println!(
-            "  ok        {what:<34} -> {} at version {} (position {})",
-            c.stream_id, c.stream_version, c.position
-        ),
+        Ok(c) => {
+            println!(
+                "  ok        {what:<34} -> {} at version {} (position {})",
+                c.stream_id, c.stream_version, c.position
+            );
+            *last = c.position;
+        }
         Err(error) => println!("  rejected  {what:<34} -> {error}"),
     }
 }
@@ -38,28 +47,29 @@ async fn main() -> Result<(), Box<dyn Error>> {
         )
         .init();
 
-    let service = bank_account::wire::build(store().await?);
+    let service = service().await?;
     let account_id = Uuid::now_v7();
-    typed_commands(&service, account_id).await;
-    json_commands(&service, account_id).await;
-    queries(&service, account_id).await;
+    let mut last = GlobalPosition::START;
+    typed_commands(&service, account_id, &mut last).await;
+    json_commands(&service, account_id, &mut last).await;
+    queries(&service, account_id, last).await;
     Ok(())
 }
 
-/// PostgreSQL when `DATABASE_URL` is set, else the in-memory store.
-async fn store() -> Result<Arc<dyn EventStore>, Box<dyn Error>> {
+/// On PostgreSQL when `DATABASE_URL` is set, else on the in-memory store: one service type.
+async fn service() -> Result<Service, Box<dyn Error>> {
     if let Ok(url) = std::env::var("DATABASE_URL") {
         let pool = sqlx::PgPool::connect(&url).await?;
         PostgresEventStore::migrate(&pool).await?;
-        println!("event store: PostgreSQL");
-        Ok(Arc::new(PostgresEventStore::new(pool)))
+        println!("event store: PostgreSQL (balances of earlier runs replayed)");
+        Ok(bank_account::wire::build_postgres(pool).await?)
     } else {
         println!("event store: in memory (set DATABASE_URL to use PostgreSQL)");
-        Ok(Arc::new(InMemoryEventStore::new()))
+        Ok(bank_account::wire::build(InMemoryEventStore::new()))
     }
 }
 
-async fn typed_commands(service: &Service, account_id: Uuid) {
+async fn typed_commands(service: &Service, account_id: Uuid, last: &mut GlobalPosition) {
     let bus = &service.commands;
     let correlation = Metadata::default()
         .with_correlation_id(Uuid::now_v7())
@@ -73,6 +83,7 @@ async fn typed_commands(service: &Service, account_id: Uuid) {
     report(
         "open for Ada Lovelace",
         bus.execute_with(open, correlation.clone()).await,
+        last,
     );
     report(
         "deposit 100.00",
@@ -84,6 +95,7 @@ async fn typed_commands(service: &Service, account_id: Uuid) {
             correlation.clone(),
         )
         .await,
+        last,
     );
     report(
         "withdraw 30.00",
@@ -92,6 +104,7 @@ async fn typed_commands(service: &Service, account_id: Uuid) {
             amount: 3_000,
         })
         .await,
+        last,
     );
     report(
         "withdraw 500.00",
@@ -100,6 +113,7 @@ async fn typed_commands(service: &Service, account_id: Uuid) {
             amount: 50_000,
         })
         .await,
+        last,
     );
     report(
         "deposit 0.00",
@@ -108,14 +122,16 @@ async fn typed_commands(service: &Service, account_id: Uuid) {
             amount: 0,
         })
         .await,
+        last,
     );
     report(
         "close while holding money",
         bus.execute(CloseAccount { account_id }).await,
+        last,
     );
 }
 
-async fn json_commands(service: &Service, account_id: Uuid) {
+async fn json_commands(service: &Service, account_id: Uuid, last: &mut GlobalPosition) {
     println!("\nJSON commands by name:");
     let body = format!(r#"{{"account_id":"{account_id}","amount":1250}}"#);
     match service
@@ -123,10 +139,13 @@ async fn json_commands(service: &Service, account_id: Uuid) {
         .dispatch_json("account.deposit", body.as_bytes())
         .await
     {
-        Ok(c) => println!(
-            "  ok        {:<34} -> {} at version {}",
-            "account.deposit 12.50", c.stream_id, c.stream_version
-        ),
+        Ok(c) => {
+            println!(
+                "  ok        {:<34} -> {} at version {}",
+                "account.deposit 12.50", c.stream_id, c.stream_version
+            );
+            *last = c.position;
+        }
         Err(error) => println!("  error     {:<34} -> {error}", "account.deposit 12.50"),
     }
     show(
@@ -148,11 +167,17 @@ async fn json_commands(service: &Service, account_id: Uuid) {
     );
 }
 
-async fn queries(service: &Service, account_id: Uuid) {
+/// `last` is the position of the last command that committed: the first query waits until
+/// the balances include it (at once on the in-memory store), so the JSON query after it sees
+/// it too.
+async fn queries(service: &Service, account_id: Uuid, last: GlobalPosition) {
     println!("\nqueries:");
     show(
-        "balance",
-        service.queries.execute(GetBalance { account_id }).await,
+        "balance, after the last write",
+        service
+            .queries
+            .execute(AfterPosition::new(last, GetBalance { account_id }))
+            .await,
     );
     match service
         .query_json

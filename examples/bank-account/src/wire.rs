@@ -3,14 +3,27 @@
 //! The buses carry their aggregates, handlers and middleware in their types, so that executing
 //! a command or query nothing handles is a compile error. The aliases below name those types
 //! once, for structs like [`Service`] (or an HTTP framework's state) to hold them.
+//!
+//! The balances live in process memory, so every run must feed them from the first event.
+//! On the in-memory store ([`build`]) store and balances start empty together and the command
+//! bus feeds the balances in process. On PostgreSQL ([`build_postgres`]) the store keeps
+//! earlier runs' events, so an in-memory subscription replays them into the balances before
+//! the service starts, then follows new events. Both return the same [`Service`] type: what
+//! a query waits for to read its own writes is a value ([`Consistency`]), not a type.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_core::middleware::{Timeout, Tracing, Validation};
 use cqrs_core::{
-    CommandBus, CommandDispatcher, EventStore, QueryBus, QueryDispatcher, ReadModel, Repository,
+    CommandBus, CommandDispatcher, EventStore, InMemoryEventStore, QueryBus, QueryDispatcher,
+    ReadModel, Repository,
 };
+use cqrs_postgres::PostgresEventStore;
+use cqrs_postgres::subscription::{
+    Consistency, ReadYourWrites, Subscription, SubscriptionError, SubscriptionHandle,
+};
+use sqlx::PgPool;
 
 use crate::domain::Account;
 use crate::read_model::Balances;
@@ -19,8 +32,13 @@ use crate::read_model::Balances;
 pub type Aggregates = (Repository<Account>, ());
 /// The command middleware, outermost first.
 pub type CommandLayers = (Tracing, (Validation, (Timeout, ())));
-/// The query handlers registered on the query bus.
-pub type Handlers = (ReadModel<Balances>, ());
+/// The query handlers registered on the query bus: plain queries, and queries wrapped in
+/// [`AfterPosition`](cqrs_postgres::subscription::AfterPosition) that read a command's
+/// writes.
+pub type Handlers = (
+    ReadYourWrites<ReadModel<Balances>>,
+    (ReadModel<Balances>, ()),
+);
 /// The query middleware, outermost first.
 pub type QueryLayers = (Tracing, (Validation, ()));
 
@@ -34,28 +52,64 @@ pub struct Service {
     pub queries: QueryBus<Handlers, QueryLayers>,
     /// JSON queries by name.
     pub query_json: QueryDispatcher<Handlers, QueryLayers>,
-    /// The balance read model, fed in process by the command bus.
+    /// The balance read model, in process memory.
     pub balances: ReadModel<Balances>,
+    /// On PostgreSQL, the subscription feeding `balances`; dropping the service stops it.
+    pub feed: Option<SubscriptionHandle>,
 }
 
-/// Builds the service on `store`.
+/// Builds the service on the in-memory store: the command bus feeds the balances before
+/// `execute` returns, so queries need not wait.
 ///
 /// # Panics
 ///
 /// If two commands or two queries of the service share a wire name (a programming error
 /// caught the first time the service starts).
-pub fn build(store: Arc<dyn EventStore>) -> Service {
+pub fn build(store: InMemoryEventStore) -> Service {
     let balances = ReadModel::new(Balances::default());
-    let commands = CommandBus::builder_shared(store)
+    assemble(Arc::new(store), balances, Consistency::Immediate, None)
+}
+
+/// Builds the service on PostgreSQL (migrated): replays every stored event into the balances,
+/// then keeps them following; queries in [`AfterPosition`](cqrs_postgres::subscription::AfterPosition)
+/// wait for the subscription.
+///
+/// # Panics
+///
+/// As [`build`].
+pub async fn build_postgres(pool: PgPool) -> Result<Service, SubscriptionError> {
+    let balances = ReadModel::new(Balances::default());
+    let feed = Subscription::in_memory(balances.clone())
+        .start(&pool)
+        .await?;
+    let consistency = Consistency::Progress(feed.progress());
+    let store = Arc::new(PostgresEventStore::new(pool));
+    Ok(assemble(store, balances, consistency, Some(feed)))
+}
+
+/// The buses on `store`. Without a subscription (`feed`), the command bus feeds the balances.
+fn assemble(
+    store: Arc<dyn EventStore>,
+    balances: ReadModel<Balances>,
+    consistency: Consistency,
+    feed: Option<SubscriptionHandle>,
+) -> Service {
+    let mut commands = CommandBus::builder_shared(store)
         .aggregate::<Account>(())
         .middleware(Tracing)
         .middleware(Validation)
-        .middleware(Timeout::new(Duration::from_secs(5)))
-        .subscribe(balances.clone())
-        .retry_on_conflict(3)
-        .build();
+        .middleware(Timeout::new(Duration::from_secs(5)));
+    if feed.is_none() {
+        commands = commands.subscribe(balances.clone());
+    }
+    let commands = commands.retry_on_conflict(3).build();
     let queries = QueryBus::builder()
         .handler(balances.clone())
+        .handler(ReadYourWrites::with_consistency(
+            balances.clone(),
+            consistency,
+            Duration::from_secs(5),
+        ))
         .middleware(Tracing)
         .middleware(Validation)
         .build();
@@ -67,5 +121,6 @@ pub fn build(store: Arc<dyn EventStore>) -> Service {
         commands,
         queries,
         balances,
+        feed,
     }
 }

@@ -1,7 +1,5 @@
 //! The account's rules as specifications, and the service end to end on the in-memory store.
 
-use std::sync::Arc;
-
 use bank_account::domain::{
     Account, AccountError, AccountEvent, CloseAccount, Deposit, Deposited, OpenAccount, Opened,
     Withdraw, Withdrawn,
@@ -73,7 +71,7 @@ async fn only_an_empty_account_closes_and_closing_twice_records_nothing() {
 #[tokio::test]
 async fn the_service_keeps_the_balance_read_model_in_step() {
     let store = InMemoryEventStore::new();
-    let service = bank_account::wire::build(Arc::new(store.clone()));
+    let service = bank_account::wire::build(store.clone());
     let account_id = Uuid::now_v7();
     service
         .commands
