@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::{
     Aggregate, AppendResult, CommandContext, CommandError, Committed, EventStore, ExpectedVersion,
-    GlobalPosition, Handles, NewEvent, RecordedEvent, Snapshot, StoreError,
+    GlobalPosition, Handles, KeyChanges, NewEvent, RecordedEvent, Snapshot, StoreError,
 };
 
 /// How a repository keeps aggregates cheap to load.
@@ -241,12 +241,22 @@ impl<A: Aggregate> Repository<A> {
                 Err(error) => return (Err(CommandError::Serialize(error)), Some(loaded)),
             }
         }
+        // The unique keys each event claims and releases, asked of the state before it; an
+        // aggregate without keys leaves this empty (no allocation) and takes the plain append.
+        let mut keys = KeyChanges::new();
         for event in &events {
+            loaded.state.key_changes(event, &mut keys);
             loaded.state.apply(event);
         }
         let recorded_input = record.then(|| new_events.clone());
         let expected = ExpectedVersion::Exact(loaded.version);
-        let appended = match self.store.append(stream_id, expected, new_events).await {
+        let append = if keys.is_empty() {
+            self.store.append(stream_id, expected, new_events)
+        } else {
+            self.store
+                .append_with_keys(stream_id, expected, new_events, keys)
+        };
+        let appended = match append.await {
             Ok(appended) => appended,
             // The state has the rejected events applied: drop it and rebuild next time.
             Err(error) => return (Err(error.into()), None),

@@ -1,5 +1,6 @@
 //! Test support: the given/when/then [`Fixture`] for aggregates, and (feature `testing`) the
-//! `conformance` kit any [`EventStore`](crate::EventStore) implementation can run.
+//! `conformance` kit any [`EventStore`](crate::EventStore) implementation can run, plus the
+//! `unique_keys` checks for stores that reserve unique keys.
 
 use std::fmt::Debug;
 
@@ -227,3 +228,5 @@ impl<A: Aggregate> Outcome<A> {
 
 #[cfg(feature = "testing")]
 pub mod conformance;
+#[cfg(feature = "testing")]
+pub mod unique_keys;
