@@ -18,8 +18,9 @@ pub use core::clone::Clone;
 pub use cqrs_core::__private::{ApplyTo, UnitHandlersCheck, UnitVariants};
 pub use cqrs_core::{
     Aggregate, Apply, ApplyUnit, Command, CommandContext, DispatchCommands, DispatchQueries, Event,
-    EventDecodeError, EventPayload, EventType, Handles, HandlesQuery, IntoEvents, Projection,
-    ProjectionError, Query, RecordedEvent, ValidationErrors, aggregate, projection,
+    EventDecodeError, EventPayload, EventType, Handles, HandlesQuery, IntoEvents, KeyChanges,
+    Projection, ProjectionError, Query, RecordedEvent, UniqueKeys, ValidationErrors, aggregate,
+    projection,
 };
 pub use serde::Serialize;
 pub use serde::de::DeserializeOwned;
@@ -184,6 +185,44 @@ impl Counter {
     }
 }
 
+/// A label was given a name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Named {
+    /// The name, unique among labels.
+    pub name: String,
+}
+
+/// What happens to a label.
+#[derive(Debug, Clone, PartialEq, Eq, Event)]
+pub enum LabelEvent {
+    /// It was named.
+    Named(Named),
+}
+
+/// A label whose name is unique across labels.
+#[derive(Debug, Default)]
+pub struct Label {
+    name: Option<String>,
+}
+
+#[aggregate(event = LabelEvent, error = CounterError, unique_keys)]
+impl Label {
+    #[event_handler]
+    fn on_named(&mut self, event: &Named) {
+        self.name = Some(event.name.clone());
+    }
+}
+
+impl UniqueKeys for Label {
+    fn unique_keys(&self, event: &LabelEvent, keys: &mut KeyChanges) {
+        let LabelEvent::Named(named) = event;
+        if let Some(old) = &self.name {
+            keys.release("label.name", old.clone());
+        }
+        keys.claim("label.name", named.name.clone());
+    }
+}
+
 /// Asks for a counter's value.
 #[derive(Debug, Deserialize, Query)]
 #[query(output = i64, name = "counter.value")]
@@ -283,4 +322,11 @@ async fn generated_code_runs_under_strict_lints() {
         vec!["busy".to_owned()]
     );
     assert_eq!(<RemarkLog as Projection>::NAME, "RemarkLog");
+
+    let mut keys = KeyChanges::new();
+    let named = LabelEvent::Named(Named {
+        name: "x".to_owned(),
+    });
+    Label::default().key_changes(&named, &mut keys);
+    assert_eq!(keys.claims().len(), 1);
 }

@@ -2,11 +2,107 @@
 
 use serde_json::Value;
 
-use crate::Event;
+use crate::{Event, KeyChanges};
 
 /// A consistency boundary whose state is the fold of its events.
 ///
 /// Implemented by `#[aggregate(event = E, error = Err)]` on the aggregate's impl block.
+///
+/// # Unique keys across aggregates ("set validation")
+///
+/// Some rules span aggregates: one user per e-mail address, one product per SKU. An aggregate
+/// cannot check them alone, and a check against a read model before the command is racy (two
+/// concurrent registrations both find the address free, and both commit). Instead, declare the
+/// keys: `#[aggregate(..., unique_keys)]` and an impl of [`UniqueKeys`](crate::UniqueKeys)
+/// that says, for each event, which keys (namespace and value) it claims and which it
+/// releases. The repository collects the keys of a command's events and appends with
+/// [`EventStore::append_with_keys`](crate::EventStore::append_with_keys): the store reserves
+/// them in the same atomic step as the events. A key held by another stream fails the command
+/// with [`CommandError::UniqueKeyTaken`](crate::CommandError::UniqueKeyTaken) and writes
+/// nothing; later events release keys or move them (release the old address, claim the new
+/// one, in one append). Concurrent commands claiming one key cannot both win.
+///
+/// ```
+/// use cqrs_core::prelude::*;
+/// use cqrs_core::{KeyChanges, UniqueKeys};
+///
+/// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// pub struct Registered { pub email: String }
+///
+/// #[derive(Debug, Clone, PartialEq, Event)]
+/// pub enum UserEvent { Registered(Registered), Deleted }
+///
+/// #[derive(Debug, Deserialize, Command)]
+/// #[command(aggregate = User, id = id)]
+/// pub struct Register { pub id: u32, pub email: String }
+///
+/// #[derive(Debug, Deserialize, Command)]
+/// #[command(aggregate = User, id = id)]
+/// pub struct Delete { pub id: u32 }
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("already registered")]
+/// pub struct AlreadyRegistered;
+///
+/// #[derive(Debug, Default)]
+/// pub struct User { email: Option<String> }
+///
+/// #[aggregate(event = UserEvent, error = AlreadyRegistered, unique_keys)]
+/// impl User {
+///     #[command_handler]
+///     fn register(&self, cmd: &Register) -> Result<Registered, AlreadyRegistered> {
+///         match self.email {
+///             Some(_) => Err(AlreadyRegistered),
+///             None => Ok(Registered { email: cmd.email.to_lowercase() }),
+///         }
+///     }
+///     #[command_handler]
+///     fn delete(&self, _: &Delete) -> Result<Option<UserEvent>, AlreadyRegistered> {
+///         Ok(self.email.as_ref().map(|_| UserEvent::Deleted))
+///     }
+///     #[event_handler]
+///     fn on_registered(&mut self, e: &Registered) { self.email = Some(e.email.clone()) }
+///     #[event_handler(Deleted)]
+///     fn on_deleted(&mut self) { self.email = None }
+/// }
+///
+/// impl UniqueKeys for User {
+///     fn unique_keys(&self, event: &UserEvent, keys: &mut KeyChanges) {
+///         match event {
+///             UserEvent::Registered(e) => keys.claim("user.email", e.email.clone()),
+///             UserEvent::Deleted => {
+///                 if let Some(email) = &self.email {
+///                     keys.release("user.email", email.clone());
+///                 }
+///             }
+///         }
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store = InMemoryEventStore::new();
+/// let bus = CommandBus::builder(store.clone()).aggregate::<User>(()).build();
+///
+/// bus.execute(Register { id: 1, email: "ada@example.com".into() }).await.unwrap();
+/// let taken = bus.execute(Register { id: 2, email: "ADA@example.com".into() }).await;
+/// match taken {
+///     Err(CommandError::UniqueKeyTaken { namespace, owner, .. }) => {
+///         assert_eq!((namespace.as_str(), owner.as_str()), ("user.email", "User-1"));
+///     }
+///     other => panic!("expected the key to be taken, got {other:?}"),
+/// }
+/// assert_eq!(store.len(), 1);
+///
+/// // Deleting user 1 releases the address; user 2 may now claim it.
+/// bus.execute(Delete { id: 1 }).await.unwrap();
+/// bus.execute(Register { id: 2, email: "ada@example.com".into() }).await.unwrap();
+/// # }
+/// ```
+///
+/// Keys live in the event store, next to the events, and change only with them; they are not
+/// rebuilt from history. Declaring keys for an aggregate that already has events claims
+/// nothing for the past: claim existing keys with a migration of your own.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an aggregate",
     note = "add `#[aggregate(event = ..., error = ...)]` to an `impl {Self}` block with its handlers"
@@ -18,7 +114,7 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     type Event: Event;
     /// The domain error its command handlers reject commands with.
     type Error: std::error::Error + Send + Sync + 'static;
-    /// What handlers may borrow besides the state (password hasher, uniqueness check, ...);
+    /// What handlers may borrow besides the state (password hasher, price list, ...);
     /// supplied once when the aggregate is registered on the bus. `()` when none.
     type Services: Send + Sync + 'static;
 
@@ -38,6 +134,13 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     fn from_snapshot(state: &Value) -> Option<Result<Self, serde_json::Error>> {
         let _ = state;
         None
+    }
+
+    /// Records the unique keys `event` claims and releases, given the state before it. The
+    /// default records none; `#[aggregate(unique_keys)]` forwards to
+    /// [`UniqueKeys::unique_keys`](crate::UniqueKeys::unique_keys).
+    fn key_changes(&self, event: &Self::Event, keys: &mut KeyChanges) {
+        let _ = (event, keys);
     }
 }
 

@@ -7,8 +7,8 @@ use crate::list::{Append, Contains, Route};
 use crate::middleware::{CommandChain, CommandResult, Next, QueryChain, QueryNext};
 use crate::projection::Subscriber;
 use crate::{
-    Aggregate, Command, CommandContext, EventStore, Handles, HandlesQuery, Metadata, Query,
-    QueryError, RecordedEvent, Repository, RepositoryOptions,
+    Aggregate, Command, CommandContext, CommandError, EventStore, Handles, HandlesQuery, Metadata,
+    Query, QueryError, RecordedEvent, Repository, RepositoryOptions,
 };
 
 /// Runs commands: middleware, then load, handle, apply, append, publish.
@@ -157,6 +157,7 @@ impl<R: Send + Sync + 'static, M: CommandChain> CommandBus<R, M> {
             repository: self.inner.aggregates.repository(),
             subscribers: &self.inner.subscribers,
             retries: self.inner.retries,
+            validate: !M::VALIDATES,
         };
         self.inner.middleware.run(command, ctx, terminal).await
     }
@@ -167,10 +168,14 @@ impl<R: Send + Sync + 'static, M: CommandChain> CommandBus<R, M> {
     }
 }
 
+/// The end of the command chain: validation (unless a middleware did it), then the
+/// repository, then the in-process subscribers.
 struct Terminal<'a, A: Aggregate> {
     repository: &'a Repository<A>,
     subscribers: &'a Subscribers,
     retries: u32,
+    /// Whether to run `Command::validate`: set when no middleware of the chain validates.
+    validate: bool,
 }
 
 impl<C> Next<C> for Terminal<'_, C::Aggregate>
@@ -179,6 +184,10 @@ where
     C::Aggregate: Handles<C>,
 {
     async fn run(self, command: C, ctx: CommandContext) -> CommandResult<C> {
+        // A command without rules has the default `validate`, which inlines to nothing.
+        if self.validate {
+            command.validate().map_err(CommandError::Invalid)?;
+        }
         let record = !self.subscribers.is_empty();
         let (committed, recorded) = self
             .repository
@@ -327,10 +336,11 @@ impl<R: Send + Sync + 'static, M: QueryChain> QueryBus<R, M> {
         Q: Query,
         H: HandlesQuery<Q>,
     {
-        self.inner
-            .middleware
-            .run(query, QueryTerminal { handler })
-            .await
+        let terminal = QueryTerminal {
+            handler,
+            validate: !M::VALIDATES,
+        };
+        self.inner.middleware.run(query, terminal).await
     }
 
     /// The registered handlers (for dynamic dispatch tables).
@@ -339,12 +349,18 @@ impl<R: Send + Sync + 'static, M: QueryChain> QueryBus<R, M> {
     }
 }
 
+/// The end of the query chain: validation (unless a middleware did it), then the handler.
 struct QueryTerminal<'a, H> {
     handler: &'a H,
+    /// Whether to run `Query::validate`: set when no middleware of the chain validates.
+    validate: bool,
 }
 
 impl<Q: Query, H: HandlesQuery<Q>> QueryNext<Q, H::Error> for QueryTerminal<'_, H> {
     async fn run(self, query: Q) -> Result<Q::Output, QueryError<H::Error>> {
+        if self.validate {
+            query.validate().map_err(QueryError::Invalid)?;
+        }
         self.handler
             .handle_query(&query)
             .await

@@ -23,8 +23,13 @@ pub trait Command: Send + Sync + 'static {
     /// The id of the target aggregate instance.
     fn aggregate_id(&self) -> String;
 
-    /// Checks the command's own fields; called by the validation middleware.
-    /// `#[command(validate)]` forwards to `validator::Validate`.
+    /// Checks the command's own fields. `#[command(validate)]` forwards to
+    /// `validator::Validate`; the default accepts everything.
+    ///
+    /// The command bus calls it for every command, before the aggregate is loaded: where the
+    /// [`Validation`](crate::middleware::Validation) middleware stands in the chain, or at the
+    /// end of the chain when the bus has none. The test [`Fixture`](crate::testing::Fixture)
+    /// calls it too.
     fn validate(&self) -> Result<(), ValidationErrors> {
         Ok(())
     }

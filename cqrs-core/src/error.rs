@@ -129,6 +129,17 @@ pub enum CommandError<E> {
     /// An event produced by the handler could not be serialized.
     #[error("cannot serialize event: {0}")]
     Serialize(#[source] serde_json::Error),
+    /// A unique key the command's events claim is held by another stream (see
+    /// [`UniqueKeys`](crate::UniqueKeys)); nothing was written.
+    #[error("{namespace} {value:?} is taken by stream `{owner}`")]
+    UniqueKeyTaken {
+        /// The key's namespace (`"user.email"`).
+        namespace: String,
+        /// The key's value.
+        value: String,
+        /// The stream that holds the key.
+        owner: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -153,6 +164,15 @@ impl<E> From<StoreError> for CommandError<E> {
                 stream,
                 expected,
                 actual,
+            },
+            StoreError::UniqueKeyTaken {
+                namespace,
+                value,
+                owner,
+            } => CommandError::UniqueKeyTaken {
+                namespace,
+                value,
+                owner,
             },
             other => CommandError::Store(other),
         }

@@ -60,12 +60,83 @@
 //! # }
 //! ```
 //!
+//! # Rules across aggregates: unique keys ("set validation")
+//!
+//! An aggregate guards its own invariants; "one user per e-mail address" or "one product per
+//! SKU" spans all of them. Checking a read model before the command does not hold under
+//! concurrency (two registrations both see the address free and both commit). Declare the
+//! keys instead: `#[aggregate(..., unique_keys)]` and an impl of [`UniqueKeys`] saying which
+//! keys each event claims and releases. The repository hands them to
+//! [`EventStore::append_with_keys`], and the store reserves them in the same atomic append as
+//! the events: a key another stream holds fails the command with
+//! [`CommandError::UniqueKeyTaken`] and nothing is written. Changing a key is one append that
+//! releases the old value and claims the new one. Aggregates without keys take the plain
+//! [`EventStore::append`], at no cost. See [`Aggregate`] for the full example.
+//!
+//! ```
+//! use cqrs_core::prelude::*;
+//! use cqrs_core::{KeyChanges, UniqueKeys};
+//!
+//! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+//! pub struct SkuSet { pub sku: String }
+//!
+//! #[derive(Debug, Clone, PartialEq, Event)]
+//! pub enum ProductEvent { SkuSet(SkuSet) }
+//!
+//! #[derive(Debug, Deserialize, Command)]
+//! #[command(aggregate = Product, id = id)]
+//! pub struct SetSku { pub id: u32, pub sku: String }
+//!
+//! #[derive(Debug, thiserror::Error)]
+//! #[error("never")]
+//! pub struct Never;
+//!
+//! #[derive(Debug, Default)]
+//! pub struct Product { sku: Option<String> }
+//!
+//! #[aggregate(event = ProductEvent, error = Never, unique_keys)]
+//! impl Product {
+//!     #[command_handler]
+//!     fn set_sku(&self, cmd: &SetSku) -> Result<SkuSet, Never> {
+//!         Ok(SkuSet { sku: cmd.sku.clone() })
+//!     }
+//!     #[event_handler]
+//!     fn on_sku_set(&mut self, e: &SkuSet) { self.sku = Some(e.sku.clone()) }
+//! }
+//!
+//! impl UniqueKeys for Product {
+//!     fn unique_keys(&self, event: &ProductEvent, keys: &mut KeyChanges) {
+//!         let ProductEvent::SkuSet(e) = event;
+//!         if let Some(old) = &self.sku {
+//!             keys.release("product.sku", old.clone());
+//!         }
+//!         keys.claim("product.sku", e.sku.clone());
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let store = InMemoryEventStore::new();
+//! let bus = CommandBus::builder(store.clone()).aggregate::<Product>(()).build();
+//!
+//! bus.execute(SetSku { id: 1, sku: "A-1".into() }).await.unwrap();
+//! let taken = bus.execute(SetSku { id: 2, sku: "A-1".into() }).await;
+//! assert!(matches!(taken, Err(CommandError::UniqueKeyTaken { .. })));
+//!
+//! // Product 1 moves to another SKU: "A-1" is free again, in the same append.
+//! bus.execute(SetSku { id: 1, sku: "B-7".into() }).await.unwrap();
+//! bus.execute(SetSku { id: 2, sku: "A-1".into() }).await.unwrap();
+//! let owner = store.unique_key_owner("product.sku", "B-7").await.unwrap();
+//! assert_eq!(owner.as_deref(), Some("Product-1"));
+//! # }
+//! ```
+//!
 //! # Features
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `macros` | yes | re-exports `#[derive(Command, Query, Event)]`, `#[aggregate]`, `#[projection]` |
-//! | `validator` | no | `#[command(validate)]` / `#[query(validate)]` run `validator::Validate` in the [`middleware::Validation`] layer |
+//! | `validator` | no | `#[command(validate)]` / `#[query(validate)]` run `validator::Validate` before every command or query is handled (where the [`middleware::Validation`] layer stands, or last when the bus has none) and in the test [`testing::Fixture`] |
 //! | `testing` | no | `testing::conformance`: the checks every [`EventStore`] must pass |
 //!
 //! # Dependencies
@@ -93,6 +164,7 @@ mod query;
 mod repository;
 pub mod store;
 pub mod testing;
+mod unique;
 
 #[doc(hidden)]
 #[path = "private.rs"]
@@ -116,6 +188,7 @@ pub use repository::{Loaded, Repository, RepositoryOptions};
 pub use store::{
     AppendResult, EventStore, ExpectedVersion, InMemoryEventStore, Snapshot, StoreError,
 };
+pub use unique::{KeyChange, KeyChanges, UniqueKey, UniqueKeys};
 
 #[cfg(feature = "macros")]
 pub use cqrs_macros::{Command, Event, Query, aggregate, projection};

@@ -8,8 +8,8 @@ pub use crate::dispatch::{CommandVisitor, DispatchCommands, DispatchQueries, Que
 pub use crate::projection::{decode_payload, handler_error};
 pub use crate::{
     Aggregate, Apply, ApplyUnit, Command, CommandContext, Event, EventDecodeError, EventPayload,
-    EventType, Handles, HandlesQuery, IntoEvents, Payload, Projection, ProjectionError, Query,
-    RecordedEvent, ValidationErrors,
+    EventType, Handles, HandlesQuery, IntoEvents, KeyChanges, Payload, Projection, ProjectionError,
+    Query, RecordedEvent, UniqueKeys, ValidationErrors,
 };
 
 /// Applies an event enum to an aggregate. Implemented by `#[derive(Event)]` for every

@@ -17,7 +17,12 @@ pub trait Query: Send + Sync + 'static {
     /// The answer's type.
     type Output: Send + 'static;
 
-    /// Checks the query's own fields; called by the validation middleware.
+    /// Checks the query's own fields. `#[query(validate)]` forwards to `validator::Validate`;
+    /// the default accepts everything.
+    ///
+    /// The query bus calls it for every query before the handler: where the
+    /// [`Validation`](crate::middleware::Validation) middleware stands in the chain, or at the
+    /// end of the chain when the bus has none.
     fn validate(&self) -> Result<(), ValidationErrors> {
         Ok(())
     }

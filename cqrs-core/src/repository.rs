@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::{
     Aggregate, AppendResult, CommandContext, CommandError, Committed, EventStore, ExpectedVersion,
-    GlobalPosition, Handles, NewEvent, RecordedEvent, Snapshot, StoreError,
+    GlobalPosition, Handles, KeyChanges, NewEvent, RecordedEvent, Snapshot, StoreError,
 };
 
 /// How a repository keeps aggregates cheap to load.
@@ -313,9 +313,30 @@ impl<A: Aggregate> Repository<A> {
                 Ok(new_events) => new_events,
                 Err(error) => return (Err(CommandError::Serialize(error)), Some(loaded)),
             };
+            // The unique keys each event claims and releases, asked of the state before it; an
+            // aggregate without keys leaves this empty (no allocation) and takes the plain
+            // append. One event is asked of the loaded state as it is, so the state stays
+            // untouched until the events are stored; several must be applied one by one to
+            // ask each of the state before it.
+            let mut keys = KeyChanges::new();
+            let applied_early = events.len() > 1;
+            if applied_early {
+                for event in &events {
+                    loaded.state.key_changes(event, &mut keys);
+                    loaded.state.apply(event);
+                }
+            } else {
+                loaded.state.key_changes(&events[0], &mut keys);
+            }
             let recorded_input = record.then(|| new_events.clone());
             let expected = ExpectedVersion::Exact(loaded.version);
-            let appended = match self.store.append(stream_id, expected, new_events).await {
+            let append = if keys.is_empty() {
+                self.store.append(stream_id, expected, new_events)
+            } else {
+                self.store
+                    .append_with_keys(stream_id, expected, new_events, keys)
+            };
+            let appended = match append.await {
                 Ok(appended) => appended,
                 Err(StoreError::Conflict { actual, .. })
                     if refreshes < 2 && (!current || actual < loaded.version) =>
@@ -324,19 +345,30 @@ impl<A: Aggregate> Repository<A> {
                     // Another writer moved the stream (the cached state is behind), or the
                     // state is ahead of the store (a snapshot or cache past a restored
                     // stream): bring it up to date and decide again.
-                    let start = (actual >= loaded.version).then_some(loaded);
+                    let ahead = actual < loaded.version;
+                    if ahead {
+                        tracing::warn!(
+                            stream_id,
+                            state_version = loaded.version,
+                            stream_version = actual,
+                            "aggregate state is ahead of the stored stream; rebuilding it"
+                        );
+                    }
+                    let start = (!ahead && !applied_early).then_some(loaded);
                     (loaded, current) = match self.catch_up(stream_id, start).await {
                         Ok(loaded) => (loaded, true),
                         Err(error) => return (Err(error), None),
                     };
                     continue;
                 }
-                // The state is untouched (events are applied only once stored), so it is
-                // still a prefix of the stream and worth keeping.
-                Err(error) => return (Err(error.into()), Some(loaded)),
+                // A state with the events applied is ahead of the store: drop it. Otherwise
+                // it is untouched and still a prefix of the stream, worth keeping.
+                Err(error) => return (Err(error.into()), (!applied_early).then_some(loaded)),
             };
-            for event in &events {
-                loaded.state.apply(event);
+            if !applied_early {
+                for event in &events {
+                    loaded.state.apply(event);
+                }
             }
             let previous = loaded.version;
             loaded.version = appended.stream_version;
@@ -362,12 +394,6 @@ impl<A: Aggregate> Repository<A> {
         stream_id: &str,
         start: Option<Loaded<A>>,
     ) -> Result<Loaded<A>, CommandError<A::Error>> {
-        if start.is_none() {
-            tracing::warn!(
-                stream_id,
-                "aggregate state is ahead of the stored stream; rebuilding it from the store"
-            );
-        }
         self.load_from(stream_id, start).await
     }
 

@@ -167,6 +167,22 @@ fn aggregate_without_commands_or_services() {
 }
 
 #[test]
+fn aggregate_with_unique_keys() {
+    insta::assert_snapshot!(attribute(
+        crate::aggregate::expand,
+        quote!(event = UserEvent, error = Infallible, unique_keys),
+        &quote! {
+            impl User {
+                #[event_handler]
+                fn on_registered(&mut self, event: &Registered) {
+                    self.email = event.email.clone();
+                }
+            }
+        }
+    ));
+}
+
+#[test]
 fn aggregate_with_mistake_reemits_the_block_without_markers() {
     insta::assert_snapshot!(attribute(
         crate::aggregate::expand,

@@ -321,7 +321,7 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 ///
 /// ```text
 /// #[aggregate(event = Enum, error = Error, services = Type, name = "category",
-///             snapshot = N, ignore(Payload, ...), crate = "path")]
+///             snapshot = N, ignore(Payload, ...), unique_keys, crate = "path")]
 /// impl Name { ... }
 /// ```
 ///
@@ -329,10 +329,11 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 /// |---|---|---|
 /// | `event = Enum` | yes | the `#[derive(Event)]` enum the aggregate records |
 /// | `error = Error` | yes | the domain error commands are rejected with; each handler's error converts into it with `?` (`From`) |
-/// | `services = Type` | no | what command handlers may borrow besides the state (a password hasher, a uniqueness check), given once to `CommandBus::aggregate`; `()` when absent |
+/// | `services = Type` | no | what command handlers may borrow besides the state (a password hasher, a price list), given once to `CommandBus::aggregate`; `()` when absent |
 /// | `name = "..."` | no | the stream category: the stream of instance `x` is `"{name}-{x}"`; defaults to the type's name |
 /// | `snapshot = N` | no | turns snapshots on with schema version `N`; the state is saved and restored with serde, so the type implements `Serialize` and `Deserialize` |
 /// | `ignore(P, ...)` | no | payload types the state does not depend on: applying them does nothing |
+/// | `unique_keys` | no | the aggregate's events claim and release unique keys across aggregates (one user per e-mail address): you implement `cqrs_core::UniqueKeys` for the type, and the store reserves the keys in the append of the events; without it the macro implements `UniqueKeys` with no keys, so an impl of yours conflicts instead of being ignored. See "Unique keys across aggregates" on `cqrs_core::Aggregate` |
 /// | `crate = "path"` | no | the path to `cqrs_core` in the generated code |
 ///
 /// # `#[command_handler]`

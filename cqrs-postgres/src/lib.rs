@@ -135,6 +135,23 @@
 //! [`PostgresEventStore::append_in`] appends inside a transaction of yours, next to your own
 //! writes; the events become visible when you commit.
 //!
+//! # Unique keys
+//!
+//! The store reserves the unique keys of aggregates declared with
+//! `#[aggregate(..., unique_keys)]` (see "Unique keys across aggregates" on
+//! [`cqrs_core::Aggregate`]) in `cqrs_unique_keys` (migration 3): one row per
+//! `(namespace, value)` primary key, with the stream that holds it. An
+//! [`append_with_keys`](cqrs_core::EventStore::append_with_keys) with key changes opens a
+//! transaction, runs the append statement above, then one statement
+//! ([`sql::CHANGE_UNIQUE_KEYS`]) that deletes the released keys this stream holds and inserts
+//! the claimed ones; a claimed key held by another stream rolls everything back and is
+//! [`StoreError::UniqueKeyTaken`](cqrs_core::StoreError::UniqueKeyTaken). A claim of a key
+//! that a concurrent transaction is inserting waits on the primary key for that transaction
+//! and then sees its outcome, so concurrent claims of one key have exactly one winner. Claims
+//! are sent sorted, so two appends claiming the same keys take their locks in the same order.
+//! The keyed append costs three more round trips (BEGIN, the key statement, COMMIT) than the
+//! plain one; appends without key changes are the single statement, unchanged.
+//!
 //! # The global order
 //!
 //! A position is drawn from the identity sequence when the row is inserted, but the row

@@ -16,6 +16,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "subscriptions",
         include_str!("../migrations/0002_subscriptions.sql"),
     ),
+    (
+        3,
+        "unique_keys",
+        include_str!("../migrations/0003_unique_keys.sql"),
+    ),
 ];
 
 /// Serializes concurrent runners within one database (`pg_advisory_xact_lock` key:

@@ -228,3 +228,31 @@ pub const STORED_IDS: &str = "SELECT event_id FROM cqrs_events WHERE event_id = 
 
 /// Wakes `LISTEN cqrs_events` sessions with a position (`$1`, as text), outside an append.
 pub const NOTIFY: &str = "SELECT pg_notify('cqrs_events', $1)";
+
+/// The key changes of an append, in its transaction: `$1` the stream, `$2`/`$3` namespaces
+/// and values released, `$4`/`$5` namespaces and values claimed (each sorted, no key in both).
+///
+/// A release deletes the key only where this stream holds it. A claim inserts the key, or,
+/// when a row exists, rewrites it unchanged: that takes the row's lock (after waiting for a
+/// concurrent holder's transaction to end) and returns the committed holder. The rows
+/// returned are the claimed keys held by *another* stream: none means every claim holds.
+pub const CHANGE_UNIQUE_KEYS: &str = "\
+WITH released AS (
+    DELETE FROM cqrs_unique_keys AS held
+     USING unnest($2::text[], $3::text[]) AS released(namespace, value)
+     WHERE held.namespace = released.namespace
+       AND held.value = released.value
+       AND held.stream_id = $1
+),
+claimed AS (
+    INSERT INTO cqrs_unique_keys (namespace, value, stream_id)
+    SELECT claimed.namespace, claimed.value, $1
+      FROM unnest($4::text[], $5::text[]) AS claimed(namespace, value)
+    ON CONFLICT (namespace, value) DO UPDATE SET stream_id = cqrs_unique_keys.stream_id
+    RETURNING namespace, value, stream_id
+)
+SELECT namespace, value, stream_id FROM claimed WHERE stream_id <> $1";
+
+/// The stream holding the key `($1 = namespace, $2 = value)`.
+pub const UNIQUE_KEY_OWNER: &str =
+    "SELECT stream_id FROM cqrs_unique_keys WHERE namespace = $1 AND value = $2";

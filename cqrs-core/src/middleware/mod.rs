@@ -52,6 +52,14 @@ pub trait Next<C: Command>: Send {
 
 /// A layer around every command.
 pub trait CommandMiddleware: Send + Sync + 'static {
+    /// Whether `handle` runs [`Command::validate`] and refuses an invalid command before
+    /// calling `next`, as [`Validation`] does.
+    ///
+    /// The bus validates every command at the end of the chain unless a middleware of the
+    /// chain declares that it does, so validation is never skipped for want of a middleware
+    /// and never runs twice. Set it only in a middleware that validates every command.
+    const VALIDATES: bool = false;
+
     /// Handles one command, usually by calling `next.run(command, ctx)`.
     fn handle<C: Command, N: Next<C>>(
         &self,
@@ -63,6 +71,10 @@ pub trait CommandMiddleware: Send + Sync + 'static {
 
 /// A type-level list of command middleware; `()` is the empty chain.
 pub trait CommandChain: Send + Sync + 'static {
+    /// Whether a middleware of the chain validates commands
+    /// ([`CommandMiddleware::VALIDATES`]); when none does, the bus validates them last.
+    const VALIDATES: bool = false;
+
     /// Runs the chain, ending in `terminal`.
     fn run<C: Command, N: Next<C>>(
         &self,
@@ -84,6 +96,8 @@ impl CommandChain for () {
 }
 
 impl<H: CommandMiddleware, T: CommandChain> CommandChain for (H, T) {
+    const VALIDATES: bool = H::VALIDATES || T::VALIDATES;
+
     fn run<C: Command, N: Next<C>>(
         &self,
         command: C,
@@ -121,6 +135,10 @@ pub trait QueryNext<Q: Query, E>: Send {
 
 /// A layer around every query.
 pub trait QueryMiddleware: Send + Sync + 'static {
+    /// Whether `handle_query` runs [`Query::validate`] and refuses an invalid query before
+    /// calling `next`, as [`Validation`] does; see [`CommandMiddleware::VALIDATES`].
+    const VALIDATES: bool = false;
+
     /// Handles one query, usually by calling `next.run(query)`.
     fn handle_query<Q: Query, E: Send, N: QueryNext<Q, E>>(
         &self,
@@ -131,6 +149,10 @@ pub trait QueryMiddleware: Send + Sync + 'static {
 
 /// A type-level list of query middleware; `()` is the empty chain.
 pub trait QueryChain: Send + Sync + 'static {
+    /// Whether a middleware of the chain validates queries ([`QueryMiddleware::VALIDATES`]);
+    /// when none does, the bus validates them last.
+    const VALIDATES: bool = false;
+
     /// Runs the chain, ending in `terminal`.
     fn run<Q: Query, E: Send, N: QueryNext<Q, E>>(
         &self,
@@ -150,6 +172,8 @@ impl QueryChain for () {
 }
 
 impl<H: QueryMiddleware, T: QueryChain> QueryChain for (H, T) {
+    const VALIDATES: bool = H::VALIDATES || T::VALIDATES;
+
     fn run<Q: Query, E: Send, N: QueryNext<Q, E>>(
         &self,
         query: Q,

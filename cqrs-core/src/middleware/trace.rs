@@ -37,6 +37,7 @@ impl CommandMiddleware for Tracing {
             Err(crate::CommandError::Rejected(_)) => "rejected",
             Err(crate::CommandError::Invalid(_)) => "invalid",
             Err(crate::CommandError::Conflict { .. }) => "conflict",
+            Err(crate::CommandError::UniqueKeyTaken { .. }) => "key_taken",
             Err(crate::CommandError::Timeout { .. }) => "timeout",
             Err(crate::CommandError::Refused { .. }) => "refused",
             Err(_) => "error",

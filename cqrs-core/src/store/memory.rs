@@ -5,13 +5,14 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use super::{AppendResult, EventStore, ExpectedVersion, Snapshot, StoreError};
-use crate::{BoxFuture, GlobalPosition, NewEvent, RecordedEvent};
+use crate::{BoxFuture, GlobalPosition, KeyChange, KeyChanges, NewEvent, RecordedEvent};
 
 /// The embedded event store: everything in process memory, lost on exit.
 ///
 /// It is the reference for the [`EventStore`] contract: appends are atomic under one lock,
 /// positions are assigned in commit order (so the global order has no gaps to skip), and a
-/// version check failure writes nothing. Cloning shares the same store.
+/// version check failure writes nothing. Unique keys ([`EventStore::append_with_keys`]) are
+/// checked and changed under the same lock. Cloning shares the same store.
 #[derive(Clone, Default)]
 pub struct InMemoryEventStore {
     inner: Arc<RwLock<Inner>>,
@@ -25,6 +26,49 @@ struct Inner {
     streams: HashMap<String, Vec<usize>>,
     event_ids: HashSet<Uuid>,
     snapshots: HashMap<String, Snapshot>,
+    /// Unique keys: namespace -> value -> the stream holding it.
+    unique_keys: HashMap<String, HashMap<String, String>>,
+}
+
+impl Inner {
+    fn key_owner(&self, namespace: &str, value: &str) -> Option<&String> {
+        self.unique_keys.get(namespace)?.get(value)
+    }
+
+    /// The first claimed key held by a stream other than `stream_id`.
+    fn taken_key(&self, stream_id: &str, keys: &KeyChanges) -> Option<StoreError> {
+        keys.claims().into_iter().find_map(|key| {
+            let owner = self.key_owner(&key.namespace, &key.value)?;
+            (owner != stream_id).then(|| StoreError::UniqueKeyTaken {
+                namespace: key.namespace.clone().into_owned(),
+                value: key.value.clone(),
+                owner: owner.clone(),
+            })
+        })
+    }
+
+    /// Applies checked key changes.
+    fn change_keys(&mut self, stream_id: &str, keys: KeyChanges) {
+        for (key, change) in keys {
+            match change {
+                KeyChange::Claim => {
+                    self.unique_keys
+                        .entry(key.namespace.into_owned())
+                        .or_default()
+                        .insert(key.value, stream_id.to_owned());
+                }
+                KeyChange::Release => {
+                    if let Some(values) = self.unique_keys.get_mut(key.namespace.as_ref())
+                        && values
+                            .get(&key.value)
+                            .is_some_and(|owner| owner == stream_id)
+                    {
+                        values.remove(&key.value);
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl InMemoryEventStore {
@@ -58,6 +102,7 @@ impl InMemoryEventStore {
         stream_id: &str,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
+        keys: KeyChanges,
     ) -> Result<AppendResult, StoreError> {
         if stream_id.is_empty() {
             return Err(StoreError::InvalidStreamId {
@@ -88,6 +133,11 @@ impl InMemoryEventStore {
                 });
             }
         }
+        if !keys.is_empty()
+            && let Some(taken) = inner.taken_key(stream_id, &keys)
+        {
+            return Err(taken);
+        }
         let recorded_at = Utc::now();
         let mut positions = Vec::with_capacity(events.len());
         let indexes = inner.streams.entry(stream_id.to_owned()).or_default();
@@ -109,8 +159,12 @@ impl InMemoryEventStore {
             indexes.push(index);
             positions.push(position);
         }
+        let stream_version = indexes.len() as u64;
+        if !keys.is_empty() {
+            inner.change_keys(stream_id, keys);
+        }
         Ok(AppendResult {
-            stream_version: indexes.len() as u64,
+            stream_version,
             positions,
             recorded_at,
         })
@@ -124,8 +178,28 @@ impl EventStore for InMemoryEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
-        let result = self.append_now(stream_id, expected, events);
+        let result = self.append_now(stream_id, expected, events, KeyChanges::new());
         Box::pin(std::future::ready(result))
+    }
+
+    fn append_with_keys<'a>(
+        &'a self,
+        stream_id: &'a str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        keys: KeyChanges,
+    ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
+        let result = self.append_now(stream_id, expected, events, keys);
+        Box::pin(std::future::ready(result))
+    }
+
+    fn unique_key_owner<'a>(
+        &'a self,
+        namespace: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        let owner = self.read().key_owner(namespace, value).cloned();
+        Box::pin(std::future::ready(Ok(owner)))
     }
 
     fn load_stream<'a>(

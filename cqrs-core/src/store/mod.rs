@@ -9,7 +9,7 @@ use serde_json::Value;
 
 pub use memory::InMemoryEventStore;
 
-use crate::{BoxFuture, GlobalPosition, NewEvent, RecordedEvent};
+use crate::{BoxFuture, GlobalPosition, KeyChanges, NewEvent, RecordedEvent};
 
 /// What the writer believes the stream's version to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -104,6 +104,20 @@ pub enum StoreError {
         /// Why.
         reason: &'static str,
     },
+    /// A unique key the append claims is held by another stream; nothing was written.
+    #[error("{namespace} {value:?} is taken by stream `{owner}`")]
+    UniqueKeyTaken {
+        /// The key's namespace (`"user.email"`).
+        namespace: String,
+        /// The key's value.
+        value: String,
+        /// The stream that holds the key.
+        owner: String,
+    },
+    /// The store cannot reserve unique keys ([`EventStore::append_with_keys`] with key
+    /// changes on a store that does not implement it); nothing was written.
+    #[error("this event store does not support unique keys")]
+    UniqueKeysUnsupported,
     /// The backend failed (connection, I/O, ...).
     #[error("event store backend error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -121,6 +135,10 @@ pub enum StoreError {
 /// - `load_stream(s, v)` returns the events of `s` with version `>= v` in version order.
 /// - `read_all_from(p, n)` returns up to `n` events strictly after position `p` in the global
 ///   order, never skipping an event that becomes visible later with a smaller position.
+/// - `append_with_keys` (for stores that support unique keys) is `append` plus the key
+///   changes, in the same atomic step: a claimed key held by another stream is
+///   [`StoreError::UniqueKeyTaken`] and writes nothing (neither events nor keys); on success
+///   every claimed key is held by the stream and every released key it held is free.
 pub trait EventStore: Send + Sync + 'static {
     /// Appends `events` to `stream_id` if the stream is at `expected`.
     fn append<'a>(
@@ -129,6 +147,43 @@ pub trait EventStore: Send + Sync + 'static {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> BoxFuture<'a, Result<AppendResult, StoreError>>;
+
+    /// Appends `events` as [`append`](Self::append) does and, in the same atomic step, claims
+    /// and releases the unique keys of `keys` for `stream_id`.
+    ///
+    /// A claimed key that another stream holds fails the whole append with
+    /// [`StoreError::UniqueKeyTaken`]; a version conflict or a duplicate event id is reported
+    /// first, as by `append`. Claiming a key the stream holds, and releasing one it does not
+    /// hold, change nothing. Key changes apply exactly when the append succeeds, also when
+    /// `events` is empty.
+    ///
+    /// The default delegates to `append` when `keys` is empty and otherwise fails with
+    /// [`StoreError::UniqueKeysUnsupported`], writing nothing: a store opts in by overriding
+    /// it. [`InMemoryEventStore`] and the PostgreSQL store do.
+    fn append_with_keys<'a>(
+        &'a self,
+        stream_id: &'a str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        keys: KeyChanges,
+    ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
+        if keys.is_empty() {
+            self.append(stream_id, expected, events)
+        } else {
+            Box::pin(std::future::ready(Err(StoreError::UniqueKeysUnsupported)))
+        }
+    }
+
+    /// The stream that holds a unique key, if any (`None` too on a store without unique
+    /// keys, which is the default).
+    fn unique_key_owner<'a>(
+        &'a self,
+        namespace: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        let _ = (namespace, value);
+        Box::pin(std::future::ready(Ok(None)))
+    }
 
     /// Events of one stream with version `>= from_version`, in order.
     fn load_stream<'a>(

@@ -1,11 +1,18 @@
 //! Test support: the given/when/then [`Fixture`] for aggregates, and (feature `testing`) the
-//! `conformance` kit any [`EventStore`](crate::EventStore) implementation can run.
+//! `conformance` kit any [`EventStore`](crate::EventStore) implementation can run, plus the
+//! `unique_keys` checks for stores that reserve unique keys.
 
 use std::fmt::Debug;
 
-use crate::{Aggregate, Command, CommandContext, Handles, Metadata};
+use crate::{
+    Aggregate, Command, CommandContext, CommandError, Handles, Metadata, ValidationErrors,
+};
 
 /// Given events, when a command, then expect events or an error — with no store at all.
+///
+/// `when` validates the command first, as the command bus does, so a command's field rules
+/// (`#[command(validate)]`) are tested without repeating them: an invalid command reaches no
+/// handler, and [`Outcome::then_expect_invalid`] returns its [`ValidationErrors`].
 ///
 /// ```
 /// use cqrs_core::prelude::*;
@@ -94,15 +101,25 @@ impl<A: Aggregate> Fixture<A> {
         self
     }
 
-    /// Runs the command's handler against the state.
+    /// Validates the command ([`Command::validate`], as the bus does), then runs its handler
+    /// against the state.
     pub async fn when<C>(self, command: C) -> Outcome<A>
     where
         C: Command<Aggregate = A>,
         A: Handles<C>,
     {
-        let ctx = CommandContext::for_command(&command, self.metadata);
         let mut state = self.state;
-        let result = state.handle(&command, &self.services, &ctx).await;
+        if let Err(errors) = command.validate() {
+            return Outcome {
+                result: Err(CommandError::Invalid(errors)),
+                state,
+            };
+        }
+        let ctx = CommandContext::for_command(&command, self.metadata);
+        let result = state
+            .handle(&command, &self.services, &ctx)
+            .await
+            .map_err(CommandError::Rejected);
         if let Ok(events) = &result {
             for event in events {
                 state.apply(event);
@@ -120,7 +137,8 @@ impl<A: Aggregate<Services = ()>> Default for Fixture<A> {
 
 /// What a command did in a [`Fixture`].
 pub struct Outcome<A: Aggregate> {
-    result: Result<Vec<A::Event>, A::Error>,
+    /// Events, or [`CommandError::Rejected`] / [`CommandError::Invalid`].
+    result: Result<Vec<A::Event>, CommandError<A::Error>>,
     state: A,
 }
 
@@ -130,7 +148,7 @@ impl<A: Aggregate> Outcome<A> {
     ///
     /// # Panics
     ///
-    /// When the command was rejected or produced other events.
+    /// When the command was invalid, rejected, or produced other events.
     #[track_caller]
     pub fn then_expect_events(self, expected: impl IntoIterator<Item = A::Event>) -> A
     where
@@ -140,6 +158,9 @@ impl<A: Aggregate> Outcome<A> {
         let expected: Vec<_> = expected.into_iter().collect();
         match self.result {
             Ok(events) => assert_eq!(events, expected, "the command produced other events"),
+            Err(CommandError::Invalid(errors)) => {
+                panic!("expected events {expected:?}, the command is invalid: {errors}")
+            }
             Err(error) => {
                 panic!("expected events {expected:?}, the command was rejected: {error:?}")
             }
@@ -151,7 +172,7 @@ impl<A: Aggregate> Outcome<A> {
     ///
     /// # Panics
     ///
-    /// When the command was accepted or rejected with another error.
+    /// When the command was accepted, invalid, or rejected with another error.
     #[track_caller]
     // Taking the error by value reads better at call sites: `.then_expect_error(Error::X)`.
     #[allow(clippy::needless_pass_by_value)]
@@ -162,16 +183,40 @@ impl<A: Aggregate> Outcome<A> {
     {
         match self.result {
             Ok(events) => panic!("expected error {expected:?}, the command produced {events:?}"),
-            Err(error) => assert_eq!(
+            Err(CommandError::Rejected(error)) => assert_eq!(
                 error, expected,
                 "the command was rejected with another error"
             ),
+            Err(CommandError::Invalid(errors)) => {
+                panic!("expected error {expected:?}, the command is invalid: {errors}")
+            }
+            Err(error) => panic!("expected error {expected:?}, the command failed: {error:?}"),
         }
         self.state
     }
 
-    /// The raw outcome, for assertions the helpers do not cover.
-    pub fn into_result(self) -> Result<Vec<A::Event>, A::Error> {
+    /// Asserts that the command failed validation ([`Command::validate`]) and returns which
+    /// fields failed; no handler ran.
+    ///
+    /// # Panics
+    ///
+    /// When the command was valid.
+    #[track_caller]
+    pub fn then_expect_invalid(self) -> ValidationErrors
+    where
+        A::Event: Debug,
+        A::Error: Debug,
+    {
+        match self.result {
+            Err(CommandError::Invalid(errors)) => errors,
+            Ok(events) => panic!("expected the command to be invalid, it produced {events:?}"),
+            Err(error) => panic!("expected the command to be invalid, it was rejected: {error:?}"),
+        }
+    }
+
+    /// The raw outcome, for assertions the helpers do not cover: the events, or
+    /// [`CommandError::Rejected`] with the handler's error, or [`CommandError::Invalid`].
+    pub fn into_result(self) -> Result<Vec<A::Event>, CommandError<A::Error>> {
         self.result
     }
 
@@ -183,3 +228,5 @@ impl<A: Aggregate> Outcome<A> {
 
 #[cfg(feature = "testing")]
 pub mod conformance;
+#[cfg(feature = "testing")]
+pub mod unique_keys;

@@ -9,7 +9,7 @@ use syn::{Ident, ImplItem, ImplItemFn, ItemImpl, LitInt, LitStr, Path, Token, Ty
 use crate::internals::attr::{self, Attr};
 use crate::internals::symbol::{
     AGGREGATE, COMMAND_HANDLER, CRATE, ERROR, EVENT, EVENT_HANDLER, IGNORE, NAME, QUERY_HANDLER,
-    SERVICES, SNAPSHOT, Symbol,
+    SERVICES, SNAPSHOT, Symbol, UNIQUE_KEYS,
 };
 use crate::internals::syntax::{self, Borrow, Receiver};
 use crate::internals::{Ctxt, krate};
@@ -29,6 +29,8 @@ pub struct Aggregate {
     pub snapshot: Option<(TokenStream, LitInt)>,
     /// The payload types applied as no-ops.
     pub ignore: Vec<Type>,
+    /// The `unique_keys` key itself, when given: the user implements `UniqueKeys`.
+    pub unique_keys: Option<TokenStream>,
     pub krate: Path,
     /// Whether an unknown key was given: likely a misspelt required key, already reported.
     pub unknown_keys: bool,
@@ -73,7 +75,16 @@ pub struct UnitHandler {
     pub variant: Ident,
 }
 
-const KEYS: &[Symbol] = &[EVENT, ERROR, SERVICES, NAME, SNAPSHOT, IGNORE, CRATE];
+const KEYS: &[Symbol] = &[
+    EVENT,
+    ERROR,
+    SERVICES,
+    NAME,
+    SNAPSHOT,
+    IGNORE,
+    UNIQUE_KEYS,
+    CRATE,
+];
 
 impl Aggregate {
     pub fn from_ast(cx: &Ctxt, args: TokenStream, block: &mut ItemImpl) -> Self {
@@ -142,6 +153,7 @@ impl Aggregate {
             name: keys.name,
             snapshot: keys.snapshot,
             ignore: keys.ignore,
+            unique_keys: keys.unique,
             krate: keys.krate,
             unknown_keys: keys.unknown,
             commands,
@@ -159,6 +171,8 @@ struct Keys {
     name: Option<LitStr>,
     snapshot: Option<(TokenStream, LitInt)>,
     ignore: Vec<Type>,
+    /// The `unique_keys` key.
+    unique: Option<TokenStream>,
     krate: Path,
     unknown: bool,
 }
@@ -171,6 +185,7 @@ impl Keys {
         let mut name = Attr::none(cx, AGGREGATE, NAME);
         let mut snapshot = Attr::none(cx, AGGREGATE, SNAPSHOT);
         let mut ignore = Attr::none(cx, AGGREGATE, IGNORE);
+        let mut unique_keys = Attr::none(cx, AGGREGATE, UNIQUE_KEYS);
         let mut krate = Attr::none(cx, AGGREGATE, CRATE);
         let mut unknown_keys = false;
         attr::parse_args(cx, args, |meta| {
@@ -195,6 +210,9 @@ impl Keys {
                 let types =
                     Punctuated::<Type, Token![,]>::parse_terminated_with(&content, Type::parse)?;
                 ignore.set(&meta.path, types.into_iter().collect::<Vec<_>>());
+            } else if meta.path == UNIQUE_KEYS {
+                attr::flag(&meta, UNIQUE_KEYS)?;
+                unique_keys.set(&meta.path, quote::ToTokens::to_token_stream(&meta.path));
             } else if meta.path == CRATE {
                 krate.set(&meta.path, krate::parse(&meta)?);
             } else {
@@ -210,6 +228,7 @@ impl Keys {
             name: name.get(),
             snapshot: snapshot.get(),
             ignore: ignore.get().unwrap_or_default(),
+            unique: unique_keys.get(),
             krate: krate.get().unwrap_or_else(krate::default_path),
             unknown: unknown_keys,
         }

@@ -1,4 +1,5 @@
-//! The `Aggregate`, `Apply<P>`, `ApplyUnit<E>`, `Handles<C>` and `DispatchCommands` impls.
+//! The `Aggregate`, `Apply<P>`, `ApplyUnit<E>`, `Handles<C>`, `DispatchCommands` and (unless
+//! the user writes it) `UniqueKeys` impls.
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
@@ -19,6 +20,7 @@ pub fn expand(aggregate: &Aggregate<'_>) -> TokenStream {
         .iter()
         .map(|handler| handles(aggregate, handler, &p));
     let dispatch = dispatch_commands(aggregate, &p);
+    let no_unique_keys = no_unique_keys(aggregate, &p);
     quote! {
         const _: () = {
             #aggregate_impl
@@ -26,8 +28,24 @@ pub fn expand(aggregate: &Aggregate<'_>) -> TokenStream {
             #apply_unit
             #(#handles)*
             #dispatch
+            #no_unique_keys
         };
     }
+}
+
+/// Without `unique_keys`, an impl claiming no keys: a `UniqueKeys` impl the user wrote without
+/// opting in then conflicts with it, instead of being silently ignored.
+fn no_unique_keys(aggregate: &Aggregate<'_>, p: &TokenStream) -> Option<TokenStream> {
+    if aggregate.unique_keys.is_some() {
+        return None;
+    }
+    let Aggregate { self_ty, event, .. } = aggregate;
+    Some(quote! {
+        #[automatically_derived]
+        impl #p::UniqueKeys for #self_ty {
+            fn unique_keys(&self, _: &#event, _: &mut #p::KeyChanges) {}
+        }
+    })
 }
 
 fn services_type(aggregate: &Aggregate<'_>) -> TokenStream {
@@ -73,6 +91,15 @@ fn aggregate_impl(aggregate: &Aggregate<'_>, p: &TokenStream) -> TokenStream {
             }
         }
     });
+    let key_changes = aggregate.unique_keys.map(|key| {
+        let span = at_user(key);
+        let p = path_at(p, span);
+        quote_spanned! {span=>
+            fn key_changes(&self, event: &#event, keys: &mut #p::KeyChanges) {
+                <Self as #p::UniqueKeys>::unique_keys(self, event, keys);
+            }
+        }
+    });
     let unit_check = quote_spanned! {at_event=>
         const _: () = <#event as #pe::UnitHandlersCheck<#self_ty>>::CHECK;
     };
@@ -102,6 +129,7 @@ fn aggregate_impl(aggregate: &Aggregate<'_>, p: &TokenStream) -> TokenStream {
                 #apply
             }
             #snapshot
+            #key_changes
         }
         #unit_check
         #(#variants_exist)*

@@ -22,6 +22,7 @@ pub const PROJECTION: Symbol = Symbol("projection");
 pub const QUERY: Symbol = Symbol("query");
 pub const SERVICES: Symbol = Symbol("services");
 pub const SNAPSHOT: Symbol = Symbol("snapshot");
+pub const UNIQUE_KEYS: Symbol = Symbol("unique_keys");
 pub const VALIDATE: Symbol = Symbol("validate");
 pub const VERSION: Symbol = Symbol("version");
 

@@ -17,7 +17,7 @@ use crate::{PostgresStoreError, sql};
 /// How often `append` starts over in a new transaction when the stream's last writer had a
 /// later transaction id. One retry nearly always suffices: the new transaction's id is
 /// larger than that of every transaction that committed before it started.
-const OUT_OF_ORDER_RETRIES: u32 = 8;
+pub(super) const OUT_OF_ORDER_RETRIES: u32 = 8;
 
 /// Why an append wrote nothing, before it is turned into a [`StoreError`].
 pub(super) enum AppendFailure {

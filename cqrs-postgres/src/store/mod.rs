@@ -2,14 +2,15 @@
 
 mod append;
 mod inline;
+mod keys;
 mod notify;
 mod read;
 
 use std::sync::Arc;
 
 use cqrs_core::{
-    AppendResult, BoxFuture, EventStore, ExpectedVersion, GlobalPosition, NewEvent, RecordedEvent,
-    Snapshot, StoreError,
+    AppendResult, BoxFuture, EventStore, ExpectedVersion, GlobalPosition, KeyChanges, NewEvent,
+    RecordedEvent, Snapshot, StoreError,
 };
 use sqlx::{PgConnection, PgPool};
 
@@ -174,6 +175,29 @@ impl EventStore for PostgresEventStore {
         events: Vec<NewEvent>,
     ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
         Box::pin(self.append_owned(stream_id, expected, events))
+    }
+
+    /// With key changes, the append and the changes of `cqrs_unique_keys` run in one
+    /// transaction; without, this is [`append`](EventStore::append), one statement.
+    fn append_with_keys<'a>(
+        &'a self,
+        stream_id: &'a str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        keys: KeyChanges,
+    ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
+        if keys.is_empty() {
+            return Box::pin(self.append_owned(stream_id, expected, events));
+        }
+        Box::pin(async move { self.append_keyed(stream_id, expected, events, &keys).await })
+    }
+
+    fn unique_key_owner<'a>(
+        &'a self,
+        namespace: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        Box::pin(self.key_owner(namespace, value))
     }
 
     fn load_stream<'a>(
