@@ -294,16 +294,7 @@ impl<A: Aggregate> Repository<A> {
                         }
                     }
                     let result = match outcome {
-                        Ok(_) => Ok((
-                            Committed {
-                                command_id: ctx.command_id,
-                                stream_id: stream_id.to_owned(),
-                                stream_version: loaded.version,
-                                position: GlobalPosition::START,
-                                events: 0,
-                            },
-                            Vec::new(),
-                        )),
+                        Ok(_) => Ok((nothing_committed(ctx, loaded.version), Vec::new())),
                         Err(rejection) => Err(CommandError::Rejected(rejection)),
                     };
                     return (result, Some(loaded));
@@ -318,16 +309,7 @@ impl<A: Aggregate> Repository<A> {
             // append. One event is asked of the loaded state as it is, so the state stays
             // untouched until the events are stored; several must be applied one by one to
             // ask each of the state before it.
-            let mut keys = KeyChanges::new();
-            let applied_early = events.len() > 1;
-            if applied_early {
-                for event in &events {
-                    loaded.state.key_changes(event, &mut keys);
-                    loaded.state.apply(event);
-                }
-            } else {
-                loaded.state.key_changes(&events[0], &mut keys);
-            }
+            let (keys, applied_early) = key_changes(&mut loaded.state, &events);
             let recorded_input = record.then(|| new_events.clone());
             let expected = ExpectedVersion::Exact(loaded.version);
             let append = if keys.is_empty() {
@@ -447,6 +429,34 @@ impl<A: Aggregate> Repository<A> {
         }
         Some(slot)
     }
+}
+
+/// The outcome of a command that produced no events.
+fn nothing_committed(ctx: &CommandContext, version: u64) -> Committed {
+    Committed {
+        command_id: ctx.command_id,
+        stream_id: ctx.stream_id.clone(),
+        stream_version: version,
+        position: GlobalPosition::START,
+        events: 0,
+    }
+}
+
+/// The unique keys a command's events claim and release, each asked of the state before it,
+/// and whether the events had to be applied to `state` to ask that (more than one event).
+/// One event is asked of the state as it is, which stays untouched.
+fn key_changes<A: Aggregate>(state: &mut A, events: &[A::Event]) -> (KeyChanges, bool) {
+    let mut keys = KeyChanges::new();
+    let applied = events.len() > 1;
+    if applied {
+        for event in events {
+            state.key_changes(event, &mut keys);
+            state.apply(event);
+        }
+    } else if let Some(event) = events.first() {
+        state.key_changes(event, &mut keys);
+    }
+    (keys, applied)
 }
 
 /// The stored form of a command's events, each carrying the command's metadata.
