@@ -19,6 +19,21 @@ pub trait ApplyTo<A> {
     fn apply_to(&self, aggregate: &mut A);
 }
 
+/// Holds when `Self` is a payload type of event enum `E`. `#[derive(Event)]` implements it for
+/// each payload type; `#[aggregate]` requires it of every `#[event_handler]` argument and
+/// `ignore(...)` type, at the user's type: an `Apply` impl for any other type would compile and
+/// never be called. (A blanket impl over `EventPayload` would make the compiler report the
+/// mismatched `EventPayload::Event` instead of this message.)
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an event of `{E}`",
+    label = "not a payload type of `{E}`",
+    note = "an aggregate's `#[event_handler]` takes `&Payload` where `Payload` is carried by a variant of its event enum `{E}`; a handler for any other type would never be called"
+)]
+pub trait PayloadOf<E> {}
+
+/// Compiles only when `P` is a payload type of `E` (see [`PayloadOf`]).
+pub const fn payload_of<P: PayloadOf<E>, E>() {}
+
 /// The Rust names of an event enum's unit variants. Implemented by `#[derive(Event)]`;
 /// `#[aggregate]` checks that each `#[event_handler(Variant)]` names one of them.
 pub trait UnitVariants {

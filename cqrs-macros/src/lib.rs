@@ -366,7 +366,9 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 /// Applies one event to the state: synchronous, returns nothing (a recorded event cannot be
 /// refused). Every variant of the event enum needs a handler or an `ignore`: a payload variant
 /// without one is an error naming the payload type at `event = ...`, and a unit variant without
-/// one is an error naming the variant, both reported by `cargo check`.
+/// one is an error naming the variant, both reported by `cargo check`. The other way round, a
+/// handler (or `ignore`) for a type no variant of the event enum carries would never be
+/// called, so it is an error at that type: "`u64` is not an event of `AccountEvent`".
 ///
 /// Unmarked methods are left as they are. The markers are removed from the re-emitted block,
 /// and handlers get `#[allow(clippy::unused_self, clippy::unnecessary_wraps)]`: their `&self`

@@ -109,14 +109,16 @@ fn aggregate_impl(aggregate: &Aggregate<'_>, p: &TokenStream) -> TokenStream {
 }
 
 fn apply_impls(aggregate: &Aggregate<'_>, p: &TokenStream) -> TokenStream {
-    let self_ty = aggregate.self_ty;
+    let Aggregate { self_ty, event, .. } = aggregate;
     let handled = aggregate.events.iter().map(|handler| {
         let payload = &handler.payload;
         let method = &handler.method;
         let span = at_user(payload);
         let p = path_at(p, span);
         let header = quote_spanned!(span=> impl #p::Apply<#payload> for #self_ty);
+        let check = payload_of(payload, event, &p);
         quote! {
+            #check
             #[automatically_derived]
             #header {
                 fn apply(&mut self, payload: &#payload) {
@@ -129,7 +131,9 @@ fn apply_impls(aggregate: &Aggregate<'_>, p: &TokenStream) -> TokenStream {
         let span = at_user(payload);
         let p = path_at(p, span);
         let header = quote_spanned!(span=> impl #p::Apply<#payload> for #self_ty);
+        let check = payload_of(payload, event, &p);
         quote! {
+            #check
             #[automatically_derived]
             #header {
                 fn apply(&mut self, _: &#payload) {}
@@ -137,6 +141,14 @@ fn apply_impls(aggregate: &Aggregate<'_>, p: &TokenStream) -> TokenStream {
         }
     });
     quote!(#(#handled)* #(#ignored)*)
+}
+
+/// Requires `payload` to be a payload type of the aggregate's event enum, at the user's type:
+/// an `Apply` impl for another type compiles but is never called.
+fn payload_of(payload: &syn::Type, event: &syn::Type, p: &TokenStream) -> TokenStream {
+    quote_spanned! {at_user(payload)=>
+        const _: () = #p::payload_of::<#payload, #event>();
+    }
 }
 
 fn apply_unit(aggregate: &Aggregate<'_>, p: &TokenStream) -> TokenStream {
