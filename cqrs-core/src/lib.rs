@@ -101,12 +101,13 @@ pub mod __private;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use aggregate::{Aggregate, stream_id};
+pub use aggregate::{Aggregate, aggregate_id, stream_id};
 pub use bus::{CommandBus, CommandBusBuilder, HandlerError, QueryBus, QueryBusBuilder};
 pub use command::{Command, CommandContext, Committed, Handles};
 pub use dispatch::{CommandDispatcher, DispatchCommands, DispatchQueries, QueryDispatcher};
 pub use error::{
-    CommandError, DispatchError, DuplicateName, FieldError, QueryError, ValidationErrors,
+    CommandError, DispatchError, DomainError, DuplicateName, ErrorKind, FieldError, QueryError,
+    ValidationErrors,
 };
 pub use event::{Apply, ApplyUnit, Event, EventDecodeError, EventPayload, EventType, IntoEvents};
 pub use metadata::{GlobalPosition, Metadata, NewEvent, RecordedEvent};
@@ -120,15 +121,23 @@ pub use store::{
 #[cfg(feature = "macros")]
 pub use cqrs_macros::{Command, Event, Query, aggregate, projection};
 
+/// The JSON dispatcher of command bus type `B`: `CommandDispatcherOf<CommandBusOf![...]>`.
+pub type CommandDispatcherOf<B> =
+    CommandDispatcher<<B as list::BusParts>::Registered, <B as list::BusParts>::Middleware>;
+
+/// The JSON dispatcher of query bus type `B`: `QueryDispatcherOf<QueryBusOf![...]>`.
+pub type QueryDispatcherOf<B> =
+    QueryDispatcher<<B as list::BusParts>::Registered, <B as list::BusParts>::Middleware>;
+
 /// A boxed, sendable future: what object-safe async traits here return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Everything a domain module needs: `use cqrs_core::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Aggregate, Command, CommandBus, CommandContext, CommandError, Committed, Event, EventStore,
-        InMemoryEventStore, Metadata, Projection, Query, QueryBus, QueryError, ReadModel,
-        RecordedEvent,
+        Aggregate, BoxFuture, Command, CommandBus, CommandContext, CommandError, Committed,
+        DomainError, ErrorKind, Event, EventStore, InMemoryEventStore, Metadata, Projection,
+        Query, QueryBus, QueryError, ReadModel, RecordedEvent,
     };
     #[cfg(feature = "macros")]
     pub use cqrs_macros::{aggregate, projection};

@@ -170,3 +170,154 @@ impl<X, H, T: Append<X>> Append<X> for (H, T) {
         (self.0, self.1.append(x))
     }
 }
+
+/// The lists a bus type is built from, so that a dispatcher's type can be named after its
+/// bus's: [`CommandDispatcherOf`](crate::CommandDispatcherOf),
+/// [`QueryDispatcherOf`](crate::QueryDispatcherOf).
+pub trait BusParts {
+    /// The registered aggregates (command bus) or handlers (query bus).
+    type Registered;
+    /// The middleware, outermost first.
+    type Middleware;
+}
+
+impl<R, M> BusParts for crate::CommandBus<R, M> {
+    type Registered = R;
+    type Middleware = M;
+}
+
+impl<R, M> BusParts for crate::QueryBus<R, M> {
+    type Registered = R;
+    type Middleware = M;
+}
+
+/// The type of a command bus, from its aggregates and middleware in the order the builder
+/// registered them: `CommandBusOf![Account, Customer; Tracing, Validation]` is the type of
+///
+/// ```text
+/// CommandBus::builder(store)
+///     .aggregate::<Account>(..)
+///     .aggregate::<Customer>(..)
+///     .middleware(Tracing)
+///     .middleware(Validation)
+///     .build()
+/// ```
+///
+/// that is `CommandBus<(Repository<Customer>, (Repository<Account>, ())), (Tracing,
+/// (Validation, ()))>`. Without middleware, leave out the `;` part. Name the JSON dispatcher
+/// of the same bus with [`CommandDispatcherOf`](crate::CommandDispatcherOf).
+///
+/// ```
+/// # use cqrs_core::prelude::*;
+/// # use cqrs_core::middleware::{Tracing, Validation};
+/// # #[derive(Debug, Clone, Serialize, Deserialize)]
+/// # pub struct Opened;
+/// # #[derive(Debug, Clone, Event)]
+/// # pub enum AccountEvent { Opened(Opened) }
+/// # #[derive(Debug, Default)]
+/// # pub struct Account;
+/// # #[aggregate(event = AccountEvent, error = std::convert::Infallible)]
+/// # impl Account {
+/// #     #[event_handler]
+/// #     fn on_opened(&mut self, _: &Opened) {}
+/// # }
+/// # #[derive(Debug, Clone, Serialize, Deserialize)]
+/// # pub struct Registered;
+/// # #[derive(Debug, Clone, Event)]
+/// # pub enum CustomerEvent { Registered(Registered) }
+/// # #[derive(Debug, Default)]
+/// # pub struct Customer;
+/// # #[aggregate(event = CustomerEvent, error = std::convert::Infallible)]
+/// # impl Customer {
+/// #     #[event_handler]
+/// #     fn on_registered(&mut self, _: &Registered) {}
+/// # }
+/// use cqrs_core::{CommandBusOf, CommandDispatcher, CommandDispatcherOf};
+///
+/// pub type Commands = CommandBusOf![Account, Customer; Tracing, Validation];
+/// pub type CommandJson = CommandDispatcherOf<Commands>;
+///
+/// let commands: Commands = CommandBus::builder(InMemoryEventStore::new())
+///     .aggregate::<Account>(())
+///     .aggregate::<Customer>(())
+///     .middleware(Tracing)
+///     .middleware(Validation)
+///     .build();
+/// let json: CommandJson = CommandDispatcher::new(commands.clone()).unwrap();
+/// ```
+#[macro_export]
+macro_rules! CommandBusOf {
+    ($($aggregate:ty),* $(,)? $(; $($middleware:ty),* $(,)?)?) => {
+        $crate::CommandBus<
+            $crate::__cqrs_repositories!([$($aggregate),*] ()),
+            $crate::__cqrs_in_order!($($($middleware),*)?)
+        >
+    };
+}
+
+/// The type of a query bus, from its handlers and middleware in the order the builder
+/// registered them: `QueryBusOf![ReadModel<Balances>, ReadModel<Owners>; Tracing]` is the type
+/// of `QueryBus::builder().handler(balances).handler(owners).middleware(Tracing).build()`.
+/// Name the JSON dispatcher of the same bus with
+/// [`QueryDispatcherOf`](crate::QueryDispatcherOf).
+///
+/// ```
+/// # use cqrs_core::prelude::*;
+/// # use cqrs_core::middleware::Tracing;
+/// # #[derive(Debug, Deserialize, Query)]
+/// # #[query(output = u64)]
+/// # pub struct GetTotal;
+/// # #[derive(Default)]
+/// # pub struct Totals;
+/// # #[projection]
+/// # impl Totals {
+/// #     #[query_handler]
+/// #     fn total(&self, _: &GetTotal) -> Result<u64, std::convert::Infallible> { Ok(0) }
+/// # }
+/// use cqrs_core::{QueryBusOf, QueryDispatcher, QueryDispatcherOf};
+///
+/// pub type Queries = QueryBusOf![ReadModel<Totals>; Tracing];
+///
+/// let queries: Queries = QueryBus::builder()
+///     .handler(ReadModel::new(Totals))
+///     .middleware(Tracing)
+///     .build();
+/// let json: QueryDispatcherOf<Queries> = QueryDispatcher::new(queries.clone()).unwrap();
+/// ```
+#[macro_export]
+macro_rules! QueryBusOf {
+    ($($handler:ty),* $(,)? $(; $($middleware:ty),* $(,)?)?) => {
+        $crate::QueryBus<
+            $crate::__cqrs_prepended!([$($handler),*] ()),
+            $crate::__cqrs_in_order!($($($middleware),*)?)
+        >
+    };
+}
+
+/// `Repository<A>` for each aggregate, each prepended as `CommandBusBuilder::aggregate` does.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cqrs_repositories {
+    ([] $list:ty) => { $list };
+    ([$head:ty $(, $rest:ty)*] $list:ty) => {
+        $crate::__cqrs_repositories!([$($rest),*] ($crate::Repository<$head>, $list))
+    };
+}
+
+/// Each type prepended, as `QueryBusBuilder::handler` does.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cqrs_prepended {
+    ([] $list:ty) => { $list };
+    ([$head:ty $(, $rest:ty)*] $list:ty) => {
+        $crate::__cqrs_prepended!([$($rest),*] ($head, $list))
+    };
+}
+
+/// The types in order, as the builders' `middleware` appends them.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cqrs_in_order {
+    () => { () };
+    ($head:ty $(, $rest:ty)*) => { ($head, $crate::__cqrs_in_order!($($rest),*)) };
+}

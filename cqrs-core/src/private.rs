@@ -53,6 +53,70 @@ pub trait UnitHandlersCheck<A> {
     const CHECK: ();
 }
 
+/// A domain error whose [`DomainError`](crate::DomainError) code `#[aggregate]` and
+/// `#[projection]` look up: `(&DomainCode(error)).domain_code()` with both
+/// [`ViaDomainError`] and [`ViaAnyError`] in scope finds `Some(code)` when the (concrete)
+/// error type implements `DomainError`, and `None` otherwise. Method resolution tries the
+/// receiver as written before borrowing it again, so the `DomainError` impl wins when it
+/// exists (autoref specialization).
+pub struct DomainCode<'a, E>(pub &'a E);
+
+/// The `DomainError` side of [`DomainCode`].
+pub trait ViaDomainError<'a> {
+    /// The error's code.
+    fn domain_code(&self) -> Option<&'a str>;
+}
+
+impl<'a, E: crate::DomainError> ViaDomainError<'a> for DomainCode<'a, E> {
+    fn domain_code(&self) -> Option<&'a str> {
+        Some(self.0.code())
+    }
+}
+
+/// The fallback side of [`DomainCode`]: any error, no code.
+pub trait ViaAnyError<'a> {
+    /// `None`.
+    fn domain_code(&self) -> Option<&'a str>;
+}
+
+impl<'a, E> ViaAnyError<'a> for &DomainCode<'a, E> {
+    fn domain_code(&self) -> Option<&'a str> {
+        None
+    }
+}
+
+/// How a command handler borrows the aggregate's services (`Self`, as declared with
+/// `#[aggregate(services = ...)]`): as `&Self` under any spelling of the type (an alias, a
+/// path), or as `&T` when the services are an `Arc<T>` or a `Box<T>` (`&dyn Trait` for
+/// `Arc<dyn Trait>`). `#[aggregate]` calls it at the handler's argument type.
+#[diagnostic::on_unimplemented(
+    message = "the aggregate's services are `{Self}`, which a command handler cannot borrow as `&{T}`",
+    label = "not the declared services",
+    note = "a handler borrows the type given as `#[aggregate(services = ...)]`, or `&T` when it is `Arc<T>` or `Box<T>`"
+)]
+pub trait ServicesAs<T: ?Sized> {
+    /// Borrows the services as the handler asks.
+    fn services_as(&self) -> &T;
+}
+
+impl<T: ?Sized> ServicesAs<T> for T {
+    fn services_as(&self) -> &T {
+        self
+    }
+}
+
+impl<T: ?Sized> ServicesAs<T> for std::sync::Arc<T> {
+    fn services_as(&self) -> &T {
+        self
+    }
+}
+
+impl<T: ?Sized> ServicesAs<T> for Box<T> {
+    fn services_as(&self) -> &T {
+        self
+    }
+}
+
 /// Decodes one variant's payload, naming the serde path of a bad field.
 pub fn decode_variant<T: serde::de::DeserializeOwned>(
     name: &str,

@@ -155,6 +155,10 @@ where
     async fn handle_query(&self, query: &Q) -> Result<Q::Output, Self::Error> {
         self.inner.read().await.handle_query(query).await
     }
+
+    fn domain_code(error: &Self::Error) -> Option<&str> {
+        P::domain_code(error)
+    }
 }
 
 /// A projection as the runtime holds it: type-erased so one bus can feed many kinds.

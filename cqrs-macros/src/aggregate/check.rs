@@ -1,4 +1,4 @@
-//! Checks across the attribute and the handlers: required keys, services as declared, and each
+//! Checks across the attribute and the handlers: required keys, services declared, and each
 //! command, payload and unit variant handled once.
 
 use std::collections::{HashMap, HashSet};
@@ -10,7 +10,7 @@ use syn::{Ident, LitInt, LitStr, Path, Type};
 
 use super::ast::{self, CommandHandler, EventHandler, HandlerArg, UnitHandler};
 use crate::internals::Ctxt;
-use crate::internals::syntax::{display, same_tokens};
+use crate::internals::syntax::display;
 
 /// An aggregate ready to expand.
 pub struct Aggregate<'a> {
@@ -76,15 +76,9 @@ fn check_services(cx: &Ctxt, aggregate: &ast::Aggregate) {
                         display(asked)
                     ),
                 ),
-                Some(declared) if !same_tokens(declared, asked) => cx.error_spanned_by(
-                    asked,
-                    format!(
-                        "`#[aggregate]` declares `services = {}`, so handlers borrow them as `&{}`; found `&{}`",
-                        display(declared),
-                        display(declared),
-                        display(asked)
-                    ),
-                ),
+                // Whether the handler's type is the declared one under another spelling (an
+                // alias, a path) or what an `Arc`/`Box` holds is for the type checker to say:
+                // the generated call requires `ServicesAs`, spanned at the handler's type.
                 Some(_) => {}
             }
         }

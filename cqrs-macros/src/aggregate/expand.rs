@@ -6,7 +6,7 @@ use syn::ext::IdentExt;
 
 use super::ast::{self, CommandHandler, HandlerArg};
 use super::check::Aggregate;
-use crate::internals::syntax::{at_user, display, path_at};
+use crate::internals::syntax::{at_user, display, domain_code_fn, path_at};
 
 pub fn expand(aggregate: &Aggregate<'_>) -> TokenStream {
     let krate = aggregate.krate;
@@ -73,6 +73,7 @@ fn aggregate_impl(aggregate: &Aggregate<'_>, p: &TokenStream) -> TokenStream {
             }
         }
     });
+    let domain_code = domain_code_fn(p, error);
     let unit_check = quote_spanned! {at_event=>
         const _: () = <#event as #pe::UnitHandlersCheck<#self_ty>>::CHECK;
     };
@@ -101,6 +102,7 @@ fn aggregate_impl(aggregate: &Aggregate<'_>, p: &TokenStream) -> TokenStream {
             fn apply(&mut self, event: &#event) {
                 #apply
             }
+            #domain_code
             #snapshot
         }
         #unit_check
@@ -207,7 +209,13 @@ fn handles(aggregate: &Aggregate<'_>, handler: &CommandHandler, p: &TokenStream)
     };
     let args = args.iter().map(|arg| match arg {
         HandlerArg::Context => quote!(ctx),
-        HandlerArg::Services(_) => quote!(services),
+        HandlerArg::Services(asked) => {
+            let span = at_user(asked);
+            let p = path_at(p, span);
+            quote_spanned! {span=>
+                <#services as #p::ServicesAs<#asked>>::services_as(services)
+            }
+        }
     });
     let await_ = is_async.then(|| quote!(.await));
     let call = quote_spanned! {at_user(output)=>

@@ -5,7 +5,7 @@ use quote::{quote, quote_spanned};
 
 use super::ast::{EventArg, EventHandler, QueryHandler};
 use super::check::Projection;
-use crate::internals::syntax::{at_user, path_at};
+use crate::internals::syntax::{at_user, domain_code_fn, path_at};
 
 pub fn expand(projection: &Projection<'_>) -> TokenStream {
     let krate = projection.krate;
@@ -127,6 +127,7 @@ fn handles_query(
     let header = quote_spanned! {at_query=>
         impl #impl_generics #pq::HandlesQuery<#query> for #self_ty #where_clause
     };
+    let domain_code = domain_code_fn(p, error);
     quote! {
         #[automatically_derived]
         #header {
@@ -137,6 +138,7 @@ fn handles_query(
             ) -> ::core::result::Result<<#query as #p::Query>::Output, #error> {
                 #call
             }
+            #domain_code
         }
     }
 }
