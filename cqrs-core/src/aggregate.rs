@@ -28,7 +28,7 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     /// The [`DomainError`](crate::DomainError) code of a domain error, or `None` when
     /// `Self::Error` does not implement `DomainError`. `#[aggregate]` generates it; it is how
     /// the JSON dispatcher reports the code without knowing the error type.
-    fn domain_code(error: &Self::Error) -> Option<&str> {
+    fn domain_code(error: &Self::Error) -> Option<&'static str> {
         let _ = error;
         None
     }

@@ -193,11 +193,8 @@ where
         C: Command<Aggregate = A> + DeserializeOwned,
         A: Handles<C>,
     {
-        self.table.insert_once(
-            C::NAME,
-            dispatch_command::<C, R, M, I>,
-            &mut self.error,
-        );
+        self.table
+            .insert_once(C::NAME, dispatch_command::<C, R, M, I>, &mut self.error);
     }
 }
 
@@ -342,11 +339,8 @@ where
         Q::Output: Serialize,
         H: HandlesQuery<Q>,
     {
-        self.table.insert_once(
-            Q::NAME,
-            dispatch_query::<Q, H, R, M, I>,
-            &mut self.error,
-        );
+        self.table
+            .insert_once(Q::NAME, dispatch_query::<Q, H, R, M, I>, &mut self.error);
     }
 }
 

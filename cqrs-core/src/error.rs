@@ -136,7 +136,7 @@ impl fmt::Display for ErrorKind {
 /// }
 ///
 /// impl DomainError for AccountError {
-///     fn code(&self) -> &str {
+///     fn code(&self) -> &'static str {
 ///         match self {
 ///             AccountError::InsufficientFunds => "insufficient_funds",
 ///             AccountError::Closed => "account_closed",
@@ -146,7 +146,7 @@ impl fmt::Display for ErrorKind {
 /// ```
 pub trait DomainError: std::error::Error {
     /// The error's stable code; keep it stable once clients depend on it.
-    fn code(&self) -> &str;
+    fn code(&self) -> &'static str;
 }
 
 /// One field that failed validation.
@@ -324,7 +324,7 @@ impl<E> CommandError<E> {
     }
 
     /// The domain error's own code, when the aggregate rejected the command.
-    pub fn domain_code(&self) -> Option<&str>
+    pub fn domain_code(&self) -> Option<&'static str>
     where
         E: DomainError,
     {
@@ -397,7 +397,7 @@ impl<E> QueryError<E> {
     }
 
     /// The handler error's own code, when the handler failed.
-    pub fn domain_code(&self) -> Option<&str>
+    pub fn domain_code(&self) -> Option<&'static str>
     where
         E: DomainError,
     {
@@ -454,7 +454,7 @@ pub enum DispatchError {
         kind: ErrorKind,
         /// The domain error's [`DomainError::code`], when the aggregate rejected the command
         /// or the query handler failed with an error implementing [`DomainError`].
-        domain_code: Option<String>,
+        domain_code: Option<&'static str>,
         /// The domain error's message when the aggregate rejected the command or the query
         /// handler failed; the typed error's message otherwise.
         message: String,
@@ -494,9 +494,9 @@ impl DispatchError {
     }
 
     /// The domain error's own code (see [`DomainError`]), when there is one.
-    pub fn domain_code(&self) -> Option<&str> {
+    pub fn domain_code(&self) -> Option<&'static str> {
         match self {
-            DispatchError::Failed { domain_code, .. } => domain_code.as_deref(),
+            DispatchError::Failed { domain_code, .. } => *domain_code,
             _ => None,
         }
     }
@@ -513,8 +513,7 @@ impl DispatchError {
     pub(crate) fn command<C: Command>(error: CommandError<AggregateError<C>>) -> Self {
         let domain_code = error
             .rejection()
-            .and_then(<C::Aggregate as Aggregate>::domain_code)
-            .map(str::to_owned);
+            .and_then(<C::Aggregate as Aggregate>::domain_code);
         let message = match &error {
             CommandError::Rejected(rejection) => rejection.to_string(),
             other => other.to_string(),
@@ -535,10 +534,7 @@ impl DispatchError {
 
     /// The failure of query `Q`, answered by `H`, as the dispatcher reports it.
     pub(crate) fn query<Q: Query, H: HandlesQuery<Q>>(error: QueryError<H::Error>) -> Self {
-        let domain_code = error
-            .handler_error()
-            .and_then(H::domain_code)
-            .map(str::to_owned);
+        let domain_code = error.handler_error().and_then(H::domain_code);
         let message = match &error {
             QueryError::Handler(failure) => failure.to_string(),
             other => other.to_string(),

@@ -110,6 +110,7 @@ pub use error::{
     ValidationErrors,
 };
 pub use event::{Apply, ApplyUnit, Event, EventDecodeError, EventPayload, EventType, IntoEvents};
+pub use list::AnsweredQueries;
 pub use metadata::{GlobalPosition, Metadata, NewEvent, RecordedEvent};
 pub use projection::{Projection, ProjectionError, ReadModel, Subscriber};
 pub use query::{HandlesQuery, Query};
@@ -136,8 +137,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub mod prelude {
     pub use crate::{
         Aggregate, BoxFuture, Command, CommandBus, CommandContext, CommandError, Committed,
-        DomainError, ErrorKind, Event, EventStore, InMemoryEventStore, Metadata, Projection,
-        Query, QueryBus, QueryError, ReadModel, RecordedEvent,
+        DomainError, ErrorKind, Event, EventStore, InMemoryEventStore, Metadata, Projection, Query,
+        QueryBus, QueryError, ReadModel, RecordedEvent,
     };
     #[cfg(feature = "macros")]
     pub use cqrs_macros::{aggregate, projection};

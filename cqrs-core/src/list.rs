@@ -171,6 +171,134 @@ impl<X, H, T: Append<X>> Append<X> for (H, T) {
     }
 }
 
+/// Whether a command bus's aggregate list already holds an aggregate with the stream category
+/// of `A` (the same aggregate, or another one with the same `name`).
+pub trait HoldsAggregate<A: Aggregate> {
+    /// `true` when it does.
+    const HOLDS: bool;
+}
+
+impl<A: Aggregate> HoldsAggregate<A> for () {
+    const HOLDS: bool = false;
+}
+
+impl<A: Aggregate, B: Aggregate, T: HoldsAggregate<A>> HoldsAggregate<A> for (Repository<B>, T) {
+    const HOLDS: bool = crate::__private::contains_str(&[B::NAME], A::NAME) || T::HOLDS;
+}
+
+/// The names of the queries a query handler answers: what the query bus checks when the
+/// handler is registered, so that two handlers of one query are a compile error there
+/// instead of an ambiguity where the query is executed.
+///
+/// `#[projection]` implements it; [`ReadModel`](crate::ReadModel) forwards to its projection.
+/// A hand-written [`HandlesQuery`] impl lists its queries' [`Query::NAME`]s.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not list the queries it answers",
+    label = "cannot be registered on a query bus",
+    note = "a `#[projection]` with `#[query_handler]` methods lists them; a hand-written `HandlesQuery` impl adds `impl AnsweredQueries for {Self} {{ const NAMES: &'static [&'static str] = &[<Query as Query>::NAME]; }}`"
+)]
+pub trait AnsweredQueries {
+    /// The [`Query::NAME`] of every query the handler answers.
+    const NAMES: &'static [&'static str];
+}
+
+/// The first query name `H` answers that a handler of a query bus's list already answers.
+pub trait SharedQuery<H: AnsweredQueries> {
+    /// That name, or `None` when `H` answers only new queries.
+    const SHARED: Option<&'static str>;
+}
+
+impl<H: AnsweredQueries> SharedQuery<H> for () {
+    const SHARED: Option<&'static str> = None;
+}
+
+impl<H: AnsweredQueries, G: AnsweredQueries, T: SharedQuery<H>> SharedQuery<H> for (G, T) {
+    const SHARED: Option<&'static str> = match first_shared(H::NAMES, G::NAMES) {
+        Some(name) => Some(name),
+        None => T::SHARED,
+    };
+}
+
+const fn first_shared(a: &[&'static str], b: &[&str]) -> Option<&'static str> {
+    let mut i = 0;
+    while i < a.len() {
+        if crate::__private::contains_str(b, a[i]) {
+            return Some(a[i]);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Compile-time checks of the buses' registrations. Their constants are evaluated when the
+/// registering call is compiled to code (`cargo build`, `cargo test`; not `cargo check`), and
+/// fail with a message naming what is registered twice.
+pub struct Registration<X, R>(PhantomData<(X, R)>);
+
+impl<A: Aggregate, R: HoldsAggregate<A>> Registration<A, R> {
+    /// Fails when `R` already holds an aggregate with `A`'s stream category.
+    pub const AGGREGATE_ONCE: () = assert!(
+        !R::HOLDS,
+        "{}",
+        Message::new(&[
+            "aggregate `",
+            A::NAME,
+            "` is registered twice on this command bus: register each aggregate once (two aggregates also cannot share a stream category `name`)",
+        ])
+        .as_str()
+    );
+}
+
+impl<H: AnsweredQueries, R: SharedQuery<H>> Registration<H, R> {
+    /// Fails when a handler in `R` already answers a query `H` answers.
+    pub const QUERIES_ONCE: () = if let Some(name) = R::SHARED {
+        panic!(
+            "{}",
+            Message::new(&[
+                "query `",
+                name,
+                "` is answered by two handlers registered on this query bus: register one handler per query",
+            ])
+            .as_str()
+        );
+    };
+}
+
+/// A message assembled at compile time (constants cannot format).
+struct Message {
+    bytes: [u8; 512],
+    len: usize,
+}
+
+impl Message {
+    const fn new(parts: &[&str]) -> Self {
+        let mut message = Message {
+            bytes: [0; 512],
+            len: 0,
+        };
+        let mut i = 0;
+        while i < parts.len() {
+            let part = parts[i].as_bytes();
+            let mut j = 0;
+            while j < part.len() && message.len < message.bytes.len() {
+                message.bytes[message.len] = part[j];
+                message.len += 1;
+                j += 1;
+            }
+            i += 1;
+        }
+        message
+    }
+
+    const fn as_str(&self) -> &str {
+        match std::str::from_utf8(self.bytes.split_at(self.len).0) {
+            Ok(text) => text,
+            // Only when a name was cut inside a multi-byte character.
+            Err(_) => "a registration is repeated on this bus",
+        }
+    }
+}
+
 /// The lists a bus type is built from, so that a dispatcher's type can be named after its
 /// bus's: [`CommandDispatcherOf`](crate::CommandDispatcherOf),
 /// [`QueryDispatcherOf`](crate::QueryDispatcherOf).

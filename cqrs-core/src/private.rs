@@ -5,6 +5,7 @@ pub use ::serde_json;
 pub use ::std;
 
 pub use crate::dispatch::{CommandVisitor, DispatchCommands, DispatchQueries, QueryVisitor};
+pub use crate::list::AnsweredQueries;
 pub use crate::projection::{decode_payload, handler_error};
 pub use crate::{
     Aggregate, Apply, ApplyUnit, Command, CommandContext, Event, EventDecodeError, EventPayload,
@@ -62,25 +63,25 @@ pub trait UnitHandlersCheck<A> {
 pub struct DomainCode<'a, E>(pub &'a E);
 
 /// The `DomainError` side of [`DomainCode`].
-pub trait ViaDomainError<'a> {
+pub trait ViaDomainError {
     /// The error's code.
-    fn domain_code(&self) -> Option<&'a str>;
+    fn domain_code(&self) -> Option<&'static str>;
 }
 
-impl<'a, E: crate::DomainError> ViaDomainError<'a> for DomainCode<'a, E> {
-    fn domain_code(&self) -> Option<&'a str> {
+impl<E: crate::DomainError> ViaDomainError for DomainCode<'_, E> {
+    fn domain_code(&self) -> Option<&'static str> {
         Some(self.0.code())
     }
 }
 
 /// The fallback side of [`DomainCode`]: any error, no code.
-pub trait ViaAnyError<'a> {
+pub trait ViaAnyError {
     /// `None`.
-    fn domain_code(&self) -> Option<&'a str>;
+    fn domain_code(&self) -> Option<&'static str>;
 }
 
-impl<'a, E> ViaAnyError<'a> for &DomainCode<'a, E> {
-    fn domain_code(&self) -> Option<&'a str> {
+impl<E> ViaAnyError for &DomainCode<'_, E> {
+    fn domain_code(&self) -> Option<&'static str> {
         None
     }
 }

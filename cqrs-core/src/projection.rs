@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::list::AnsweredQueries;
 use crate::{
     BoxFuture, EventDecodeError, EventPayload, GlobalPosition, HandlesQuery, Query, RecordedEvent,
 };
@@ -145,6 +146,10 @@ impl<P: Projection<Context = ()>> ReadModel<P> {
     }
 }
 
+impl<P: AnsweredQueries> AnsweredQueries for ReadModel<P> {
+    const NAMES: &'static [&'static str] = P::NAMES;
+}
+
 impl<P, Q> HandlesQuery<Q> for ReadModel<P>
 where
     P: HandlesQuery<Q>,
@@ -156,7 +161,7 @@ where
         self.inner.read().await.handle_query(query).await
     }
 
-    fn domain_code(error: &Self::Error) -> Option<&str> {
+    fn domain_code(error: &Self::Error) -> Option<&'static str> {
         P::domain_code(error)
     }
 }

@@ -41,7 +41,7 @@ pub trait HandlesQuery<Q: Query>: Send + Sync + 'static {
     /// The [`DomainError`](crate::DomainError) code of the handler's error, or `None` when
     /// `Self::Error` does not implement `DomainError`. `#[projection]` generates it; it is how
     /// the JSON dispatcher reports the code without knowing the error type.
-    fn domain_code(error: &Self::Error) -> Option<&str> {
+    fn domain_code(error: &Self::Error) -> Option<&'static str> {
         let _ = error;
         None
     }

@@ -61,25 +61,24 @@ pub fn check<'a>(cx: &Ctxt, aggregate: &'a ast::Aggregate) -> Option<Aggregate<'
     })
 }
 
+/// A handler that borrows services needs them declared. Whether the type it borrows is the
+/// declared one (under another spelling, or inside an `Arc`/`Box`) is for the type checker to
+/// say: the generated call requires `ServicesAs`, spanned at the handler's type.
 fn check_services(cx: &Ctxt, aggregate: &ast::Aggregate) {
+    if aggregate.services.is_some() {
+        return;
+    }
     for handler in &aggregate.commands {
         for arg in &handler.args {
-            let HandlerArg::Services(asked) = arg else {
-                continue;
-            };
-            match &aggregate.services {
-                None => cx.error_spanned_by(
+            if let HandlerArg::Services(asked) = arg {
+                cx.error_spanned_by(
                     asked,
                     format!(
                         "this handler asks for services `&{}`, but `#[aggregate]` declares none; add `services = {}`",
                         display(asked),
                         display(asked)
                     ),
-                ),
-                // Whether the handler's type is the declared one under another spelling (an
-                // alias, a path) or what an `Arc`/`Box` holds is for the type checker to say:
-                // the generated call requires `ServicesAs`, spanned at the handler's type.
-                Some(_) => {}
+                );
             }
         }
     }

@@ -16,12 +16,29 @@ pub fn expand(projection: &Projection<'_>) -> TokenStream {
         .iter()
         .map(|handler| handles_query(projection, handler, &p));
     let dispatch = (!projection.queries.is_empty()).then(|| dispatch_queries(projection, &p));
+    let answered = answered_queries(projection, &p);
     quote! {
         const _: () = {
             #projection_impl
             #(#handles)*
+            #answered
             #dispatch
         };
+    }
+}
+
+/// The names the query bus checks for two handlers of one query.
+fn answered_queries(projection: &Projection<'_>, p: &TokenStream) -> TokenStream {
+    let Projection {
+        self_ty, generics, ..
+    } = projection;
+    let (impl_generics, _, where_clause) = generics.split_for_impl();
+    let queries = projection.queries.iter().map(|h| &h.query);
+    quote! {
+        #[automatically_derived]
+        impl #impl_generics #p::AnsweredQueries for #self_ty #where_clause {
+            const NAMES: &'static [&'static str] = &[#(<#queries as #p::Query>::NAME),*];
+        }
     }
 }
 
