@@ -122,6 +122,12 @@ pub use store::{
 #[cfg(feature = "macros")]
 pub use cqrs_macros::{Command, Event, Query, aggregate, projection};
 
+/// The `serde` this crate is built with. A domain crate that does not depend on `serde`
+/// itself points serde's derives here: `#[serde(crate = "cqrs_core::serde")]` next to
+/// `#[derive(Serialize, Deserialize)]`. (The derives name the `serde` crate unless told
+/// otherwise; the code `cqrs_core`'s own macros generate never does.)
+pub use serde;
+
 /// The JSON dispatcher of command bus type `B`: `CommandDispatcherOf<CommandBusOf![...]>`.
 pub type CommandDispatcherOf<B> =
     CommandDispatcher<<B as list::BusParts>::Registered, <B as list::BusParts>::Middleware>;

@@ -30,6 +30,13 @@ pub struct AccountView {
 #[error("unknown account {0}")]
 pub struct UnknownAccount(pub Uuid);
 
+/// Its code reaches JSON callers as `DispatchError::domain_code`, next to `query_failed`.
+impl DomainError for UnknownAccount {
+    fn code(&self) -> &'static str {
+        "not_found"
+    }
+}
+
 /// Balances of every account, keyed by account id.
 #[derive(Debug, Default)]
 pub struct Balances {

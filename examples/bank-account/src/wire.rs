@@ -1,39 +1,39 @@
 //! Wiring: which aggregates, middleware and read models make up the service.
 //!
 //! The buses carry their aggregates, handlers and middleware in their types, so that executing
-//! a command or query nothing handles is a compile error. The aliases below name those types
-//! once, for structs like [`Service`] (or an HTTP framework's state) to hold them.
+//! a command or query nothing handles is a compile error. `CommandBusOf!` and `QueryBusOf!`
+//! name those types from the same lists, in the same order, as the builders in [`build`];
+//! the dispatchers' types follow from the buses'. Every part of [`Service`] is a cheap clone,
+//! so it can be an HTTP framework's state as it is.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_core::middleware::{Timeout, Tracing, Validation};
 use cqrs_core::{
-    CommandBus, CommandDispatcher, EventStore, QueryBus, QueryDispatcher, ReadModel, Repository,
+    CommandBus, CommandBusOf, CommandDispatcher, CommandDispatcherOf, EventStore, QueryBus,
+    QueryBusOf, QueryDispatcher, QueryDispatcherOf, ReadModel,
 };
 
 use crate::domain::Account;
 use crate::read_model::Balances;
 
-/// The aggregates registered on the command bus.
-pub type Aggregates = (Repository<Account>, ());
-/// The command middleware, outermost first.
-pub type CommandLayers = (Tracing, (Validation, (Timeout, ())));
-/// The query handlers registered on the query bus.
-pub type Handlers = (ReadModel<Balances>, ());
-/// The query middleware, outermost first.
-pub type QueryLayers = (Tracing, (Validation, ()));
+/// The command bus: its aggregates, then its middleware (outermost first).
+pub type Commands = CommandBusOf![Account; Tracing, Validation, Timeout];
+/// The query bus: its handlers, then its middleware (outermost first).
+pub type Queries = QueryBusOf![ReadModel<Balances>; Tracing, Validation];
 
 /// The service's buses and read model.
+#[derive(Clone)]
 pub struct Service {
     /// Typed command execution.
-    pub commands: CommandBus<Aggregates, CommandLayers>,
+    pub commands: Commands,
     /// JSON command execution by name (HTTP bodies, broker messages).
-    pub command_json: CommandDispatcher<Aggregates, CommandLayers>,
+    pub command_json: CommandDispatcherOf<Commands>,
     /// Typed queries.
-    pub queries: QueryBus<Handlers, QueryLayers>,
+    pub queries: Queries,
     /// JSON queries by name.
-    pub query_json: QueryDispatcher<Handlers, QueryLayers>,
+    pub query_json: QueryDispatcherOf<Queries>,
     /// The balance read model, fed in process by the command bus.
     pub balances: ReadModel<Balances>,
 }
