@@ -118,6 +118,12 @@ impl<T: ?Sized> ServicesAs<T> for Box<T> {
     }
 }
 
+/// Borrows the services `S` as `&T` (see [`ServicesAs`]). A function rather than a method call
+/// so that a mismatch is reported where the call is placed, at the handler's argument type.
+pub fn services_as<T: ?Sized, S: ServicesAs<T>>(services: &S) -> &T {
+    services.services_as()
+}
+
 /// Decodes one variant's payload, naming the serde path of a bad field.
 pub fn decode_variant<T: serde::de::DeserializeOwned>(
     name: &str,

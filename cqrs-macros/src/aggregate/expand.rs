@@ -213,7 +213,7 @@ fn handles(aggregate: &Aggregate<'_>, handler: &CommandHandler, p: &TokenStream)
             let span = at_user(asked);
             let p = path_at(p, span);
             quote_spanned! {span=>
-                <#services as #p::ServicesAs<#asked>>::services_as(services)
+                #p::services_as::<#asked, _>(services)
             }
         }
     });
