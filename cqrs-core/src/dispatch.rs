@@ -6,6 +6,33 @@
 //! Each entry is a monomorphized function that deserializes into the concrete type and calls
 //! the typed `execute`; nothing is downcast. Building fails with [`DuplicateName`] if two
 //! types share a wire name.
+//!
+//! A failure is a [`DispatchError`] whose [`kind`](DispatchError::kind) and stable
+//! [`code`](DispatchError::code) are those the typed bus gives for the same failure
+//! ([`ErrorKind`](crate::ErrorKind)); a command or query that ran and failed also carries its
+//! error's message, its invalid fields and, when the domain error implements
+//! [`DomainError`](crate::DomainError), the domain code. Map them to HTTP statuses by
+//! matching:
+//!
+//! ```
+//! use cqrs_core::{DispatchError, ErrorKind};
+//!
+//! fn status(error: &DispatchError) -> u16 {
+//!     match (error.kind(), error.domain_code()) {
+//!         (_, Some("not_found")) => 404,
+//!         (ErrorKind::UnknownCommand | ErrorKind::UnknownQuery, _) => 404,
+//!         (ErrorKind::BadRequest | ErrorKind::Validation, _) => 400,
+//!         (ErrorKind::Conflict, _) => 409,
+//!         (ErrorKind::Rejected, _) => 422,
+//!         (ErrorKind::Timeout, _) => 504,
+//!         (ErrorKind::StoreUnavailable | ErrorKind::Refused, _) => 503,
+//!         _ => 500,
+//!     }
+//! }
+//! # let _ = status;
+//! ```
+//!
+//! Dispatchers are cheap to clone: the bus and the name table are shared.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
