@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::list::{Append, Contains, Route};
+use crate::list::{
+    AnsweredQueries, Append, Contains, HoldsAggregate, Registration, Route, SharedQuery,
+};
 use crate::middleware::{CommandChain, CommandResult, Next, QueryChain, QueryNext};
 use crate::projection::Subscriber;
 use crate::{
@@ -64,15 +66,36 @@ pub struct CommandBusBuilder<R, M> {
 
 impl<R, M> CommandBusBuilder<R, M> {
     /// Registers aggregate `A` with the services its handlers borrow (`()` when none).
+    ///
+    /// Registering an aggregate twice (or two aggregates with one stream category) does not
+    /// compile: the error names the aggregate and points at this call. It is reported when the
+    /// call is compiled to code (`cargo build`, `cargo test`), not by `cargo check`.
     pub fn aggregate<A: Aggregate>(
         self,
         services: A::Services,
-    ) -> CommandBusBuilder<(Repository<A>, R), M> {
-        self.aggregate_with::<A>(services, RepositoryOptions::default())
+    ) -> CommandBusBuilder<(Repository<A>, R), M>
+    where
+        R: HoldsAggregate<A>,
+    {
+        let () = Registration::<A, R>::AGGREGATE_ONCE;
+        self.register(services, RepositoryOptions::default())
     }
 
     /// Registers aggregate `A` with repository options (snapshots, cache size).
     pub fn aggregate_with<A: Aggregate>(
+        self,
+        services: A::Services,
+        options: RepositoryOptions,
+    ) -> CommandBusBuilder<(Repository<A>, R), M>
+    where
+        R: HoldsAggregate<A>,
+    {
+        // Checked here, not in `register`, so that the error points at the user's call.
+        let () = Registration::<A, R>::AGGREGATE_ONCE;
+        self.register(services, options)
+    }
+
+    fn register<A: Aggregate>(
         self,
         services: A::Services,
         options: RepositoryOptions,
@@ -281,7 +304,16 @@ pub struct QueryBusBuilder<R, M> {
 
 impl<R, M> QueryBusBuilder<R, M> {
     /// Registers a query handler (typically a [`ReadModel`](crate::ReadModel) clone).
-    pub fn handler<H: Send + Sync + 'static>(self, handler: H) -> QueryBusBuilder<(H, R), M> {
+    ///
+    /// A query answered by two registered handlers does not compile: the error names the
+    /// query and points at this call. It is reported when the call is compiled to code
+    /// (`cargo build`, `cargo test`), not by `cargo check`.
+    pub fn handler<H>(self, handler: H) -> QueryBusBuilder<(H, R), M>
+    where
+        H: AnsweredQueries + Send + Sync + 'static,
+        R: SharedQuery<H>,
+    {
+        let () = Registration::<H, R>::QUERIES_ONCE;
         QueryBusBuilder {
             handlers: (handler, self.handlers),
             middleware: self.middleware,

@@ -6,9 +6,37 @@
 //! Each entry is a monomorphized function that deserializes into the concrete type and calls
 //! the typed `execute`; nothing is downcast. Building fails with [`DuplicateName`] if two
 //! types share a wire name.
+//!
+//! A failure is a [`DispatchError`] whose [`kind`](DispatchError::kind) and stable
+//! [`code`](DispatchError::code) are those the typed bus gives for the same failure
+//! ([`ErrorKind`](crate::ErrorKind)); a command or query that ran and failed also carries its
+//! error's message, its invalid fields and, when the domain error implements
+//! [`DomainError`](crate::DomainError), the domain code. Map them to HTTP statuses by
+//! matching:
+//!
+//! ```
+//! use cqrs_core::{DispatchError, ErrorKind};
+//!
+//! fn status(error: &DispatchError) -> u16 {
+//!     match (error.kind(), error.domain_code()) {
+//!         (_, Some("not_found")) => 404,
+//!         (ErrorKind::UnknownCommand | ErrorKind::UnknownQuery, _) => 404,
+//!         (ErrorKind::BadRequest | ErrorKind::Validation, _) => 400,
+//!         (ErrorKind::Conflict, _) => 409,
+//!         (ErrorKind::Rejected, _) => 422,
+//!         (ErrorKind::Timeout, _) => 504,
+//!         (ErrorKind::StoreUnavailable | ErrorKind::Refused, _) => 503,
+//!         _ => 500,
+//!     }
+//! }
+//! # let _ = status;
+//! ```
+//!
+//! Dispatchers are cheap to clone: the bus and the name table are shared.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -89,27 +117,52 @@ type QueryFn<R, M> = for<'a> fn(
     &'a [u8],
 ) -> BoxFuture<'a, Result<serde_json::Value, DispatchError>>;
 
-/// The name table of a [`CommandDispatcher`].
-pub struct CommandTable<R, M> {
-    entries: HashMap<&'static str, CommandFn<R, M>>,
-}
-
-/// The name table of a [`QueryDispatcher`].
-pub struct QueryTable<R, M> {
-    entries: HashMap<&'static str, QueryFn<R, M>>,
-}
-
-fn insert_once<F>(
-    entries: &mut HashMap<&'static str, F>,
+/// Wire names to the monomorphized function that dispatches each: the lookup both
+/// dispatchers share. `kind` is `"command"` or `"query"`.
+pub struct NameTable<F> {
     kind: &'static str,
-    name: &'static str,
-    f: F,
-    error: &mut Option<DuplicateName>,
-) {
-    if entries.insert(name, f).is_some() && error.is_none() {
-        *error = Some(DuplicateName { kind, name });
+    entries: HashMap<&'static str, F>,
+}
+
+impl<F> NameTable<F> {
+    fn new(kind: &'static str) -> Self {
+        Self {
+            kind,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// Adds `name`; the first name added twice is kept in `error`.
+    fn insert_once(&mut self, name: &'static str, f: F, error: &mut Option<DuplicateName>) {
+        if self.entries.insert(name, f).is_some() && error.is_none() {
+            *error = Some(DuplicateName {
+                kind: self.kind,
+                name,
+            });
+        }
+    }
+
+    fn names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.entries.keys().copied().collect();
+        names.sort_unstable();
+        names
+    }
+
+    fn get(&self, name: &str) -> Result<&F, DispatchError> {
+        self.entries
+            .get(name)
+            .ok_or_else(|| DispatchError::UnknownName {
+                kind: self.kind,
+                name: name.to_owned(),
+            })
     }
 }
+
+/// The name table of a [`CommandDispatcher`].
+pub type CommandTable<R, M> = NameTable<CommandFn<R, M>>;
+
+/// The name table of a [`QueryDispatcher`].
+pub type QueryTable<R, M> = NameTable<QueryFn<R, M>>;
 
 /// Deserializes a whole JSON body, naming the serde path of the first bad field.
 fn parse_json<T: DeserializeOwned>(name: &'static str, body: &[u8]) -> Result<T, DispatchError> {
@@ -146,10 +199,7 @@ where
     Box::pin(async move {
         bus.execute_with(command, metadata)
             .await
-            .map_err(|source| DispatchError::Failed {
-                name: C::NAME,
-                source: Box::new(source),
-            })
+            .map_err(DispatchError::command::<C>)
     })
 }
 
@@ -170,13 +220,8 @@ where
         C: Command<Aggregate = A> + DeserializeOwned,
         A: Handles<C>,
     {
-        insert_once(
-            &mut self.table.entries,
-            "command",
-            C::NAME,
-            dispatch_command::<C, R, M, I>,
-            &mut self.error,
-        );
+        self.table
+            .insert_once(C::NAME, dispatch_command::<C, R, M, I>, &mut self.error);
     }
 }
 
@@ -215,9 +260,21 @@ where
 }
 
 /// Executes JSON commands by name on a [`CommandBus`].
+///
+/// Cloning is cheap (the bus and the name table are shared), so a dispatcher can sit in an
+/// HTTP framework's state.
 pub struct CommandDispatcher<R, M> {
     bus: CommandBus<R, M>,
-    table: CommandTable<R, M>,
+    table: Arc<CommandTable<R, M>>,
+}
+
+impl<R, M> Clone for CommandDispatcher<R, M> {
+    fn clone(&self) -> Self {
+        Self {
+            bus: self.bus.clone(),
+            table: Arc::clone(&self.table),
+        }
+    }
 }
 
 impl<R: Send + Sync + 'static, M: CommandChain> CommandDispatcher<R, M> {
@@ -226,18 +283,22 @@ impl<R: Send + Sync + 'static, M: CommandChain> CommandDispatcher<R, M> {
     where
         R: CommandWalk<R, M, Here>,
     {
-        let mut table = CommandTable {
-            entries: HashMap::new(),
-        };
+        let mut table = NameTable::new("command");
         R::fill(&mut table)?;
-        Ok(Self { bus, table })
+        Ok(Self {
+            bus,
+            table: Arc::new(table),
+        })
     }
 
     /// The command names this dispatcher knows, sorted.
     pub fn names(&self) -> Vec<&'static str> {
-        let mut names: Vec<_> = self.table.entries.keys().copied().collect();
-        names.sort_unstable();
-        names
+        self.table.names()
+    }
+
+    /// The bus commands are executed on.
+    pub fn bus(&self) -> &CommandBus<R, M> {
+        &self.bus
     }
 
     /// Deserializes `body` as the command registered under `name` and executes it.
@@ -255,12 +316,7 @@ impl<R: Send + Sync + 'static, M: CommandChain> CommandDispatcher<R, M> {
         body: &[u8],
         metadata: Metadata,
     ) -> Result<Committed, DispatchError> {
-        let Some(entry) = self.table.entries.get(name) else {
-            return Err(DispatchError::UnknownName {
-                kind: "command",
-                name: name.to_owned(),
-            });
-        };
+        let entry = self.table.get(name)?;
         entry(&self.bus, body, metadata).await
     }
 }
@@ -284,10 +340,7 @@ where
         let output = bus
             .execute_on(bus.handlers().at(), query)
             .await
-            .map_err(|source| DispatchError::Failed {
-                name: Q::NAME,
-                source: Box::new(source),
-            })?;
+            .map_err(DispatchError::query::<Q, H>)?;
         serde_json::to_value(output).map_err(|source| DispatchError::Serialize {
             name: Q::NAME,
             source,
@@ -313,13 +366,8 @@ where
         Q::Output: Serialize,
         H: HandlesQuery<Q>,
     {
-        insert_once(
-            &mut self.table.entries,
-            "query",
-            Q::NAME,
-            dispatch_query::<Q, H, R, M, I>,
-            &mut self.error,
-        );
+        self.table
+            .insert_once(Q::NAME, dispatch_query::<Q, H, R, M, I>, &mut self.error);
     }
 }
 
@@ -358,9 +406,20 @@ where
 }
 
 /// Answers JSON queries by name on a [`QueryBus`], returning JSON.
+///
+/// Cloning is cheap (the bus and the name table are shared).
 pub struct QueryDispatcher<R, M> {
     bus: QueryBus<R, M>,
-    table: QueryTable<R, M>,
+    table: Arc<QueryTable<R, M>>,
+}
+
+impl<R, M> Clone for QueryDispatcher<R, M> {
+    fn clone(&self) -> Self {
+        Self {
+            bus: self.bus.clone(),
+            table: Arc::clone(&self.table),
+        }
+    }
 }
 
 impl<R: Send + Sync + 'static, M: QueryChain> QueryDispatcher<R, M> {
@@ -369,18 +428,22 @@ impl<R: Send + Sync + 'static, M: QueryChain> QueryDispatcher<R, M> {
     where
         R: QueryWalk<R, M, Here>,
     {
-        let mut table = QueryTable {
-            entries: HashMap::new(),
-        };
+        let mut table = NameTable::new("query");
         R::fill(&mut table)?;
-        Ok(Self { bus, table })
+        Ok(Self {
+            bus,
+            table: Arc::new(table),
+        })
     }
 
     /// The query names this dispatcher knows, sorted.
     pub fn names(&self) -> Vec<&'static str> {
-        let mut names: Vec<_> = self.table.entries.keys().copied().collect();
-        names.sort_unstable();
-        names
+        self.table.names()
+    }
+
+    /// The bus queries are answered on.
+    pub fn bus(&self) -> &QueryBus<R, M> {
+        &self.bus
     }
 
     /// Deserializes `body` as the query registered under `name`, answers it, and serializes
@@ -390,12 +453,7 @@ impl<R: Send + Sync + 'static, M: QueryChain> QueryDispatcher<R, M> {
         name: &str,
         body: &[u8],
     ) -> Result<serde_json::Value, DispatchError> {
-        let Some(entry) = self.table.entries.get(name) else {
-            return Err(DispatchError::UnknownName {
-                kind: "query",
-                name: name.to_owned(),
-            });
-        };
+        let entry = self.table.get(name)?;
         entry(&self.bus, body).await
     }
 }

@@ -3,7 +3,161 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::{EventDecodeError, ExpectedVersion, StoreError};
+use crate::{
+    Aggregate, Command, EventDecodeError, ExpectedVersion, HandlesQuery, Query, StoreError,
+};
+
+/// What kind of failure a framework error is, with a stable machine-readable [`code`].
+///
+/// Every error of the buses, the dispatchers and the store has one: [`CommandError::kind`],
+/// [`QueryError::kind`], [`DispatchError::kind`], [`StoreError::kind`]. The typed path
+/// (`bus.execute(..)`) and the JSON path (`dispatcher.dispatch_json(..)`) give the same kind
+/// for the same failure, so one function maps failures to HTTP statuses or broker replies for
+/// both, without downcasting.
+///
+/// The codes are stable: they never change meaning once released, and new kinds get new codes
+/// (match with a wildcard arm: the enum is `#[non_exhaustive]`). A domain error adds its own
+/// code through [`DomainError`], carried next to the kind.
+///
+/// | kind | code | when | typical HTTP status |
+/// |---|---|---|---|
+/// | [`Rejected`](Self::Rejected) | `rejected` | the aggregate refused the command (its domain error) | 409 / 422, or by domain code |
+/// | [`Validation`](Self::Validation) | `validation` | a field of the command or query is invalid | 400 / 422 |
+/// | [`Conflict`](Self::Conflict) | `conflict` | another writer changed the stream first | 409 |
+/// | [`Timeout`](Self::Timeout) | `timeout` | the command or query did not finish in time | 504 |
+/// | [`Refused`](Self::Refused) | `refused` | a middleware refused it (rate limit, open circuit) | 429 / 503 |
+/// | [`QueryFailed`](Self::QueryFailed) | `query_failed` | the query handler returned its error | by domain code (`not_found`: 404), else 500 |
+/// | [`UnknownCommand`](Self::UnknownCommand) | `unknown_command` | no command has this wire name | 404 |
+/// | [`UnknownQuery`](Self::UnknownQuery) | `unknown_query` | no query has this wire name | 404 |
+/// | [`BadRequest`](Self::BadRequest) | `bad_request` | the JSON body does not deserialize | 400 |
+/// | [`EventDecode`](Self::EventDecode) | `event_decode` | a stored event cannot be read by this code | 500 |
+/// | [`Serialize`](Self::Serialize) | `serialize` | an event or an answer cannot be serialized | 500 |
+/// | [`StoreUnavailable`](Self::StoreUnavailable) | `store_unavailable` | the event store's backend failed | 503 |
+/// | [`DuplicateEventId`](Self::DuplicateEventId) | `duplicate_event_id` | an event id is already stored | 409 |
+/// | [`InvalidStreamId`](Self::InvalidStreamId) | `invalid_stream_id` | the stream id is empty or too long | 400 |
+/// | [`UniqueKeyTaken`](Self::UniqueKeyTaken) | `unique_key_taken` | a unique key the events claim is held by another stream | 409 |
+/// | [`Unsupported`](Self::Unsupported) | `unsupported` | the store lacks a capability the command needs (unique keys) | 500 |
+///
+/// [`code`]: ErrorKind::code
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The aggregate rejected the command with its domain error.
+    Rejected,
+    /// A field of the command or query is invalid.
+    Validation,
+    /// Another writer changed the stream first.
+    Conflict,
+    /// The command or query did not finish in time.
+    Timeout,
+    /// A middleware refused the command or query.
+    Refused,
+    /// The query handler returned its error.
+    QueryFailed,
+    /// No command is registered under the requested name.
+    UnknownCommand,
+    /// No query is registered under the requested name.
+    UnknownQuery,
+    /// The JSON body does not deserialize into the command or query.
+    BadRequest,
+    /// A stored event could not be decoded.
+    EventDecode,
+    /// An event or a query's answer could not be serialized.
+    Serialize,
+    /// The event store's backend failed (connection, I/O).
+    StoreUnavailable,
+    /// An event id is already stored.
+    DuplicateEventId,
+    /// The stream id is not acceptable to the store.
+    InvalidStreamId,
+    /// A unique key the events claim is held by another stream.
+    UniqueKeyTaken,
+    /// The store lacks a capability the command needs.
+    Unsupported,
+}
+
+impl ErrorKind {
+    /// Every kind, in the order of the table above.
+    pub const ALL: &'static [ErrorKind] = &[
+        ErrorKind::Rejected,
+        ErrorKind::Validation,
+        ErrorKind::Conflict,
+        ErrorKind::Timeout,
+        ErrorKind::Refused,
+        ErrorKind::QueryFailed,
+        ErrorKind::UnknownCommand,
+        ErrorKind::UnknownQuery,
+        ErrorKind::BadRequest,
+        ErrorKind::EventDecode,
+        ErrorKind::Serialize,
+        ErrorKind::StoreUnavailable,
+        ErrorKind::DuplicateEventId,
+        ErrorKind::InvalidStreamId,
+        ErrorKind::UniqueKeyTaken,
+        ErrorKind::Unsupported,
+    ];
+
+    /// The stable machine-readable code (`"conflict"`, `"rejected"`, ...).
+    pub const fn code(self) -> &'static str {
+        match self {
+            ErrorKind::Rejected => "rejected",
+            ErrorKind::Validation => "validation",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Refused => "refused",
+            ErrorKind::QueryFailed => "query_failed",
+            ErrorKind::UnknownCommand => "unknown_command",
+            ErrorKind::UnknownQuery => "unknown_query",
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::EventDecode => "event_decode",
+            ErrorKind::Serialize => "serialize",
+            ErrorKind::StoreUnavailable => "store_unavailable",
+            ErrorKind::DuplicateEventId => "duplicate_event_id",
+            ErrorKind::InvalidStreamId => "invalid_stream_id",
+            ErrorKind::UniqueKeyTaken => "unique_key_taken",
+            ErrorKind::Unsupported => "unsupported",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A domain error with a stable machine-readable code of its own (`"insufficient_funds"`,
+/// `"not_found"`).
+///
+/// Implement it for an aggregate's error or a query handler's error, and the code travels with
+/// the failure: [`CommandError::domain_code`] and [`QueryError::domain_code`] on the typed path,
+/// [`DispatchError::domain_code`] on the JSON path (`#[aggregate]` and `#[projection]` find the
+/// impl; nothing else is needed). Errors without the impl have no domain code.
+///
+/// ```
+/// use cqrs_core::DomainError;
+///
+/// #[derive(Debug, thiserror::Error)]
+/// pub enum AccountError {
+///     #[error("insufficient funds")]
+///     InsufficientFunds,
+///     #[error("the account is closed")]
+///     Closed,
+/// }
+///
+/// impl DomainError for AccountError {
+///     fn code(&self) -> &'static str {
+///         match self {
+///             AccountError::InsufficientFunds => "insufficient_funds",
+///             AccountError::Closed => "account_closed",
+///         }
+///     }
+/// }
+/// ```
+pub trait DomainError: std::error::Error {
+    /// The error's stable code; keep it stable once clients depend on it.
+    fn code(&self) -> &'static str;
+}
 
 /// One field that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,6 +334,34 @@ impl<E> From<StoreError> for CommandError<E> {
 }
 
 impl<E> CommandError<E> {
+    /// What kind of failure this is; see [`ErrorKind`] for the stable codes.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CommandError::Rejected(_) => ErrorKind::Rejected,
+            CommandError::Invalid(_) => ErrorKind::Validation,
+            CommandError::Conflict { .. } => ErrorKind::Conflict,
+            CommandError::Timeout { .. } => ErrorKind::Timeout,
+            CommandError::Decode { .. } => ErrorKind::EventDecode,
+            CommandError::Serialize(_) => ErrorKind::Serialize,
+            CommandError::Store(error) => error.kind(),
+            CommandError::Refused { .. } => ErrorKind::Refused,
+            CommandError::UniqueKeyTaken { .. } => ErrorKind::UniqueKeyTaken,
+        }
+    }
+
+    /// The stable code of [`Self::kind`] (`"conflict"`, `"rejected"`, ...).
+    pub fn code(&self) -> &'static str {
+        self.kind().code()
+    }
+
+    /// The domain error's own code, when the aggregate rejected the command.
+    pub fn domain_code(&self) -> Option<&'static str>
+    where
+        E: DomainError,
+    {
+        self.rejection().map(DomainError::code)
+    }
+
     /// Whether retrying the same command after reloading could succeed.
     pub fn is_conflict(&self) -> bool {
         matches!(self, CommandError::Conflict { .. })
@@ -221,6 +403,58 @@ pub enum QueryError<E> {
     },
 }
 
+impl<E> QueryError<E> {
+    /// What kind of failure this is; see [`ErrorKind`] for the stable codes.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            QueryError::Handler(_) => ErrorKind::QueryFailed,
+            QueryError::Invalid(_) => ErrorKind::Validation,
+            QueryError::Timeout { .. } => ErrorKind::Timeout,
+            QueryError::Refused { .. } => ErrorKind::Refused,
+        }
+    }
+
+    /// The stable code of [`Self::kind`] (`"query_failed"`, `"validation"`, ...).
+    pub fn code(&self) -> &'static str {
+        self.kind().code()
+    }
+
+    /// The handler's error, if the handler failed.
+    pub fn handler_error(&self) -> Option<&E> {
+        match self {
+            QueryError::Handler(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The handler error's own code, when the handler failed.
+    pub fn domain_code(&self) -> Option<&'static str>
+    where
+        E: DomainError,
+    {
+        self.handler_error().map(DomainError::code)
+    }
+}
+
+impl StoreError {
+    /// What kind of failure this is; see [`ErrorKind`] for the stable codes.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::Conflict { .. } => ErrorKind::Conflict,
+            StoreError::DuplicateEventId { .. } => ErrorKind::DuplicateEventId,
+            StoreError::InvalidStreamId { .. } => ErrorKind::InvalidStreamId,
+            StoreError::Backend(_) => ErrorKind::StoreUnavailable,
+            StoreError::UniqueKeyTaken { .. } => ErrorKind::UniqueKeyTaken,
+            StoreError::UniqueKeysUnsupported => ErrorKind::Unsupported,
+        }
+    }
+
+    /// The stable code of [`Self::kind`] (`"store_unavailable"`, `"conflict"`, ...).
+    pub fn code(&self) -> &'static str {
+        self.kind().code()
+    }
+}
+
 /// Errors of name-keyed dispatch of JSON commands and queries.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
@@ -242,12 +476,24 @@ pub enum DispatchError {
         /// The deserializer's message.
         message: String,
     },
-    /// The command or query ran and failed; the typed error, boxed.
+    /// The command or query ran and failed. The typed error's kind, message, validation
+    /// errors and domain code are copied out, so that a caller matches on them without
+    /// downcasting `source`.
     #[error("{name} failed: {source}")]
     Failed {
         /// The command or query name.
         name: &'static str,
-        /// The typed error ([`CommandError`] or [`QueryError`]).
+        /// The kind of the typed error ([`CommandError::kind`] or [`QueryError::kind`]).
+        kind: ErrorKind,
+        /// The domain error's [`DomainError::code`], when the aggregate rejected the command
+        /// or the query handler failed with an error implementing [`DomainError`].
+        domain_code: Option<&'static str>,
+        /// The domain error's message when the aggregate rejected the command or the query
+        /// handler failed; the typed error's message otherwise.
+        message: String,
+        /// The invalid fields, when the kind is [`ErrorKind::Validation`].
+        validation: Option<ValidationErrors>,
+        /// The typed error ([`CommandError`] or [`QueryError`]), for logs and error chains.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -261,6 +507,87 @@ pub enum DispatchError {
         source: serde_json::Error,
     },
 }
+
+impl DispatchError {
+    /// What kind of failure this is; the same kind the typed bus gives for the same failure.
+    /// See [`ErrorKind`] for the stable codes.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            DispatchError::UnknownName { kind: "query", .. } => ErrorKind::UnknownQuery,
+            DispatchError::UnknownName { .. } => ErrorKind::UnknownCommand,
+            DispatchError::Malformed { .. } => ErrorKind::BadRequest,
+            DispatchError::Failed { kind, .. } => *kind,
+            DispatchError::Serialize { .. } => ErrorKind::Serialize,
+        }
+    }
+
+    /// The stable code of [`Self::kind`] (`"unknown_command"`, `"bad_request"`, ...).
+    pub fn code(&self) -> &'static str {
+        self.kind().code()
+    }
+
+    /// The domain error's own code (see [`DomainError`]), when there is one.
+    pub fn domain_code(&self) -> Option<&'static str> {
+        match self {
+            DispatchError::Failed { domain_code, .. } => *domain_code,
+            _ => None,
+        }
+    }
+
+    /// The invalid fields, when the command or query failed validation.
+    pub fn validation(&self) -> Option<&ValidationErrors> {
+        match self {
+            DispatchError::Failed { validation, .. } => validation.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The failure of command `C` as the dispatcher reports it.
+    pub(crate) fn command<C: Command>(error: CommandError<AggregateError<C>>) -> Self {
+        let domain_code = error
+            .rejection()
+            .and_then(<C::Aggregate as Aggregate>::domain_code);
+        let message = match &error {
+            CommandError::Rejected(rejection) => rejection.to_string(),
+            other => other.to_string(),
+        };
+        let validation = match &error {
+            CommandError::Invalid(errors) => Some(errors.clone()),
+            _ => None,
+        };
+        DispatchError::Failed {
+            name: C::NAME,
+            kind: error.kind(),
+            domain_code,
+            message,
+            validation,
+            source: Box::new(error),
+        }
+    }
+
+    /// The failure of query `Q`, answered by `H`, as the dispatcher reports it.
+    pub(crate) fn query<Q: Query, H: HandlesQuery<Q>>(error: QueryError<H::Error>) -> Self {
+        let domain_code = error.handler_error().and_then(H::domain_code);
+        let message = match &error {
+            QueryError::Handler(failure) => failure.to_string(),
+            other => other.to_string(),
+        };
+        let validation = match &error {
+            QueryError::Invalid(errors) => Some(errors.clone()),
+            _ => None,
+        };
+        DispatchError::Failed {
+            name: Q::NAME,
+            kind: error.kind(),
+            domain_code,
+            message,
+            validation,
+            source: Box::new(error),
+        }
+    }
+}
+
+type AggregateError<C> = <<C as Command>::Aggregate as Aggregate>::Error;
 
 /// Two registered commands or queries share a wire name.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

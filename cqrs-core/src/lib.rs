@@ -173,14 +173,16 @@ pub mod __private;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use aggregate::{Aggregate, stream_id};
+pub use aggregate::{Aggregate, aggregate_id, stream_id};
 pub use bus::{CommandBus, CommandBusBuilder, HandlerError, QueryBus, QueryBusBuilder};
 pub use command::{Command, CommandContext, Committed, Handles};
 pub use dispatch::{CommandDispatcher, DispatchCommands, DispatchQueries, QueryDispatcher};
 pub use error::{
-    CommandError, DispatchError, DuplicateName, FieldError, QueryError, ValidationErrors,
+    CommandError, DispatchError, DomainError, DuplicateName, ErrorKind, FieldError, QueryError,
+    ValidationErrors,
 };
 pub use event::{Apply, ApplyUnit, Event, EventDecodeError, EventPayload, EventType, IntoEvents};
+pub use list::AnsweredQueries;
 pub use metadata::{GlobalPosition, Metadata, NewEvent, Payload, RecordedEvent};
 pub use projection::{Projection, ProjectionError, Reactor, ReadModel, StateLocation, Subscriber};
 pub use query::{HandlesQuery, Query};
@@ -193,15 +195,29 @@ pub use unique::{KeyChange, KeyChanges, UniqueKey, UniqueKeys};
 #[cfg(feature = "macros")]
 pub use cqrs_macros::{Command, Event, Query, aggregate, projection};
 
+/// The `serde` this crate is built with. A domain crate that does not depend on `serde`
+/// itself points serde's derives here: `#[serde(crate = "cqrs_core::serde")]` next to
+/// `#[derive(Serialize, Deserialize)]`. (The derives name the `serde` crate unless told
+/// otherwise; the code `cqrs_core`'s own macros generate never does.)
+pub use serde;
+
+/// The JSON dispatcher of command bus type `B`: `CommandDispatcherOf<CommandBusOf![...]>`.
+pub type CommandDispatcherOf<B> =
+    CommandDispatcher<<B as list::BusParts>::Registered, <B as list::BusParts>::Middleware>;
+
+/// The JSON dispatcher of query bus type `B`: `QueryDispatcherOf<QueryBusOf![...]>`.
+pub type QueryDispatcherOf<B> =
+    QueryDispatcher<<B as list::BusParts>::Registered, <B as list::BusParts>::Middleware>;
+
 /// A boxed, sendable future: what object-safe async traits here return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Everything a domain module needs: `use cqrs_core::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Aggregate, Command, CommandBus, CommandContext, CommandError, Committed, Event, EventStore,
-        InMemoryEventStore, Metadata, Projection, Query, QueryBus, QueryError, ReadModel,
-        RecordedEvent,
+        Aggregate, BoxFuture, Command, CommandBus, CommandContext, CommandError, Committed,
+        DomainError, ErrorKind, Event, EventStore, InMemoryEventStore, Metadata, Projection, Query,
+        QueryBus, QueryError, ReadModel, RecordedEvent,
     };
     #[cfg(feature = "macros")]
     pub use cqrs_macros::{aggregate, projection};

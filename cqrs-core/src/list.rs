@@ -170,3 +170,282 @@ impl<X, H, T: Append<X>> Append<X> for (H, T) {
         (self.0, self.1.append(x))
     }
 }
+
+/// Whether a command bus's aggregate list already holds an aggregate with the stream category
+/// of `A` (the same aggregate, or another one with the same `name`).
+pub trait HoldsAggregate<A: Aggregate> {
+    /// `true` when it does.
+    const HOLDS: bool;
+}
+
+impl<A: Aggregate> HoldsAggregate<A> for () {
+    const HOLDS: bool = false;
+}
+
+impl<A: Aggregate, B: Aggregate, T: HoldsAggregate<A>> HoldsAggregate<A> for (Repository<B>, T) {
+    const HOLDS: bool = crate::__private::contains_str(&[B::NAME], A::NAME) || T::HOLDS;
+}
+
+/// The names of the queries a query handler answers: what the query bus checks when the
+/// handler is registered, so that two handlers of one query are a compile error there
+/// instead of an ambiguity where the query is executed.
+///
+/// `#[projection]` implements it; [`ReadModel`](crate::ReadModel) forwards to its projection.
+/// A hand-written [`HandlesQuery`] impl lists its queries' [`Query::NAME`]s.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not list the queries it answers",
+    label = "cannot be registered on a query bus",
+    note = "a `#[projection]` with `#[query_handler]` methods lists them; a hand-written `HandlesQuery` impl adds `impl AnsweredQueries for {Self} {{ const NAMES: &'static [&'static str] = &[<Query as Query>::NAME]; }}`"
+)]
+pub trait AnsweredQueries {
+    /// The [`Query::NAME`] of every query the handler answers.
+    const NAMES: &'static [&'static str];
+}
+
+/// The first query name `H` answers that a handler of a query bus's list already answers.
+pub trait SharedQuery<H: AnsweredQueries> {
+    /// That name, or `None` when `H` answers only new queries.
+    const SHARED: Option<&'static str>;
+}
+
+impl<H: AnsweredQueries> SharedQuery<H> for () {
+    const SHARED: Option<&'static str> = None;
+}
+
+impl<H: AnsweredQueries, G: AnsweredQueries, T: SharedQuery<H>> SharedQuery<H> for (G, T) {
+    const SHARED: Option<&'static str> = match first_shared(H::NAMES, G::NAMES) {
+        Some(name) => Some(name),
+        None => T::SHARED,
+    };
+}
+
+const fn first_shared(a: &[&'static str], b: &[&str]) -> Option<&'static str> {
+    let mut i = 0;
+    while i < a.len() {
+        if crate::__private::contains_str(b, a[i]) {
+            return Some(a[i]);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Compile-time checks of the buses' registrations. Their constants are evaluated when the
+/// registering call is compiled to code (`cargo build`, `cargo test`; not `cargo check`), and
+/// fail with a message naming what is registered twice.
+pub struct Registration<X, R>(PhantomData<(X, R)>);
+
+impl<A: Aggregate, R: HoldsAggregate<A>> Registration<A, R> {
+    /// Fails when `R` already holds an aggregate with `A`'s stream category.
+    pub const AGGREGATE_ONCE: () = assert!(
+        !R::HOLDS,
+        "{}",
+        Message::new(&[
+            "aggregate `",
+            A::NAME,
+            "` is registered twice on this command bus: register each aggregate once (two aggregates also cannot share a stream category `name`)",
+        ])
+        .as_str()
+    );
+}
+
+impl<H: AnsweredQueries, R: SharedQuery<H>> Registration<H, R> {
+    /// Fails when a handler in `R` already answers a query `H` answers.
+    pub const QUERIES_ONCE: () = if let Some(name) = R::SHARED {
+        panic!(
+            "{}",
+            Message::new(&[
+                "query `",
+                name,
+                "` is answered by two handlers registered on this query bus: register one handler per query",
+            ])
+            .as_str()
+        );
+    };
+}
+
+/// A message assembled at compile time (constants cannot format).
+struct Message {
+    bytes: [u8; 512],
+    len: usize,
+}
+
+impl Message {
+    const fn new(parts: &[&str]) -> Self {
+        let mut message = Message {
+            bytes: [0; 512],
+            len: 0,
+        };
+        let mut i = 0;
+        while i < parts.len() {
+            let part = parts[i].as_bytes();
+            let mut j = 0;
+            while j < part.len() && message.len < message.bytes.len() {
+                message.bytes[message.len] = part[j];
+                message.len += 1;
+                j += 1;
+            }
+            i += 1;
+        }
+        message
+    }
+
+    const fn as_str(&self) -> &str {
+        match std::str::from_utf8(self.bytes.split_at(self.len).0) {
+            Ok(text) => text,
+            // Only when a name was cut inside a multi-byte character.
+            Err(_) => "a registration is repeated on this bus",
+        }
+    }
+}
+
+/// The lists a bus type is built from, so that a dispatcher's type can be named after its
+/// bus's: [`CommandDispatcherOf`](crate::CommandDispatcherOf),
+/// [`QueryDispatcherOf`](crate::QueryDispatcherOf).
+pub trait BusParts {
+    /// The registered aggregates (command bus) or handlers (query bus).
+    type Registered;
+    /// The middleware, outermost first.
+    type Middleware;
+}
+
+impl<R, M> BusParts for crate::CommandBus<R, M> {
+    type Registered = R;
+    type Middleware = M;
+}
+
+impl<R, M> BusParts for crate::QueryBus<R, M> {
+    type Registered = R;
+    type Middleware = M;
+}
+
+/// The type of a command bus, from its aggregates and middleware in the order the builder
+/// registered them: `CommandBusOf![Account, Customer; Tracing, Validation]` is the type of
+///
+/// ```text
+/// CommandBus::builder(store)
+///     .aggregate::<Account>(..)
+///     .aggregate::<Customer>(..)
+///     .middleware(Tracing)
+///     .middleware(Validation)
+///     .build()
+/// ```
+///
+/// that is `CommandBus<(Repository<Customer>, (Repository<Account>, ())), (Tracing,
+/// (Validation, ()))>`. Without middleware, leave out the `;` part. Name the JSON dispatcher
+/// of the same bus with [`CommandDispatcherOf`](crate::CommandDispatcherOf).
+///
+/// ```
+/// # use cqrs_core::prelude::*;
+/// # use cqrs_core::middleware::{Tracing, Validation};
+/// # #[derive(Debug, Clone, Serialize, Deserialize)]
+/// # pub struct Opened;
+/// # #[derive(Debug, Clone, Event)]
+/// # pub enum AccountEvent { Opened(Opened) }
+/// # #[derive(Debug, Default)]
+/// # pub struct Account;
+/// # #[aggregate(event = AccountEvent, error = std::convert::Infallible)]
+/// # impl Account {
+/// #     #[event_handler]
+/// #     fn on_opened(&mut self, _: &Opened) {}
+/// # }
+/// # #[derive(Debug, Clone, Serialize, Deserialize)]
+/// # pub struct Registered;
+/// # #[derive(Debug, Clone, Event)]
+/// # pub enum CustomerEvent { Registered(Registered) }
+/// # #[derive(Debug, Default)]
+/// # pub struct Customer;
+/// # #[aggregate(event = CustomerEvent, error = std::convert::Infallible)]
+/// # impl Customer {
+/// #     #[event_handler]
+/// #     fn on_registered(&mut self, _: &Registered) {}
+/// # }
+/// use cqrs_core::{CommandBusOf, CommandDispatcher, CommandDispatcherOf};
+///
+/// pub type Commands = CommandBusOf![Account, Customer; Tracing, Validation];
+/// pub type CommandJson = CommandDispatcherOf<Commands>;
+///
+/// let commands: Commands = CommandBus::builder(InMemoryEventStore::new())
+///     .aggregate::<Account>(())
+///     .aggregate::<Customer>(())
+///     .middleware(Tracing)
+///     .middleware(Validation)
+///     .build();
+/// let json: CommandJson = CommandDispatcher::new(commands.clone()).unwrap();
+/// ```
+#[macro_export]
+macro_rules! CommandBusOf {
+    ($($aggregate:ty),* $(,)? $(; $($middleware:ty),* $(,)?)?) => {
+        $crate::CommandBus<
+            $crate::__cqrs_repositories!([$($aggregate),*] ()),
+            $crate::__cqrs_in_order!($($($middleware),*)?)
+        >
+    };
+}
+
+/// The type of a query bus, from its handlers and middleware in the order the builder
+/// registered them: `QueryBusOf![ReadModel<Balances>, ReadModel<Owners>; Tracing]` is the type
+/// of `QueryBus::builder().handler(balances).handler(owners).middleware(Tracing).build()`.
+/// Name the JSON dispatcher of the same bus with
+/// [`QueryDispatcherOf`](crate::QueryDispatcherOf).
+///
+/// ```
+/// # use cqrs_core::prelude::*;
+/// # use cqrs_core::middleware::Tracing;
+/// # #[derive(Debug, Deserialize, Query)]
+/// # #[query(output = u64)]
+/// # pub struct GetTotal;
+/// # #[derive(Default)]
+/// # pub struct Totals;
+/// # #[projection]
+/// # impl Totals {
+/// #     #[query_handler]
+/// #     fn total(&self, _: &GetTotal) -> Result<u64, std::convert::Infallible> { Ok(0) }
+/// # }
+/// use cqrs_core::{QueryBusOf, QueryDispatcher, QueryDispatcherOf};
+///
+/// pub type Queries = QueryBusOf![ReadModel<Totals>; Tracing];
+///
+/// let queries: Queries = QueryBus::builder()
+///     .handler(ReadModel::new(Totals))
+///     .middleware(Tracing)
+///     .build();
+/// let json: QueryDispatcherOf<Queries> = QueryDispatcher::new(queries.clone()).unwrap();
+/// ```
+#[macro_export]
+macro_rules! QueryBusOf {
+    ($($handler:ty),* $(,)? $(; $($middleware:ty),* $(,)?)?) => {
+        $crate::QueryBus<
+            $crate::__cqrs_prepended!([$($handler),*] ()),
+            $crate::__cqrs_in_order!($($($middleware),*)?)
+        >
+    };
+}
+
+/// `Repository<A>` for each aggregate, each prepended as `CommandBusBuilder::aggregate` does.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cqrs_repositories {
+    ([] $list:ty) => { $list };
+    ([$head:ty $(, $rest:ty)*] $list:ty) => {
+        $crate::__cqrs_repositories!([$($rest),*] ($crate::Repository<$head>, $list))
+    };
+}
+
+/// Each type prepended, as `QueryBusBuilder::handler` does.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cqrs_prepended {
+    ([] $list:ty) => { $list };
+    ([$head:ty $(, $rest:ty)*] $list:ty) => {
+        $crate::__cqrs_prepended!([$($rest),*] ($head, $list))
+    };
+}
+
+/// The types in order, as the builders' `middleware` appends them.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cqrs_in_order {
+    () => { () };
+    ($head:ty $(, $rest:ty)*) => { ($head, $crate::__cqrs_in_order!($($rest),*)) };
+}

@@ -5,6 +5,7 @@ pub use ::serde_json;
 pub use ::std;
 
 pub use crate::dispatch::{CommandVisitor, DispatchCommands, DispatchQueries, QueryVisitor};
+pub use crate::list::AnsweredQueries;
 pub use crate::projection::{decode_payload, handler_error};
 pub use crate::{
     Aggregate, Apply, ApplyUnit, Command, CommandContext, Event, EventDecodeError, EventPayload,
@@ -18,6 +19,21 @@ pub trait ApplyTo<A> {
     /// Dispatches to the aggregate's handler for this variant.
     fn apply_to(&self, aggregate: &mut A);
 }
+
+/// Holds when `Self` is a payload type of event enum `E`. `#[derive(Event)]` implements it for
+/// each payload type; `#[aggregate]` requires it of every `#[event_handler]` argument and
+/// `ignore(...)` type, at the user's type: an `Apply` impl for any other type would compile and
+/// never be called. (A blanket impl over `EventPayload` would make the compiler report the
+/// mismatched `EventPayload::Event` instead of this message.)
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an event of `{E}`",
+    label = "not a payload type of `{E}`",
+    note = "an aggregate's `#[event_handler]` takes `&Payload` where `Payload` is carried by a variant of its event enum `{E}`; a handler for any other type would never be called"
+)]
+pub trait PayloadOf<E> {}
+
+/// Compiles only when `P` is a payload type of `E` (see [`PayloadOf`]).
+pub const fn payload_of<P: PayloadOf<E>, E>() {}
 
 /// The Rust names of an event enum's unit variants. Implemented by `#[derive(Event)]`;
 /// `#[aggregate]` checks that each `#[event_handler(Variant)]` names one of them.
@@ -36,6 +52,76 @@ pub trait UnitVariants {
 pub trait UnitHandlersCheck<A> {
     /// Evaluating this panics when a unit variant has no handler in `A`.
     const CHECK: ();
+}
+
+/// A domain error whose [`DomainError`](crate::DomainError) code `#[aggregate]` and
+/// `#[projection]` look up: `(&DomainCode(error)).domain_code()` with both
+/// [`ViaDomainError`] and [`ViaAnyError`] in scope finds `Some(code)` when the (concrete)
+/// error type implements `DomainError`, and `None` otherwise. Method resolution tries the
+/// receiver as written before borrowing it again, so the `DomainError` impl wins when it
+/// exists (autoref specialization).
+pub struct DomainCode<'a, E>(pub &'a E);
+
+/// The `DomainError` side of [`DomainCode`].
+pub trait ViaDomainError {
+    /// The error's code.
+    fn domain_code(&self) -> Option<&'static str>;
+}
+
+impl<E: crate::DomainError> ViaDomainError for DomainCode<'_, E> {
+    fn domain_code(&self) -> Option<&'static str> {
+        Some(self.0.code())
+    }
+}
+
+/// The fallback side of [`DomainCode`]: any error, no code.
+pub trait ViaAnyError {
+    /// `None`.
+    fn domain_code(&self) -> Option<&'static str>;
+}
+
+impl<E> ViaAnyError for &DomainCode<'_, E> {
+    fn domain_code(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+/// How a command handler borrows the aggregate's services (`Self`, as declared with
+/// `#[aggregate(services = ...)]`): as `&Self` under any spelling of the type (an alias, a
+/// path), or as `&T` when the services are an `Arc<T>` or a `Box<T>` (`&dyn Trait` for
+/// `Arc<dyn Trait>`). `#[aggregate]` calls it at the handler's argument type.
+#[diagnostic::on_unimplemented(
+    message = "the aggregate's services are `{Self}`, which a command handler cannot borrow as `&{T}`",
+    label = "not the declared services",
+    note = "a handler borrows the type given as `#[aggregate(services = ...)]`, or `&T` when it is `Arc<T>` or `Box<T>`"
+)]
+pub trait ServicesAs<T: ?Sized> {
+    /// Borrows the services as the handler asks.
+    fn services_as(&self) -> &T;
+}
+
+impl<T: ?Sized> ServicesAs<T> for T {
+    fn services_as(&self) -> &T {
+        self
+    }
+}
+
+impl<T: ?Sized> ServicesAs<T> for std::sync::Arc<T> {
+    fn services_as(&self) -> &T {
+        self
+    }
+}
+
+impl<T: ?Sized> ServicesAs<T> for Box<T> {
+    fn services_as(&self) -> &T {
+        self
+    }
+}
+
+/// Borrows the services `S` as `&T` (see [`ServicesAs`]). A function rather than a method call
+/// so that a mismatch is reported where the call is placed, at the handler's argument type.
+pub fn services_as<T: ?Sized, S: ServicesAs<T>>(services: &S) -> &T {
+    services.services_as()
 }
 
 /// Decodes one variant's payload straight from its JSON text.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::list::AnsweredQueries;
 use crate::{
     BoxFuture, EventDecodeError, EventPayload, GlobalPosition, HandlesQuery, Query, RecordedEvent,
 };
@@ -178,6 +179,10 @@ impl<P: Projection<Context = ()>> ReadModel<P> {
     }
 }
 
+impl<P: AnsweredQueries> AnsweredQueries for ReadModel<P> {
+    const NAMES: &'static [&'static str] = P::NAMES;
+}
+
 impl<P, Q> HandlesQuery<Q> for ReadModel<P>
 where
     P: HandlesQuery<Q>,
@@ -187,6 +192,10 @@ where
 
     async fn handle_query(&self, query: &Q) -> Result<Q::Output, Self::Error> {
         self.inner.read().await.handle_query(query).await
+    }
+
+    fn domain_code(error: &Self::Error) -> Option<&'static str> {
+        P::domain_code(error)
     }
 }
 

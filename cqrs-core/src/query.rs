@@ -42,4 +42,12 @@ pub trait HandlesQuery<Q: Query>: Send + Sync + 'static {
         &self,
         query: &Q,
     ) -> impl Future<Output = Result<Q::Output, Self::Error>> + Send;
+
+    /// The [`DomainError`](crate::DomainError) code of the handler's error, or `None` when
+    /// `Self::Error` does not implement `DomainError`. `#[projection]` generates it; it is how
+    /// the JSON dispatcher reports the code without knowing the error type.
+    fn domain_code(error: &Self::Error) -> Option<&'static str> {
+        let _ = error;
+        None
+    }
 }

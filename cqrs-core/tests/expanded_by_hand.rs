@@ -409,6 +409,10 @@ const _: () = {
         }
     }
     #[automatically_derived]
+    impl p::AnsweredQueries for Balances {
+        const NAMES: &'static [&'static str] = &[<GetBalance as p::Query>::NAME];
+    }
+    #[automatically_derived]
     impl p::DispatchQueries for Balances
     where
         for<'__cqrs> GetBalance: p::serde::de::DeserializeOwned,

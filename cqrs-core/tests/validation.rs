@@ -310,12 +310,18 @@ async fn json_commands_are_validated_on_a_bus_without_the_middleware() {
         .await
         .unwrap_err();
     match error {
-        DispatchError::Failed { name, source } => {
+        DispatchError::Failed {
+            name,
+            kind,
+            validation,
+            ..
+        } => {
             assert_eq!(name, "member.register");
-            match source.downcast_ref::<CommandError<AlreadyRegistered>>() {
-                Some(CommandError::Invalid(errors)) => assert_eq!(errors.fields[0].path, "email"),
-                other => panic!("expected a validation error, got {other:?}"),
-            }
+            assert_eq!(kind, cqrs_core::ErrorKind::Validation);
+            assert_eq!(
+                validation.expect("the invalid fields").fields[0].path,
+                "email"
+            );
         }
         other => panic!("expected a failed dispatch, got {other:?}"),
     }

@@ -347,7 +347,8 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 /// - The first argument is the command, by reference or by value (by value needs `C: Clone`:
 ///   the bus keeps the command, the handler gets a clone).
 /// - After it, in any order: `&CommandContext` (command id, metadata, time of acceptance) and
-///   `&S` where `S` is the declared `services` type, written the same way.
+///   `&S` where `S` is the declared `services` type under any spelling (an alias, a path), or
+///   `&T` when the services are `Arc<T>` or `Box<T>` (`&dyn Trait` for `Arc<dyn Trait>`).
 /// - Returns `Result<X, E>` where `X` is a payload type, the event enum, `Vec` or `Option` of
 ///   the enum, or `()` (no events), and `E` converts into the aggregate's error.
 /// - May be `async`.
@@ -367,7 +368,9 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 /// Applies one event to the state: synchronous, returns nothing (a recorded event cannot be
 /// refused). Every variant of the event enum needs a handler or an `ignore`: a payload variant
 /// without one is an error naming the payload type at `event = ...`, and a unit variant without
-/// one is an error naming the variant, both reported by `cargo check`.
+/// one is an error naming the variant, both reported by `cargo check`. The other way round, a
+/// handler (or `ignore`) for a type no variant of the event enum carries would never be
+/// called, so it is an error at that type: "`u64` is not an event of `AccountEvent`".
 ///
 /// Unmarked methods are left as they are. The markers are removed from the re-emitted block,
 /// and handlers get `#[allow(clippy::unused_self, clippy::unnecessary_wraps)]`: their `&self`
@@ -438,6 +441,72 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 /// # }
 /// ```
 ///
+/// # Services behind a trait
+///
+/// A service with async methods that the bus holds behind a trait object (a uniqueness check
+/// backed by a database in production, by a list in tests) is declared as `Arc<dyn Trait>`.
+/// Native `async fn` in a trait makes it unusable as `dyn Trait`, so its methods return
+/// `cqrs_core::BoxFuture` (in the prelude). Handlers borrow it as
+/// `&dyn Trait`, or as `&Arc<dyn Trait>`, or under an alias of either:
+///
+/// ```
+/// # use cqrs_core::prelude::*;
+/// # use cqrs_core::aggregate;
+/// use std::sync::Arc;
+///
+/// # #[derive(Debug, Clone, Serialize, Deserialize)]
+/// # pub struct Registered { pub email: String }
+/// # #[derive(Debug, Clone, Event)]
+/// # pub enum CustomerEvent { Registered(Registered) }
+/// # #[derive(Debug, Deserialize, Command)]
+/// # #[command(aggregate = Customer, id = id)]
+/// # pub struct Register { pub id: u32, pub email: String }
+/// # #[derive(Debug, thiserror::Error)]
+/// # #[error("the email is taken")]
+/// # pub struct EmailTaken;
+/// pub trait EmailRegistry: Send + Sync {
+///     fn is_taken<'a>(&'a self, email: &'a str) -> BoxFuture<'a, bool>;
+/// }
+///
+/// /// The registry of tests; production's asks the database.
+/// pub struct KnownEmails(Vec<String>);
+///
+/// impl EmailRegistry for KnownEmails {
+///     fn is_taken<'a>(&'a self, email: &'a str) -> BoxFuture<'a, bool> {
+///         Box::pin(async move { self.0.iter().any(|known| known == email) })
+///     }
+/// }
+///
+/// #[derive(Debug, Default)]
+/// pub struct Customer;
+///
+/// #[aggregate(event = CustomerEvent, error = EmailTaken, services = Arc<dyn EmailRegistry>)]
+/// impl Customer {
+///     #[command_handler]
+///     async fn register(&self, cmd: &Register, emails: &dyn EmailRegistry) -> Result<Registered, EmailTaken> {
+///         if emails.is_taken(&cmd.email).await {
+///             return Err(EmailTaken);
+///         }
+///         Ok(Registered { email: cmd.email.clone() })
+///     }
+///
+///     #[event_handler]
+///     fn on_registered(&mut self, _: &Registered) {}
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let bus = CommandBus::builder(InMemoryEventStore::new())
+///     .aggregate::<Customer>(Arc::new(KnownEmails(vec!["ada@example.com".into()])))
+///     .build();
+/// assert!(bus.execute(Register { id: 1, email: "ada@example.com".into() }).await.is_err());
+/// assert!(bus.execute(Register { id: 2, email: "grace@example.com".into() }).await.is_ok());
+/// # }
+/// ```
+///
+/// With one implementation only, a concrete struct (`services = Registry`) needs neither the
+/// `Arc` nor the boxed futures: its methods can be plain `async fn`.
+///
 /// Forgetting to apply an event does not compile:
 ///
 /// ```compile_fail,E0277
@@ -469,9 +538,9 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 /// - Goes on an inherent, non-generic `impl` block; one such block per aggregate type.
 /// - `ignore` takes payload types; a unit variant the state does not depend on gets an empty
 ///   `#[event_handler(Variant)]`.
-/// - Types are compared as written: `services`, command and payload types are matched by
-///   their tokens, so a handler naming the services type through another path or alias is
-///   reported as a mismatch.
+/// - Command and payload types are compared as written when checking that each is handled
+///   once: the same type named through two paths is not recognized as a duplicate by the
+///   macro. (The `services` type is compared by the type checker, so any spelling works.)
 #[proc_macro_attribute]
 pub fn aggregate(args: TokenStream, item: TokenStream) -> TokenStream {
     aggregate::expand(args.into(), &item.into()).into()
@@ -581,7 +650,8 @@ pub fn aggregate(args: TokenStream, item: TokenStream) -> TokenStream {
 ///   payload struct when a read model needs it.
 /// - `ReadModel` (the in-process, lock-guarded wrapper) takes projections whose context is `()`;
 ///   one with another `context` is fed by a subscription that supplies it.
-/// - The `context` type is compared as written, like the aggregate's `services`.
+/// - The `context` type is compared as written: a handler naming it through another path or
+///   alias is reported as a mismatch.
 #[proc_macro_attribute]
 pub fn projection(args: TokenStream, item: TokenStream) -> TokenStream {
     projection::expand(args.into(), &item.into()).into()

@@ -1,4 +1,4 @@
-//! Checks across the attribute and the handlers: required keys, services as declared, and each
+//! Checks across the attribute and the handlers: required keys, services declared, and each
 //! command, payload and unit variant handled once.
 
 use std::collections::{HashMap, HashSet};
@@ -10,7 +10,7 @@ use syn::{Ident, LitInt, LitStr, Path, Type};
 
 use super::ast::{self, CommandHandler, EventHandler, HandlerArg, UnitHandler};
 use crate::internals::Ctxt;
-use crate::internals::syntax::{display, same_tokens};
+use crate::internals::syntax::display;
 
 /// An aggregate ready to expand.
 pub struct Aggregate<'a> {
@@ -63,31 +63,24 @@ pub fn check<'a>(cx: &Ctxt, aggregate: &'a ast::Aggregate) -> Option<Aggregate<'
     })
 }
 
+/// A handler that borrows services needs them declared. Whether the type it borrows is the
+/// declared one (under another spelling, or inside an `Arc`/`Box`) is for the type checker to
+/// say: the generated call requires `ServicesAs`, spanned at the handler's type.
 fn check_services(cx: &Ctxt, aggregate: &ast::Aggregate) {
+    if aggregate.services.is_some() {
+        return;
+    }
     for handler in &aggregate.commands {
         for arg in &handler.args {
-            let HandlerArg::Services(asked) = arg else {
-                continue;
-            };
-            match &aggregate.services {
-                None => cx.error_spanned_by(
+            if let HandlerArg::Services(asked) = arg {
+                cx.error_spanned_by(
                     asked,
                     format!(
                         "this handler asks for services `&{}`, but `#[aggregate]` declares none; add `services = {}`",
                         display(asked),
                         display(asked)
                     ),
-                ),
-                Some(declared) if !same_tokens(declared, asked) => cx.error_spanned_by(
-                    asked,
-                    format!(
-                        "`#[aggregate]` declares `services = {}`, so handlers borrow them as `&{}`; found `&{}`",
-                        display(declared),
-                        display(declared),
-                        display(asked)
-                    ),
-                ),
-                Some(_) => {}
+                );
             }
         }
     }

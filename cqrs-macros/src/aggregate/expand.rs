@@ -7,7 +7,7 @@ use syn::ext::IdentExt;
 
 use super::ast::{self, CommandHandler, HandlerArg};
 use super::check::Aggregate;
-use crate::internals::syntax::{at_user, display, path_at};
+use crate::internals::syntax::{at_user, display, domain_code_fn, path_at};
 
 pub fn expand(aggregate: &Aggregate<'_>) -> TokenStream {
     let krate = aggregate.krate;
@@ -100,6 +100,7 @@ fn aggregate_impl(aggregate: &Aggregate<'_>, p: &TokenStream) -> TokenStream {
             }
         }
     });
+    let domain_code = domain_code_fn(p, error);
     let unit_check = quote_spanned! {at_event=>
         const _: () = <#event as #pe::UnitHandlersCheck<#self_ty>>::CHECK;
     };
@@ -128,6 +129,7 @@ fn aggregate_impl(aggregate: &Aggregate<'_>, p: &TokenStream) -> TokenStream {
             fn apply(&mut self, event: &#event) {
                 #apply
             }
+            #domain_code
             #snapshot
             #key_changes
         }
@@ -137,14 +139,16 @@ fn aggregate_impl(aggregate: &Aggregate<'_>, p: &TokenStream) -> TokenStream {
 }
 
 fn apply_impls(aggregate: &Aggregate<'_>, p: &TokenStream) -> TokenStream {
-    let self_ty = aggregate.self_ty;
+    let Aggregate { self_ty, event, .. } = aggregate;
     let handled = aggregate.events.iter().map(|handler| {
         let payload = &handler.payload;
         let method = &handler.method;
         let span = at_user(payload);
         let p = path_at(p, span);
         let header = quote_spanned!(span=> impl #p::Apply<#payload> for #self_ty);
+        let check = payload_of(payload, event, &p);
         quote! {
+            #check
             #[automatically_derived]
             #header {
                 fn apply(&mut self, payload: &#payload) {
@@ -157,7 +161,9 @@ fn apply_impls(aggregate: &Aggregate<'_>, p: &TokenStream) -> TokenStream {
         let span = at_user(payload);
         let p = path_at(p, span);
         let header = quote_spanned!(span=> impl #p::Apply<#payload> for #self_ty);
+        let check = payload_of(payload, event, &p);
         quote! {
+            #check
             #[automatically_derived]
             #header {
                 fn apply(&mut self, _: &#payload) {}
@@ -165,6 +171,14 @@ fn apply_impls(aggregate: &Aggregate<'_>, p: &TokenStream) -> TokenStream {
         }
     });
     quote!(#(#handled)* #(#ignored)*)
+}
+
+/// Requires `payload` to be a payload type of the aggregate's event enum, at the user's type:
+/// an `Apply` impl for another type compiles but is never called.
+fn payload_of(payload: &syn::Type, event: &syn::Type, p: &TokenStream) -> TokenStream {
+    quote_spanned! {at_user(payload)=>
+        const _: () = #p::payload_of::<#payload, #event>();
+    }
 }
 
 fn apply_unit(aggregate: &Aggregate<'_>, p: &TokenStream) -> TokenStream {
@@ -223,7 +237,13 @@ fn handles(aggregate: &Aggregate<'_>, handler: &CommandHandler, p: &TokenStream)
     };
     let args = args.iter().map(|arg| match arg {
         HandlerArg::Context => quote!(ctx),
-        HandlerArg::Services(_) => quote!(services),
+        HandlerArg::Services(asked) => {
+            let span = at_user(asked);
+            let p = path_at(p, span);
+            quote_spanned! {span=>
+                #p::services_as::<#asked, _>(services)
+            }
+        }
     });
     let await_ = is_async.then(|| quote!(.await));
     let call = quote_spanned! {at_user(output)=>

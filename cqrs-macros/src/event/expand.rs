@@ -2,7 +2,7 @@
 //! emitted with the errors when the input is wrong.
 
 use proc_macro2::{Literal, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 
 use super::{ast, check};
@@ -146,6 +146,8 @@ fn payload_impls(
             }
         }
         #[automatically_derived]
+        impl #p::PayloadOf<#ident> for #payload {}
+        #[automatically_derived]
         impl ::core::convert::From<#payload> for #ident {
             fn from(payload: #payload) -> Self {
                 Self::#v(payload)
@@ -278,9 +280,20 @@ pub fn fallback(event: &ast::Event<'_>, error: &syn::Error) -> TokenStream {
         .iter()
         .filter(|v| v.payload.is_none())
         .map(|v| v.ident.unraw().to_string());
+    // Each payload type once: a payload shared by two variants is one of the reported errors.
+    let mut seen = std::collections::HashSet::new();
+    let payloads = event
+        .variants
+        .iter()
+        .filter_map(|v| v.payload)
+        .filter(|payload| seen.insert(payload.to_token_stream().to_string()));
     quote! {
         #errors
         const _: () = {
+            #(
+                #[automatically_derived]
+                impl #p::PayloadOf<#ident> for #payloads {}
+            )*
             #[automatically_derived]
             impl #p::Event for #ident {
                 const TYPES: &'static [#p::EventType] = &[];

@@ -300,3 +300,15 @@ pub fn allow_required_shape(method: &mut syn::ImplItemFn, lints: &[&str]) {
     });
     method.attrs.push(syn::parse_quote!(#[allow(#(#lints),*)]));
 }
+
+/// The body of the `domain_code` method of `Aggregate` and `HandlesQuery`: the error's
+/// `DomainError` code when its (concrete) type implements the trait, `None` otherwise.
+pub fn domain_code_fn(p: &proc_macro2::TokenStream, error: &Type) -> proc_macro2::TokenStream {
+    quote::quote! {
+        fn domain_code(error: &#error) -> ::core::option::Option<&'static str> {
+            #[allow(unused_imports)]
+            use #p::{ViaAnyError as _, ViaDomainError as _};
+            (&#p::DomainCode(error)).domain_code()
+        }
+    }
+}

@@ -5,7 +5,7 @@ use quote::{quote, quote_spanned};
 
 use super::ast::{EventArg, EventHandler, QueryHandler};
 use super::check::Projection;
-use crate::internals::syntax::{at_user, path_at};
+use crate::internals::syntax::{at_user, domain_code_fn, path_at};
 
 pub fn expand(projection: &Projection<'_>) -> TokenStream {
     let krate = projection.krate;
@@ -16,12 +16,29 @@ pub fn expand(projection: &Projection<'_>) -> TokenStream {
         .iter()
         .map(|handler| handles_query(projection, handler, &p));
     let dispatch = (!projection.queries.is_empty()).then(|| dispatch_queries(projection, &p));
+    let answered = answered_queries(projection, &p);
     quote! {
         const _: () = {
             #projection_impl
             #(#handles)*
+            #answered
             #dispatch
         };
+    }
+}
+
+/// The names the query bus checks for two handlers of one query.
+fn answered_queries(projection: &Projection<'_>, p: &TokenStream) -> TokenStream {
+    let Projection {
+        self_ty, generics, ..
+    } = projection;
+    let (impl_generics, _, where_clause) = generics.split_for_impl();
+    let queries = projection.queries.iter().map(|h| &h.query);
+    quote! {
+        #[automatically_derived]
+        impl #impl_generics #p::AnsweredQueries for #self_ty #where_clause {
+            const NAMES: &'static [&'static str] = &[#(<#queries as #p::Query>::NAME),*];
+        }
     }
 }
 
@@ -127,6 +144,7 @@ fn handles_query(
     let header = quote_spanned! {at_query=>
         impl #impl_generics #pq::HandlesQuery<#query> for #self_ty #where_clause
     };
+    let domain_code = domain_code_fn(p, error);
     quote! {
         #[automatically_derived]
         #header {
@@ -137,6 +155,7 @@ fn handles_query(
             ) -> ::core::result::Result<<#query as #p::Query>::Output, #error> {
                 #call
             }
+            #domain_code
         }
     }
 }

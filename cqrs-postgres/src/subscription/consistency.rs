@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use cqrs_core::{DispatchQueries, GlobalPosition, HandlesQuery, Query, ValidationErrors};
+use cqrs_core::{
+    AnsweredQueries, DispatchQueries, GlobalPosition, HandlesQuery, Query, ValidationErrors,
+};
 
 use super::{Checkpoints, Progress, WaitError};
 
@@ -94,6 +96,7 @@ impl From<Progress> for Consistency {
 /// # #[derive(Clone)] struct Totals;
 /// # struct GetTotal { account: String }
 /// # impl Query for GetTotal { const NAME: &'static str = "GetTotal"; type Output = u64; }
+/// # impl cqrs_core::AnsweredQueries for Totals { const NAMES: &'static [&'static str] = &["GetTotal"]; }
 /// # impl HandlesQuery<GetTotal> for Totals {
 /// #     type Error = std::io::Error;
 /// #     async fn handle_query(&self, _: &GetTotal) -> Result<u64, std::io::Error> { Ok(0) }
@@ -194,6 +197,12 @@ where
             .await
             .map_err(ReadYourWritesError::Handler)
     }
+}
+
+/// No names: the wrapped queries share their names with the plain ones, which the handler
+/// registered alongside answers.
+impl<H> AnsweredQueries for ReadYourWrites<H> {
+    const NAMES: &'static [&'static str] = &[];
 }
 
 /// Nothing to dispatch by name: a JSON caller sends the inner query to the wrapped handler

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use cqrs_core::prelude::*;
 
-use crate::domain::{Deposited, Opened, Withdrawn};
+use crate::domain::{Account, Deposited, Opened, Withdrawn};
 
 /// Ask for an account's owner and balance.
 #[derive(Debug, Clone, Deserialize, Query)]
@@ -30,17 +30,22 @@ pub struct AccountView {
 #[error("unknown account {0}")]
 pub struct UnknownAccount(pub Uuid);
 
+/// Its code reaches JSON callers as `DispatchError::domain_code`, next to `query_failed`.
+impl DomainError for UnknownAccount {
+    fn code(&self) -> &'static str {
+        "not_found"
+    }
+}
+
 /// Balances of every account, keyed by account id.
 #[derive(Debug, Default)]
 pub struct Balances {
     accounts: HashMap<Uuid, AccountView>,
 }
 
+/// The account an event belongs to: the id `OpenAccount` and the other commands carried.
 fn account_id(event: &RecordedEvent) -> Option<Uuid> {
-    event
-        .stream_id
-        .strip_prefix("account-")
-        .and_then(|id| id.parse().ok())
+    event.aggregate_id::<Account>()?.parse().ok()
 }
 
 #[projection(name = "balances")]

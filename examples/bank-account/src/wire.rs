@@ -1,8 +1,10 @@
 //! Wiring: which aggregates, middleware and read models make up the service.
 //!
 //! The buses carry their aggregates, handlers and middleware in their types, so that executing
-//! a command or query nothing handles is a compile error. The aliases below name those types
-//! once, for structs like [`Service`] (or an HTTP framework's state) to hold them.
+//! a command or query nothing handles is a compile error. `CommandBusOf!` and `QueryBusOf!`
+//! name those types from the same lists, in the same order, as the builders in [`assemble`];
+//! the dispatchers' types follow from the buses'. Every part of [`Service`] is a cheap clone,
+//! so it can be an HTTP framework's state as it is.
 //!
 //! The balances live in process memory, so every run must feed them from the first event.
 //! On the in-memory store ([`build`]) store and balances start empty together and the command
@@ -16,8 +18,8 @@ use std::time::Duration;
 
 use cqrs_core::middleware::{Timeout, Tracing, Validation};
 use cqrs_core::{
-    CommandBus, CommandDispatcher, EventStore, InMemoryEventStore, QueryBus, QueryDispatcher,
-    ReadModel, Repository,
+    CommandBus, CommandBusOf, CommandDispatcher, CommandDispatcherOf, EventStore,
+    InMemoryEventStore, QueryBus, QueryBusOf, QueryDispatcher, QueryDispatcherOf, ReadModel,
 };
 use cqrs_postgres::PostgresEventStore;
 use cqrs_postgres::subscription::{
@@ -28,34 +30,30 @@ use sqlx::PgPool;
 use crate::domain::Account;
 use crate::read_model::Balances;
 
-/// The aggregates registered on the command bus.
-pub type Aggregates = (Repository<Account>, ());
-/// The command middleware, outermost first.
-pub type CommandLayers = (Tracing, (Validation, (Timeout, ())));
-/// The query handlers registered on the query bus: plain queries, and queries wrapped in
+/// The command bus: its aggregates, then its middleware (outermost first).
+pub type Commands = CommandBusOf![Account; Tracing, Validation, Timeout];
+/// The query bus: its handlers (plain queries, and queries wrapped in
 /// [`AfterPosition`](cqrs_postgres::subscription::AfterPosition) that read a command's
-/// writes.
-pub type Handlers = (
-    ReadYourWrites<ReadModel<Balances>>,
-    (ReadModel<Balances>, ()),
-);
-/// The query middleware, outermost first.
-pub type QueryLayers = (Tracing, (Validation, ()));
+/// writes), then its middleware (outermost first).
+pub type Queries =
+    QueryBusOf![ReadModel<Balances>, ReadYourWrites<ReadModel<Balances>>; Tracing, Validation];
 
 /// The service's buses and read model.
+#[derive(Clone)]
 pub struct Service {
     /// Typed command execution.
-    pub commands: CommandBus<Aggregates, CommandLayers>,
+    pub commands: Commands,
     /// JSON command execution by name (HTTP bodies, broker messages).
-    pub command_json: CommandDispatcher<Aggregates, CommandLayers>,
+    pub command_json: CommandDispatcherOf<Commands>,
     /// Typed queries.
-    pub queries: QueryBus<Handlers, QueryLayers>,
+    pub queries: Queries,
     /// JSON queries by name.
-    pub query_json: QueryDispatcher<Handlers, QueryLayers>,
+    pub query_json: QueryDispatcherOf<Queries>,
     /// The balance read model, in process memory.
     pub balances: ReadModel<Balances>,
-    /// On PostgreSQL, the subscription feeding `balances`; dropping the service stops it.
-    pub feed: Option<SubscriptionHandle>,
+    /// On PostgreSQL, the subscription feeding `balances`; dropping the last clone of the
+    /// service stops it.
+    pub feed: Option<Arc<SubscriptionHandle>>,
 }
 
 /// Builds the service on the in-memory store: the command bus feeds the balances before
@@ -84,7 +82,7 @@ pub async fn build_postgres(pool: PgPool) -> Result<Service, SubscriptionError> 
         .await?;
     let consistency = Consistency::Progress(feed.progress());
     let store = Arc::new(PostgresEventStore::new(pool));
-    Ok(assemble(store, balances, consistency, Some(feed)))
+    Ok(assemble(store, balances, consistency, Some(Arc::new(feed))))
 }
 
 /// The buses on `store`. Without a subscription (`feed`), the command bus feeds the balances.
@@ -92,7 +90,7 @@ fn assemble(
     store: Arc<dyn EventStore>,
     balances: ReadModel<Balances>,
     consistency: Consistency,
-    feed: Option<SubscriptionHandle>,
+    feed: Option<Arc<SubscriptionHandle>>,
 ) -> Service {
     let mut commands = CommandBus::builder_shared(store)
         .aggregate::<Account>(())
