@@ -451,13 +451,28 @@ async fn readers_wait_for_older_transactions_of_this_database_only() {
     drop(db);
 }
 
+/// Positions a rolled-back transaction drew stay holes for good; resuming after one (or
+/// after a position never drawn) is the core `UnknownPosition` error, not an empty page.
 #[tokio::test]
 async fn reading_from_a_position_that_holds_no_event_is_an_error() {
     let (db, store) = migrated(2).await;
+    let mut rolled_back = store.pool().begin().await.expect("begin");
+    let hole = store
+        .append_in(
+            &mut rolled_back,
+            "s",
+            ExpectedVersion::NoStream,
+            vec![event(1)],
+        )
+        .await
+        .expect("append in a transaction")
+        .last_position();
+    rolled_back.rollback().await.expect("rollback");
     let appended = store
-        .append("s", ExpectedVersion::NoStream, vec![event(1)])
+        .append("s", ExpectedVersion::NoStream, vec![event(2)])
         .await
         .expect("append");
+    assert!(appended.last_position() > hole);
     assert!(
         store
             .read_all_from(appended.last_position(), 10)
@@ -465,14 +480,11 @@ async fn reading_from_a_position_that_holds_no_event_is_an_error() {
             .expect("read from the last event")
             .is_empty()
     );
-    match store.read_all_from(GlobalPosition(999), 10).await {
-        Err(StoreError::Backend(source)) => assert!(matches!(
-            source.downcast_ref::<PostgresStoreError>(),
-            Some(PostgresStoreError::UnknownPosition {
-                position: GlobalPosition(999)
-            })
-        )),
-        other => panic!("expected UnknownPosition, got {other:?}"),
+    for unknown in [hole, GlobalPosition(999)] {
+        match store.read_all_from(unknown, 10).await {
+            Err(StoreError::UnknownPosition { position }) => assert_eq!(position, unknown),
+            other => panic!("expected UnknownPosition at {unknown}, got {other:?}"),
+        }
     }
     drop(db);
 }
