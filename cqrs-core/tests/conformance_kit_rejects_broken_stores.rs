@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use cqrs_core::testing::conformance::checks;
@@ -339,6 +339,89 @@ impl EventStore for Broken {
     }
 }
 
+/// A correct store that is slow to show what it stored: `read_all_from` stops before the
+/// first event appended less than [`Lagging::LAG`] ago, as PostgreSQL stops at its read
+/// horizon. It delays events, never skips them.
+#[derive(Clone, Default)]
+struct Lagging {
+    inner: InMemoryEventStore,
+    appended_at: Arc<Mutex<HashMap<Uuid, Instant>>>,
+}
+
+impl Lagging {
+    const LAG: Duration = Duration::from_millis(30);
+}
+
+impl EventStore for Lagging {
+    fn append<'a>(
+        &'a self,
+        stream_id: &'a str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
+        Box::pin(async move {
+            let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+            let result = self.inner.append(stream_id, expected, events).await;
+            if result.is_ok() {
+                let now = Instant::now();
+                let mut appended_at = self
+                    .appended_at
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                appended_at.extend(ids.into_iter().map(|id| (id, now)));
+            }
+            result
+        })
+    }
+
+    fn load_stream<'a>(
+        &'a self,
+        stream_id: &'a str,
+        from_version: u64,
+    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>> {
+        self.inner.load_stream(stream_id, from_version)
+    }
+
+    fn stream_version<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        self.inner.stream_version(stream_id)
+    }
+
+    fn read_all_from(
+        &self,
+        after: GlobalPosition,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>> {
+        Box::pin(async move {
+            let mut page = self.inner.read_all_from(after, limit).await?;
+            let appended_at = self
+                .appended_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let settled = page
+                .iter()
+                .take_while(|e| {
+                    appended_at
+                        .get(&e.event_id)
+                        .is_none_or(|at| at.elapsed() >= Self::LAG)
+                })
+                .count();
+            page.truncate(settled);
+            Ok(page)
+        })
+    }
+
+    fn load_snapshot<'a>(
+        &'a self,
+        stream_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
+        self.inner.load_snapshot(stream_id)
+    }
+
+    fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.save_snapshot(snapshot)
+    }
+}
+
 /// Runs the kit's check `name` against `store` in a task of its own; `Err` holds its panic
 /// message.
 async fn run_check<S: EventStore + Clone>(store: &S, name: &str) -> Result<(), String> {
@@ -374,6 +457,14 @@ async fn assert_fails(fault: Fault, name: &str, because: &str) {
 async fn the_in_memory_store_passes_every_check() {
     let store = InMemoryEventStore::new();
     for (name, _) in checks::<InMemoryEventStore>() {
+        assert_eq!(run_check(&store, name).await, Ok(()), "check `{name}`");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_shows_events_a_moment_after_their_append_passes_every_check() {
+    let store = Lagging::default();
+    for (name, _) in checks::<Lagging>() {
         assert_eq!(run_check(&store, name).await, Ok(()), "check `{name}`");
     }
 }

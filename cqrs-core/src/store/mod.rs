@@ -137,11 +137,12 @@ pub enum StoreError {
 /// - `read_all_from(p, n)` returns events strictly after position `p` in the global order,
 ///   never skipping an event that becomes visible later with a smaller position: the order
 ///   is fixed, so a reader that follows it live sees the same events in the same order as one
-///   that reads it after everything settled. A page holds at most `n` events; once every
-///   append has returned and none is in flight, it holds `min(n, events after p)`. While
-///   appends are in flight a store may return fewer, even none (PostgreSQL waits for older
-///   transactions that could still commit before what it has read). `n = 0` reads nothing
-///   and returns an empty page.
+///   that reads it after everything settled. A page holds at most `n` events. A store may
+///   return fewer, even none, while a transaction that could still commit before them is in
+///   flight (PostgreSQL waits for every such transaction, and its horizon may lag for a
+///   moment behind appends that just returned); once every append has returned, reading
+///   again soon yields `min(n, events after p)`. `n = 0` reads nothing and returns an empty
+///   page.
 /// - `p` is [`GlobalPosition::START`] or the position of a stored event. Any other position is
 ///   [`StoreError::UnknownPosition`], never an empty page: a reader resuming from a wrong
 ///   checkpoint must hear about it rather than silently wait forever for events that are

@@ -12,8 +12,11 @@
 //! Each check uses its own fresh stream ids, so the store may already hold events; it must
 //! not be written by anything else while the checks run (the global-order checks read
 //! everything after the position they start at, and expect full pages once their own appends
-//! have returned). The checks drive the store only through the [`EventStore`] trait. A failing
-//! check panics with its name.
+//! have returned). Where a check expects events, it reads a short page again for up to three
+//! seconds before failing, since a store may hold events back for a moment after their
+//! appends returned. The checks drive the store only through the [`EventStore`] trait, and
+//! need a Tokio runtime with the time driver (`#[tokio::test]` has one). A failing check
+//! panics with its name.
 //!
 //! # The checks
 //!
@@ -43,8 +46,9 @@
 //! - [`read_all_from_pages_through_everything_once`]: sequential appends are read back once
 //!   each, in append order, honouring the limit.
 //! - [`read_all_from_fills_each_page_on_a_quiet_store`]: with no append in flight, a page
-//!   holds `min(limit, events left)`, whatever the limit and from every stored position; a
-//!   store that returns short pages fails here. `limit = 0` returns an empty page.
+//!   holds `min(limit, events left)` (at once, or after a moment), whatever the limit and
+//!   from every stored position; a store that keeps returning short pages fails here.
+//!   `limit = 0` returns an empty page.
 //! - [`reading_after_an_unknown_position_is_an_error`]: `read_all_from` after a position at
 //!   which no event was ever stored is [`StoreError::UnknownPosition`] naming it, never an
 //!   empty page; after `START` or a stored position (even the last) it reads normally.
@@ -73,7 +77,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::sync::Barrier;
@@ -213,14 +218,44 @@ fn count(events: &[NewEvent]) -> u64 {
     u64::try_from(events.len()).expect("a batch fits in u64")
 }
 
-/// Everything after `after` in the global order, read page by page.
-async fn read_from<S: EventStore>(store: &S, mut after: GlobalPosition) -> Vec<RecordedEvent> {
-    let mut all = Vec::new();
+/// How long a page may stay short after the appends it should hold returned: a store may
+/// hold events back for a moment (PostgreSQL's read horizon waits for transactions that
+/// could still commit before them, and errs on the side of waiting), never for long.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// A page of `read_all_from(after, limit)`, read again while it holds fewer than `expected`
+/// events, until [`SETTLE`] has passed; a page with `expected` events or more at once.
+async fn read_page<S: EventStore>(
+    store: &S,
+    after: GlobalPosition,
+    limit: usize,
+    expected: usize,
+) -> Vec<RecordedEvent> {
+    let deadline = Instant::now() + SETTLE;
     loop {
         let page = store
-            .read_all_from(after, 1000)
+            .read_all_from(after, limit)
             .await
             .expect("read_all_from");
+        if page.len() >= expected || Instant::now() >= deadline {
+            return page;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Everything after `after` in the global order, page by page, waiting (see [`read_page`])
+/// for at least `expected` events.
+async fn read_from<S: EventStore>(
+    store: &S,
+    mut after: GlobalPosition,
+    expected: usize,
+) -> Vec<RecordedEvent> {
+    const PAGE: usize = 1000;
+    let mut all = Vec::new();
+    loop {
+        let left = expected.saturating_sub(all.len());
+        let page = read_page(store, after, PAGE, left.min(PAGE)).await;
         match page.last() {
             Some(last) => after = last.position,
             None => return all,
@@ -229,12 +264,18 @@ async fn read_from<S: EventStore>(store: &S, mut after: GlobalPosition) -> Vec<R
     }
 }
 
-/// The position of the last event in the global order (`START` for an empty store).
-async fn head<S: EventStore>(store: &S) -> GlobalPosition {
-    read_from(store, GlobalPosition::START)
+/// Appends one event to a stream of its own: reading after its position yields exactly what
+/// is appended after it.
+async fn mark<S: EventStore>(store: &S) -> GlobalPosition {
+    store
+        .append(
+            &fresh_stream("mark"),
+            ExpectedVersion::NoStream,
+            events(1..=1),
+        )
         .await
-        .last()
-        .map_or(GlobalPosition::START, |e| e.position)
+        .expect("append")
+        .last_position()
 }
 
 /// Nothing was written after `before`.
@@ -399,12 +440,12 @@ pub async fn load_stream_from_version_is_inclusive<S: EventStore>(store: &S) {
 /// version, and nothing is written.
 pub async fn wrong_expected_version_conflicts_and_writes_nothing<S: EventStore>(store: &S) {
     let stream = fresh_stream("conflict");
-    store
+    let before = store
         .append(&stream, ExpectedVersion::NoStream, events(1..=2))
         .await
-        .expect("append");
+        .expect("append")
+        .last_position();
     let missing = fresh_stream("conflict-missing");
-    let before = head(store).await;
     for expected in [
         ExpectedVersion::Exact(1),
         ExpectedVersion::Exact(3),
@@ -436,12 +477,12 @@ pub async fn wrong_expected_version_conflicts_and_writes_nothing<S: EventStore>(
 /// anything nor creates the stream.
 pub async fn empty_appends_check_the_version_and_write_nothing<S: EventStore>(store: &S) {
     let existing = fresh_stream("empty-existing");
-    store
+    let before = store
         .append(&existing, ExpectedVersion::NoStream, events(1..=2))
         .await
-        .expect("append");
+        .expect("append")
+        .last_position();
     let new = fresh_stream("empty-new");
-    let before = head(store).await;
 
     for (stream, expected, version) in [
         (&existing, ExpectedVersion::Exact(2), 2),
@@ -498,11 +539,11 @@ pub async fn empty_appends_check_the_version_and_write_nothing<S: EventStore>(st
 pub async fn duplicate_event_id_is_rejected_and_writes_nothing<S: EventStore>(store: &S) {
     let stream = fresh_stream("dup");
     let first = event(1);
-    store
+    let before = store
         .append(&stream, ExpectedVersion::NoStream, vec![first.clone()])
         .await
-        .expect("append");
-    let before = head(store).await;
+        .expect("append")
+        .last_position();
     let mut again = event(2);
     again.event_id = first.event_id;
     match store
@@ -543,12 +584,12 @@ pub async fn an_event_id_stored_in_one_stream_is_rejected_in_another<S: EventSto
         .await
         .expect("append");
     let existing = fresh_stream("dup-existing");
-    store
+    let before = store
         .append(&existing, ExpectedVersion::NoStream, events(1..=1))
         .await
-        .expect("append");
+        .expect("append")
+        .last_position();
     let new = fresh_stream("dup-new");
-    let before = head(store).await;
     let mut again = event(2);
     again.event_id = stored.event_id;
 
@@ -637,7 +678,7 @@ pub async fn odd_stream_ids_are_stored_verbatim<S: EventStore>(store: &S) {
 /// Paging through the global order with the last seen position yields each event once, in
 /// append order for sequential appends, honouring the limit.
 pub async fn read_all_from_pages_through_everything_once<S: EventStore>(store: &S) {
-    let start = head(store).await;
+    let start = mark(store).await;
     let a = fresh_stream("all-a");
     let b = fresh_stream("all-b");
     let mut sent = Vec::new();
@@ -658,7 +699,8 @@ pub async fn read_all_from_pages_through_everything_once<S: EventStore>(store: &
     let mut seen = Vec::new();
     let mut position = start;
     loop {
-        let page = store.read_all_from(position, 5).await.expect("read");
+        let left = sent.len().saturating_sub(seen.len());
+        let page = read_page(store, position, 5, left.min(5)).await;
         assert!(page.len() <= 5, "limit ignored");
         let Some(last) = page.last() else { break };
         position = last.position;
@@ -681,7 +723,7 @@ pub async fn read_all_from_pages_through_everything_once<S: EventStore>(store: &
 /// returns `min(n, events after p)`, for any limit and from every stored position, and
 /// `n = 0` returns an empty page.
 pub async fn read_all_from_fills_each_page_on_a_quiet_store<S: EventStore>(store: &S) {
-    let start = head(store).await;
+    let start = mark(store).await;
     let a = fresh_stream("page-a");
     let b = fresh_stream("page-b");
     let mut sent = Vec::new();
@@ -699,11 +741,8 @@ pub async fn read_all_from_fills_each_page_on_a_quiet_store<S: EventStore>(store
         let mut after = start;
         let mut read: Vec<RecordedEvent> = Vec::new();
         loop {
-            let page = store
-                .read_all_from(after, limit)
-                .await
-                .expect("read_all_from");
             let left = sent.len().saturating_sub(read.len());
+            let page = read_page(store, after, limit, limit.min(left)).await;
             assert_eq!(
                 page.len(),
                 limit.min(left),
@@ -727,10 +766,7 @@ pub async fn read_all_from_fills_each_page_on_a_quiet_store<S: EventStore>(store
     }
 
     for (i, &position) in positions.iter().enumerate() {
-        let rest = store
-            .read_all_from(position, 1000)
-            .await
-            .expect("read_all_from a stored position");
+        let rest = read_page(store, position, 1000, sent.len() - i - 1).await;
         assert_eq!(
             recorded_ids(&rest),
             sent[i + 1..],
@@ -755,20 +791,22 @@ pub async fn read_all_from_fills_each_page_on_a_quiet_store<S: EventStore>(store
 /// position, even the last one, it reads normally.
 pub async fn reading_after_an_unknown_position_is_an_error<S: EventStore>(store: &S) {
     let stream = fresh_stream("unknown-position");
-    store
+    let appended = store
         .append(&stream, ExpectedVersion::NoStream, events(1..=2))
         .await
         .expect("append");
-    let all = read_from(store, GlobalPosition::START).await;
-    let last = all.last().expect("the store holds events").position;
-    let highest = all.iter().map(|e| e.position).max().expect("events");
+    let last = appended.last_position();
+    let highest = read_from(store, GlobalPosition::START, 0)
+        .await
+        .iter()
+        .map(|e| e.position)
+        .chain(appended.positions)
+        .max()
+        .expect("the store holds events");
     assert_eq!(
-        store
-            .read_all_from(GlobalPosition::START, 1)
-            .await
-            .expect("read_all_from START")
-            .len(),
-        1
+        read_page(store, GlobalPosition::START, 1, 1).await.len(),
+        1,
+        "reading after START"
     );
     assert!(
         store
@@ -988,19 +1026,21 @@ async fn append_at_current_version<S: EventStore>(
     panic!("appends to {stream} kept conflicting");
 }
 
-/// Follows the global order from `after` with pages of `page_size` until it reads an empty
-/// page that started after `appending` was cleared: with every append returned, that is the
-/// end. Panics past `at_most` events, which only a store repeating events reaches.
+/// Follows the global order from `after` with pages of `page_size` while `written` is
+/// `usize::MAX` (appenders at work); then until it has read `written` events, or no new
+/// event came for [`SETTLE`]. Panics past `at_most` events, which only a store repeating
+/// events reaches.
 async fn follow<S: EventStore>(
     store: S,
     mut after: GlobalPosition,
     page_size: usize,
-    appending: Arc<AtomicBool>,
+    written: Arc<AtomicUsize>,
     at_most: usize,
 ) -> Vec<RecordedEvent> {
     let mut seen = Vec::new();
+    let mut idle_since = Instant::now();
     loop {
-        let caught_up_if_empty = !appending.load(Ordering::SeqCst);
+        let expected = written.load(Ordering::SeqCst);
         let page = store
             .read_all_from(after, page_size)
             .await
@@ -1010,17 +1050,21 @@ async fn follow<S: EventStore>(
             "read_all_from returned {} events for a limit of {page_size}",
             page.len()
         );
-        match page.last() {
-            Some(last) => {
-                after = last.position;
-                seen.extend(page);
-                assert!(
-                    seen.len() <= at_most,
-                    "the reader read more events than were appended: events repeat"
-                );
-            }
-            None if caught_up_if_empty => return seen,
-            None => tokio::task::yield_now().await,
+        if let Some(last) = page.last() {
+            after = last.position;
+            seen.extend(page);
+            assert!(
+                seen.len() <= at_most,
+                "the reader read more events than were appended: events repeat"
+            );
+            idle_since = Instant::now();
+        } else if expected == usize::MAX {
+            idle_since = Instant::now();
+            tokio::task::yield_now().await;
+        } else if seen.len() >= expected || idle_since.elapsed() > SETTLE {
+            return seen;
+        } else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 }
@@ -1124,18 +1168,18 @@ pub async fn late_visible_events_are_never_skipped<S: EventStore + Clone>(store:
     const ROUNDS: usize = 12;
     const STREAMS: usize = 3;
     const PAGE: usize = 3;
-    let start = head(store).await;
+    let start = mark(store).await;
     let streams: Arc<Vec<String>> = Arc::new(
         (0..STREAMS)
             .map(|i| fresh_stream(&format!("late-{i}")))
             .collect(),
     );
-    let appending = Arc::new(AtomicBool::new(true));
+    let written_count = Arc::new(AtomicUsize::new(usize::MAX));
     let reader = tokio::spawn(follow(
         store.clone(),
         start,
         PAGE,
-        Arc::clone(&appending),
+        Arc::clone(&written_count),
         APPENDERS * ROUNDS * 3,
     ));
     let appenders: Vec<_> = (0..APPENDERS)
@@ -1152,13 +1196,13 @@ pub async fn late_visible_events_are_never_skipped<S: EventStore + Clone>(store:
     for appender in appenders {
         written.extend(appender.await.expect("appender"));
     }
-    appending.store(false, Ordering::SeqCst);
+    written_count.store(written.len(), Ordering::SeqCst);
     let seen = reader.await.expect("reader");
 
     assert_each_event_read_once(&seen, &written);
     assert_eq!(
         recorded_ids(&seen),
-        recorded_ids(&read_from(store, start).await),
+        recorded_ids(&read_from(store, start, written.len()).await),
         "the reader that followed the appends saw another order than one reading after \
          everything settled"
     );
