@@ -339,6 +339,7 @@ fn error_codes_are_stable_snake_case_and_distinct() {
             "invalid_stream_id",
             "unique_key_taken",
             "unsupported",
+            "unknown_position",
         ]
     );
     for kind in ErrorKind::ALL {

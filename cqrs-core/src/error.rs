@@ -36,6 +36,7 @@ use crate::{
 /// | [`DuplicateEventId`](Self::DuplicateEventId) | `duplicate_event_id` | an event id is already stored | 409 |
 /// | [`InvalidStreamId`](Self::InvalidStreamId) | `invalid_stream_id` | the stream id is empty or too long | 400 |
 /// | [`UniqueKeyTaken`](Self::UniqueKeyTaken) | `unique_key_taken` | a unique key the events claim is held by another stream | 409 |
+/// | [`UnknownPosition`](Self::UnknownPosition) | `unknown_position` | a read of the global order started after a position that holds no event | 400 |
 /// | [`Unsupported`](Self::Unsupported) | `unsupported` | the store lacks a capability the command needs (unique keys) | 500 |
 ///
 /// [`code`]: ErrorKind::code
@@ -74,6 +75,8 @@ pub enum ErrorKind {
     UniqueKeyTaken,
     /// The store lacks a capability the command needs.
     Unsupported,
+    /// A read of the global order started after a position that holds no event.
+    UnknownPosition,
 }
 
 impl ErrorKind {
@@ -95,6 +98,7 @@ impl ErrorKind {
         ErrorKind::InvalidStreamId,
         ErrorKind::UniqueKeyTaken,
         ErrorKind::Unsupported,
+        ErrorKind::UnknownPosition,
     ];
 
     /// The stable machine-readable code (`"conflict"`, `"rejected"`, ...).
@@ -116,6 +120,7 @@ impl ErrorKind {
             ErrorKind::InvalidStreamId => "invalid_stream_id",
             ErrorKind::UniqueKeyTaken => "unique_key_taken",
             ErrorKind::Unsupported => "unsupported",
+            ErrorKind::UnknownPosition => "unknown_position",
         }
     }
 }
@@ -446,6 +451,7 @@ impl StoreError {
             StoreError::Backend(_) => ErrorKind::StoreUnavailable,
             StoreError::UniqueKeyTaken { .. } => ErrorKind::UniqueKeyTaken,
             StoreError::UniqueKeysUnsupported => ErrorKind::Unsupported,
+            StoreError::UnknownPosition { .. } => ErrorKind::UnknownPosition,
         }
     }
 

@@ -1,6 +1,6 @@
 //! Errors specific to the PostgreSQL store.
 
-use cqrs_core::{GlobalPosition, ProjectionError, StoreError};
+use cqrs_core::{ProjectionError, StoreError};
 
 /// What went wrong inside the PostgreSQL store.
 ///
@@ -36,12 +36,6 @@ pub enum PostgresStoreError {
         /// What it reported.
         #[source]
         source: ProjectionError,
-    },
-    /// `read_all_from` was given a position at which no event is stored.
-    #[error("no event is stored at position {position}")]
-    UnknownPosition {
-        /// The position asked for.
-        position: GlobalPosition,
     },
     /// A stored event's metadata column does not deserialize into `cqrs_core::Metadata`.
     #[error("event {stream_id}@{stream_version} has unreadable metadata: {source}")]

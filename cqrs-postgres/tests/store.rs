@@ -3,6 +3,8 @@
 
 #[path = "common/bank.rs"]
 mod bank;
+#[path = "common/commits.rs"]
+mod commits;
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -11,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bank::{Account, BankError, BankEvent, Deposit, Deposited};
+use commits::{Commit, CommitClock, late_commits};
 use common::TestDb;
 use cqrs_core::{
     CommandBus, CommandError, EventDecodeError, EventStore, ExpectedVersion, GlobalPosition,
@@ -451,13 +454,28 @@ async fn readers_wait_for_older_transactions_of_this_database_only() {
     drop(db);
 }
 
+/// Positions a rolled-back transaction drew stay holes for good; resuming after one (or
+/// after a position never drawn) is the core `UnknownPosition` error, not an empty page.
 #[tokio::test]
 async fn reading_from_a_position_that_holds_no_event_is_an_error() {
     let (db, store) = migrated(2).await;
+    let mut rolled_back = store.pool().begin().await.expect("begin");
+    let hole = store
+        .append_in(
+            &mut rolled_back,
+            "s",
+            ExpectedVersion::NoStream,
+            vec![event(1)],
+        )
+        .await
+        .expect("append in a transaction")
+        .last_position();
+    rolled_back.rollback().await.expect("rollback");
     let appended = store
-        .append("s", ExpectedVersion::NoStream, vec![event(1)])
+        .append("s", ExpectedVersion::NoStream, vec![event(2)])
         .await
         .expect("append");
+    assert!(appended.last_position() > hole);
     assert!(
         store
             .read_all_from(appended.last_position(), 10)
@@ -465,25 +483,27 @@ async fn reading_from_a_position_that_holds_no_event_is_an_error() {
             .expect("read from the last event")
             .is_empty()
     );
-    match store.read_all_from(GlobalPosition(999), 10).await {
-        Err(StoreError::Backend(source)) => assert!(matches!(
-            source.downcast_ref::<PostgresStoreError>(),
-            Some(PostgresStoreError::UnknownPosition {
-                position: GlobalPosition(999)
-            })
-        )),
-        other => panic!("expected UnknownPosition, got {other:?}"),
+    for unknown in [hole, GlobalPosition(999)] {
+        match store.read_all_from(unknown, 10).await {
+            Err(StoreError::UnknownPosition { position }) => assert_eq!(position, unknown),
+            other => panic!("expected UnknownPosition at {unknown}, got {other:?}"),
+        }
     }
     drop(db);
 }
 
 /// One gap-test writer: `batches` appends, each in a transaction held open for a random
 /// while; every fourth goes to a stream all writers share (`Any`), and a third of the
-/// transactions take their id well before appending. Returns how many events it wrote.
-async fn held_appends(store: PostgresEventStore, writer: u64, batches: u64) -> u64 {
+/// transactions take their id well before appending. Returns its commits.
+async fn held_appends(
+    store: PostgresEventStore,
+    writer: u64,
+    batches: u64,
+    clock: Arc<CommitClock>,
+) -> Vec<Commit> {
     let mut random = Lcg(writer + 1);
     let own = format!("gap-{writer}");
-    let mut written = 0u64;
+    let mut commits = Vec::new();
     let mut version = 0;
     for batch in 0..batches {
         let shared = batch % 4 == writer % 4;
@@ -506,11 +526,12 @@ async fn held_appends(store: PostgresEventStore, writer: u64, batches: u64) -> u
             match store.append_in(&mut tx, &stream, expected, events).await {
                 Ok(result) => {
                     tokio::time::sleep(Duration::from_millis(random.below(30))).await;
-                    tx.commit().await.expect("commit");
+                    let (committed, commit) = clock.stamp(result.positions, tx.commit()).await;
+                    committed.expect("commit");
+                    commits.push(commit);
                     if !shared {
                         version = result.stream_version;
                     }
-                    written += size;
                     break;
                 }
                 // The shared stream's last writer had a later transaction: start over.
@@ -519,7 +540,48 @@ async fn held_appends(store: PostgresEventStore, writer: u64, batches: u64) -> u
             }
         }
     }
-    written
+    commits
+}
+
+/// The gap on purpose, whatever the timing: an older transaction appends and stays open
+/// while a newer append commits a larger position; the reader polls in between, then the
+/// older one commits.
+async fn commit_behind_a_larger_position(
+    store: PostgresEventStore,
+    clock: Arc<CommitClock>,
+) -> Vec<Commit> {
+    let mut older = store.pool().begin().await.expect("begin");
+    let held = store
+        .append_in(
+            &mut older,
+            "gap-forced-older",
+            ExpectedVersion::NoStream,
+            vec![event(1)],
+        )
+        .await
+        .expect("append in the older transaction");
+    let (newer, newer_commit) = clock
+        .stamp(
+            Vec::new(),
+            store.append(
+                "gap-forced-newer",
+                ExpectedVersion::NoStream,
+                vec![event(2)],
+            ),
+        )
+        .await;
+    let newer = newer.expect("append");
+    assert!(newer.last_position() > held.last_position());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (committed, older_commit) = clock.stamp(held.positions, older.commit()).await;
+    committed.expect("commit");
+    vec![
+        Commit {
+            positions: newer.positions,
+            ..newer_commit
+        },
+        older_commit,
+    ]
 }
 
 /// Follows the global order page by page until it has read `total` events (unknown, i.e.
@@ -546,24 +608,37 @@ async fn follow(store: PostgresEventStore, total: Arc<AtomicU64>) -> Vec<Recorde
 }
 
 /// Appenders hold their transactions open for varying times (so positions commit out of
-/// order), some take their transaction id long before appending, several share one stream;
-/// a reader follows the global order meanwhile. It must see every event exactly once, each
-/// stream in version order, and in the same order a reader sees after everything settled.
+/// order), some take their transaction id long before appending, several share one stream,
+/// and one pair commits a smaller position after a larger one on purpose; a reader follows
+/// the global order meanwhile. It must see every event exactly once, each stream in version
+/// order, and in the same order a reader sees after everything settled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reader_following_concurrent_held_appends_sees_each_event_once_in_stream_order() {
     let (db, store) = migrated(24).await;
-    let writers: Vec<_> = (0..8)
-        .map(|writer| tokio::spawn(held_appends(store.clone(), writer, 20)))
-        .collect();
+    let clock = Arc::new(CommitClock::default());
     let total = Arc::new(AtomicU64::new(u64::MAX));
     let reader = tokio::spawn(follow(store.clone(), Arc::clone(&total)));
-    let mut written = 0;
+    let mut writers: Vec<_> = (0..8)
+        .map(|writer| tokio::spawn(held_appends(store.clone(), writer, 20, Arc::clone(&clock))))
+        .collect();
+    writers.push(tokio::spawn(commit_behind_a_larger_position(
+        store.clone(),
+        Arc::clone(&clock),
+    )));
+    let mut commits = Vec::new();
     for writer in writers {
-        written += writer.await.expect("writer");
+        commits.extend(writer.await.expect("writer"));
     }
+    let written: u64 = commits.iter().map(|c| c.positions.len() as u64).sum();
     total.store(written, Ordering::SeqCst);
     let seen = reader.await.expect("reader");
 
+    let late = late_commits(&commits);
+    assert!(
+        late > 0,
+        "no commit became visible after an event with a larger position: the test did not \
+         exercise the gap"
+    );
     let ids: HashSet<Uuid> = seen.iter().map(|e| e.event_id).collect();
     assert_eq!(ids.len(), seen.len(), "an event was delivered twice");
     assert_eq!(seen.len() as u64, written, "an event was skipped");
@@ -592,9 +667,10 @@ async fn a_reader_following_concurrent_held_appends_sees_each_event_once_in_stre
         .windows(2)
         .filter(|w| w[0].position > w[1].position)
         .count();
-    // Not asserted (timing decides it), but shows the test exercised late commits.
     println!(
-        "{written} events; {out_of_position_order} read after an event with a larger position"
+        "{written} events in {} commits; {late} commits became visible after a larger \
+         position; {out_of_position_order} events read after one with a larger position",
+        commits.len()
     );
     drop(db);
 }

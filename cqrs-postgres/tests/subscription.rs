@@ -8,6 +8,8 @@
 //! earlier event after a restart, while a durable checkpoint refuses to resume one.
 #![allow(missing_docs)]
 
+#[path = "common/commits.rs"]
+mod commits;
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use commits::{Commit, CommitClock, late_commits};
 use common::TestDb;
 use cqrs_core::{
     Event, EventStore, ExpectedVersion, GlobalPosition, Metadata, NewEvent, Projection,
@@ -690,6 +693,35 @@ async fn an_at_least_once_handler_error_keeps_the_events_before_it() {
 
 // ---------------------------------------------------------------- the gap test
 
+/// The gap on purpose, whatever the timing: an older transaction appends and stays open
+/// while a newer append commits a larger position (which wakes the subscriptions), then the
+/// older one commits.
+async fn commit_behind_a_larger_position(
+    store: PostgresEventStore,
+    clock: Arc<CommitClock>,
+) -> (Vec<Appended>, Vec<Commit>) {
+    let mut older = store.pool().begin().await.expect("begin");
+    let held = append_in(&store, &mut older, "gap-forced-older", &[happened()]).await;
+    let (newer, newer_commit) = clock
+        .stamp(
+            Vec::new(),
+            append(&store, "gap-forced-newer", &[happened()]),
+        )
+        .await;
+    assert!(newer[0].position > held[0].position);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (committed, older_commit) = clock.stamp(vec![held[0].position], older.commit()).await;
+    committed.expect("commit");
+    let newer_commit = Commit {
+        positions: vec![newer[0].position],
+        ..newer_commit
+    };
+    (
+        held.into_iter().chain(newer).collect(),
+        vec![newer_commit, older_commit],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_live_subscriber_receives_events_committed_out_of_position_order_exactly_once() {
     const APPENDERS: usize = 8;
@@ -711,30 +743,48 @@ async fn a_live_subscriber_receives_events_committed_out_of_position_order_exact
         .expect("start ledger");
 
     // Each appender holds its transaction open for a while after inserting: positions are
-    // drawn in one order and become visible in another.
+    // drawn in one order and become visible in another. One pair does so on purpose.
+    let clock = Arc::new(CommitClock::default());
     let mut appenders = Vec::new();
     for appender in 0..APPENDERS {
         let store = store.clone();
+        let clock = Arc::clone(&clock);
         appenders.push(tokio::spawn(async move {
             let mut appended = Vec::new();
+            let mut commits = Vec::new();
             for round in 0..TRANSACTIONS {
                 let mut tx = store.pool().begin().await.expect("begin");
                 let stream = format!("gap-{appender}-{}", round % 3);
                 let count = 1 + (appender + round) % 3;
-                appended
-                    .extend(append_in(&store, &mut tx, &stream, &vec![happened(); count]).await);
+                let batch = append_in(&store, &mut tx, &stream, &vec![happened(); count]).await;
                 let hold = ((appender * 7 + round * 13) % 11) * 5;
                 tokio::time::sleep(Duration::from_millis(u64::try_from(hold).unwrap())).await;
-                tx.commit().await.expect("commit");
+                let positions = batch.iter().map(|e| e.position).collect();
+                let (committed, commit) = clock.stamp(positions, tx.commit()).await;
+                committed.expect("commit");
+                commits.push(commit);
+                appended.extend(batch);
             }
-            appended
+            (appended, commits)
         }));
     }
+    appenders.push(tokio::spawn(commit_behind_a_larger_position(
+        store.clone(),
+        Arc::clone(&clock),
+    )));
     let mut events = Vec::new();
+    let mut commits = Vec::new();
     for appender in appenders {
-        events.extend(appender.await.expect("appender"));
+        let (appended, committed) = appender.await.expect("appender");
+        events.extend(appended);
+        commits.extend(committed);
     }
-    assert_eq!(events.len(), APPENDERS * TRANSACTIONS * 2);
+    assert_eq!(events.len(), APPENDERS * TRANSACTIONS * 2 + 2);
+    assert!(
+        late_commits(&commits) > 0,
+        "no commit became visible after an event with a larger position: the test did not \
+         exercise the gap"
+    );
 
     // Every position, whatever its commit order, is passed by both subscriptions.
     let progress = live.progress();

@@ -232,10 +232,18 @@ impl EventStore for InMemoryEventStore {
         after: GlobalPosition,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>> {
+        if limit == 0 {
+            return Box::pin(std::future::ready(Ok(Vec::new())));
+        }
         let inner = self.read();
-        let start = usize::try_from(after.0).unwrap_or(usize::MAX);
-        let events = inner.log.iter().skip(start).take(limit).cloned().collect();
-        Box::pin(std::future::ready(Ok(events)))
+        // The log has no holes: positions 1..=len are stored, anything past them never was.
+        let result = match usize::try_from(after.0) {
+            Ok(start) if start <= inner.log.len() => {
+                Ok(inner.log[start..].iter().take(limit).cloned().collect())
+            }
+            _ => Err(StoreError::UnknownPosition { position: after }),
+        };
+        Box::pin(std::future::ready(result))
     }
 
     fn load_snapshot<'a>(

@@ -96,6 +96,13 @@ pub enum StoreError {
         /// The duplicated id.
         event_id: uuid::Uuid,
     },
+    /// `read_all_from` was asked to read after a position at which no event was ever stored
+    /// (a checkpoint from another store, or a corrupted one). Nothing was read.
+    #[error("no event is stored at position {position}")]
+    UnknownPosition {
+        /// The position asked for.
+        position: GlobalPosition,
+    },
     /// The stream id is not acceptable (empty, or too long for the backend).
     #[error("invalid stream id {stream:?}: {reason}")]
     InvalidStreamId {
@@ -133,8 +140,29 @@ pub enum StoreError {
 ///   its current version without holes; a version mismatch is [`StoreError::Conflict`] and
 ///   writes nothing.
 /// - `load_stream(s, v)` returns the events of `s` with version `>= v` in version order.
-/// - `read_all_from(p, n)` returns up to `n` events strictly after position `p` in the global
-///   order, never skipping an event that becomes visible later with a smaller position.
+/// - `append` with no events writes nothing: it checks the expected version like any other
+///   append (a mismatch is a `Conflict`), and otherwise returns the stream's current version
+///   and no positions. It does not create the stream.
+/// - An event id is stored at most once across all streams: reusing one, in any stream, is
+///   [`StoreError::DuplicateEventId`] and writes nothing of the batch.
+/// - `ExpectedVersion::Any` never conflicts: concurrent `Any` appends to one stream all
+///   succeed, each taking its own run of versions.
+/// - `load_stream(s, v)` returns the events of `s` with version `>= v` in version order.
+/// - `read_all_from(p, n)` returns events strictly after position `p` in the global order,
+///   never skipping an event that becomes visible later with a smaller position: the order
+///   is fixed, so a reader that follows it live sees the same events in the same order as one
+///   that reads it after everything settled. A page holds at most `n` events. A store may
+///   return fewer, even none, while a transaction that could still commit before them is in
+///   flight (PostgreSQL waits for every such transaction, and its horizon may lag for a
+///   moment behind appends that just returned); once every append has returned, reading
+///   again soon yields `min(n, events after p)`. `n = 0` reads nothing and returns an empty
+///   page.
+/// - `p` is [`GlobalPosition::START`] or the position of a stored event. Any other position is
+///   [`StoreError::UnknownPosition`], never an empty page: a reader resuming from a wrong
+///   checkpoint must hear about it rather than silently wait forever for events that are
+///   already stored.
+/// - `save_snapshot` replaces the stream's snapshot unless the stored one covers a later
+///   version (an equal version replaces it); snapshots of different streams are independent.
 /// - `append_with_keys` (for stores that support unique keys) is `append` plus the key
 ///   changes, in the same atomic step: a claimed key held by another stream is
 ///   [`StoreError::UniqueKeyTaken`] and writes nothing (neither events nor keys); on success
@@ -195,7 +223,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// The current version of a stream (0 = no stream).
     fn stream_version<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
 
-    /// Up to `limit` events strictly after `after` in the global order.
+    /// Up to `limit` events strictly after `after` in the global order; `after` must be
+    /// [`GlobalPosition::START`] or the position of a stored event, else
+    /// [`StoreError::UnknownPosition`].
     fn read_all_from(
         &self,
         after: GlobalPosition,

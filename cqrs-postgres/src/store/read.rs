@@ -132,7 +132,7 @@ pub(super) async fn read_all_from(
             .await
             .map_err(database)?;
         if !exists {
-            return Err(PostgresStoreError::UnknownPosition { position: after }.into());
+            return Err(StoreError::UnknownPosition { position: after });
         }
     }
     rows.iter().map(decode_event).collect()
