@@ -115,6 +115,7 @@ pub use query::{HandlesQuery, Query};
 pub use repository::{Loaded, Repository, RepositoryOptions};
 pub use store::{
     AppendResult, EventStore, ExpectedVersion, InMemoryEventStore, Snapshot, StoreError,
+    TransientReason,
 };
 
 #[cfg(feature = "macros")]
