@@ -247,8 +247,9 @@
 //! # Errors
 //!
 //! The trait's errors are [`cqrs_core::StoreError`]; what is specific to PostgreSQL arrives
-//! as `StoreError::Backend` wrapping a [`PostgresStoreError`]. Migrations fail with
-//! [`MigrateError`].
+//! as `StoreError::Backend` wrapping a [`PostgresStoreError`], or as `StoreError::Transient`
+//! when trying again may succeed: serialization failures, deadlocks, lost connections (see
+//! [`PostgresStoreError::transient_reason`]). Migrations fail with [`MigrateError`].
 //!
 //! # Tuning
 //!

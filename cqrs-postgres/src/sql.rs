@@ -214,11 +214,14 @@ pub const APPEND_NEW_QUIET: &str = concat!(claim_new!(), append_tail!("", ""));
 /// [`APPEND_ANY`] without the notification.
 pub const APPEND_ANY_QUIET: &str = concat!(claim_any!(), append_tail!("", ""));
 
-/// After an append claimed nothing, in the same transaction: the stream's version (`$1`)
-/// and which ids of the batch (`$2`) are stored.
+/// After an append claimed nothing, in the same transaction: the stream's version (`$1`),
+/// which ids of the batch (`$2`) are stored, and whether the transaction reads from one
+/// snapshot for its whole length (`REPEATABLE READ` or `SERIALIZABLE`), so that the version
+/// may be older than the stream's.
 pub const DIAGNOSE_APPEND: &str = "\
 SELECT (SELECT version FROM cqrs_streams WHERE stream_id = $1),
-       ARRAY(SELECT event_id FROM cqrs_events WHERE event_id = ANY($2))";
+       ARRAY(SELECT event_id FROM cqrs_events WHERE event_id = ANY($2)),
+       current_setting('transaction_isolation') <> 'read committed'";
 
 /// The ids of a batch (`$1`) that are stored.
 pub const STORED_IDS: &str = "SELECT event_id FROM cqrs_events WHERE event_id = ANY($1)";

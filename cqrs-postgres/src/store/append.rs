@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use cqrs_core::{AppendResult, ExpectedVersion, GlobalPosition, Metadata, NewEvent, StoreError};
 use serde_json::Value;
 use sqlx::types::Json;
-use sqlx::{PgConnection, Row};
+use sqlx::{Connection, PgConnection, Row};
 use uuid::Uuid;
 
 use super::read::to_u64;
@@ -25,6 +25,11 @@ pub(super) enum AppendFailure {
     Store(StoreError),
     /// The stream is at `actual`, which `expected` does not match.
     Conflict { actual: u64 },
+    /// The transaction's snapshot shows the stream at `snapshot`, which `expected` does not
+    /// match, and the snapshot may be older than the stream (`REPEATABLE READ` or
+    /// `SERIALIZABLE`): the stream's current version decides between a conflict and a stale
+    /// snapshot.
+    SnapshotConflict { snapshot: u64 },
     /// The version matched but the stream's last writer has a later transaction id.
     OutOfOrder { actual: u64 },
     /// This id of the batch is already stored.
@@ -144,6 +149,22 @@ impl PostgresEventStore {
                     actual,
                 }
             }
+            AppendFailure::SnapshotConflict { snapshot } => {
+                match self.version_outside(stream_id, owned).await {
+                    Ok(current) if current == snapshot => StoreError::Conflict {
+                        stream: stream_id.to_owned(),
+                        expected,
+                        actual: current,
+                    },
+                    Ok(current) => PostgresStoreError::StaleSnapshot {
+                        stream: stream_id.to_owned(),
+                        snapshot,
+                        current,
+                    }
+                    .into(),
+                    Err(error) => error,
+                }
+            }
             AppendFailure::Duplicate { event_id } => StoreError::DuplicateEventId { event_id },
             AppendFailure::DuplicateRace(error) => {
                 // The caller's transaction is aborted; look from another connection, but
@@ -170,6 +191,28 @@ impl PostgresEventStore {
         }
     }
 
+    /// The stream's version as committed now, read on another connection than the
+    /// caller's, whose snapshot may be older. Like [`Self::explain`] it never waits for a
+    /// pooled connection unless `owned`: without an idle one it opens a connection of its
+    /// own.
+    async fn version_outside(&self, stream_id: &str, owned: bool) -> Result<u64, StoreError> {
+        let pooled = if owned {
+            Some(self.pool.acquire().await.map_err(database)?)
+        } else {
+            self.pool.try_acquire()
+        };
+        if let Some(mut conn) = pooled {
+            return current_version(&mut conn, stream_id).await;
+        }
+        let mut conn = PgConnection::connect_with(&self.pool.connect_options())
+            .await
+            .map_err(database)?;
+        let version = current_version(&mut conn, stream_id).await;
+        // A failed goodbye leaves nothing behind: the server ends the session.
+        let _ = conn.close().await;
+        version
+    }
+
     /// The append itself, on a connection inside a transaction.
     pub(super) async fn append_on(
         &self,
@@ -187,15 +230,15 @@ impl PostgresEventStore {
         if events.is_empty() || repeated.is_some() {
             // Nothing to insert: only the version check (which comes first, as in the
             // reference store).
-            let actual = current_version(conn, stream_id).await?;
-            if !expected.matches(actual) {
-                return Err(AppendFailure::Conflict { actual });
+            let seen = Seen::read(conn, stream_id, &[]).await?;
+            if let Some(failure) = seen.mismatch(expected) {
+                return Err(failure);
             }
             if let Some(event_id) = repeated {
                 return Err(AppendFailure::Duplicate { event_id });
             }
             return Ok(AppendResult {
-                stream_version: actual,
+                stream_version: seen.version,
                 positions: Vec::new(),
                 recorded_at: Utc::now(),
             });
@@ -305,6 +348,50 @@ fn classify(error: sqlx::Error, stream_id: &str) -> AppendFailure {
     }
 }
 
+/// What the transaction sees of the stream: its version, which of `ids` are stored, and
+/// whether the transaction's snapshot may be older than the stream.
+struct Seen {
+    version: u64,
+    stored: Vec<Uuid>,
+    one_snapshot: bool,
+}
+
+impl Seen {
+    async fn read(
+        conn: &mut PgConnection,
+        stream_id: &str,
+        ids: &[Uuid],
+    ) -> Result<Self, StoreError> {
+        let row = sqlx::query(sql::DIAGNOSE_APPEND)
+            .bind(stream_id)
+            .bind(ids)
+            .fetch_one(conn)
+            .await
+            .map_err(database)?;
+        let version: Option<i64> = row.try_get(0).map_err(database)?;
+        Ok(Seen {
+            version: version.map_or(Ok(0), |v| to_u64("version", v))?,
+            stored: row.try_get(1).map_err(database)?,
+            one_snapshot: row.try_get(2).map_err(database)?,
+        })
+    }
+
+    /// The failure when the version seen does not match `expected`.
+    fn mismatch(&self, expected: ExpectedVersion) -> Option<AppendFailure> {
+        if expected.matches(self.version) {
+            None
+        } else if self.one_snapshot {
+            Some(AppendFailure::SnapshotConflict {
+                snapshot: self.version,
+            })
+        } else {
+            Some(AppendFailure::Conflict {
+                actual: self.version,
+            })
+        }
+    }
+}
+
 /// The append statement claimed nothing: find out why, in the same transaction.
 async fn diagnose(
     conn: &mut PgConnection,
@@ -312,32 +399,17 @@ async fn diagnose(
     expected: ExpectedVersion,
     ids: &[Uuid],
 ) -> AppendFailure {
-    let row = match sqlx::query(sql::DIAGNOSE_APPEND)
-        .bind(stream_id)
-        .bind(ids)
-        .fetch_one(conn)
-        .await
-    {
-        Ok(row) => row,
-        Err(error) => return AppendFailure::Store(database(error)),
-    };
-    let version: Option<i64> = match row.try_get(0) {
-        Ok(version) => version,
-        Err(error) => return AppendFailure::Store(database(error)),
-    };
-    let stored: Vec<Uuid> = match row.try_get(1) {
-        Ok(stored) => stored,
-        Err(error) => return AppendFailure::Store(database(error)),
-    };
-    let actual = match version.map_or(Ok(0), |v| to_u64("version", v)) {
-        Ok(actual) => actual,
+    let seen = match Seen::read(conn, stream_id, ids).await {
+        Ok(seen) => seen,
         Err(error) => return AppendFailure::Store(error),
     };
-    if !expected.matches(actual) {
-        AppendFailure::Conflict { actual }
-    } else if let Some(&event_id) = ids.iter().find(|id| stored.contains(id)) {
+    if let Some(failure) = seen.mismatch(expected) {
+        failure
+    } else if let Some(&event_id) = ids.iter().find(|id| seen.stored.contains(id)) {
         AppendFailure::Duplicate { event_id }
     } else {
-        AppendFailure::OutOfOrder { actual }
+        AppendFailure::OutOfOrder {
+            actual: seen.version,
+        }
     }
 }
