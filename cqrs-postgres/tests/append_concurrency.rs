@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::TestDb;
 use cqrs_core::{
-    Event, EventStore, ExpectedVersion, Metadata, NewEvent, StoreError, TransientReason,
+    Event, EventStore, ExpectedVersion, GlobalPosition, Metadata, NewEvent, StoreError,
+    TransientReason,
 };
 use cqrs_postgres::PostgresEventStore;
 use serde::{Deserialize, Serialize};
@@ -43,6 +44,80 @@ fn event(n: u64) -> NewEvent {
 
 fn events(count: u64) -> Vec<NewEvent> {
     (1..=count).map(event).collect()
+}
+
+// ---------------------------------------------------------------- many writers, one stream
+
+/// `ExpectedVersion::Any` means "no check": however many writers queue on the stream's row,
+/// and in whatever order their transactions took their ids, `append` never reports a
+/// conflict, and the stream's versions come out contiguous and in the global order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_appends_to_one_contended_stream_never_conflict() {
+    const TASKS: u64 = 32;
+    const APPENDS: u64 = 100;
+    let (db, store) = migrated(32).await;
+    let barrier = Arc::new(Barrier::new(usize::try_from(TASKS).unwrap()));
+    let writers: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let store = store.clone();
+            let barrier = Arc::clone(&barrier);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let mut written = 0;
+                let mut errors = Vec::new();
+                for n in 0..APPENDS {
+                    // 1, 2 or 3 events, varying between writers and appends.
+                    let size = (task * 7 + n * 13) % 3 + 1;
+                    match store
+                        .append("hot", ExpectedVersion::Any, events(size))
+                        .await
+                    {
+                        Ok(result) => {
+                            assert_eq!(result.positions.len() as u64, size);
+                            written += size;
+                        }
+                        Err(error) => errors.push(error.to_string()),
+                    }
+                }
+                (written, errors)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    let mut errors = Vec::new();
+    for writer in writers {
+        let (written, failed) = writer.await.expect("writer task");
+        total += written;
+        errors.extend(failed);
+    }
+    assert!(
+        errors.is_empty(),
+        "{} of {} appends failed, first: {}",
+        errors.len(),
+        TASKS * APPENDS,
+        errors[0]
+    );
+    assert_eq!(store.stream_version("hot").await.expect("version"), total);
+    let versions: Vec<u64> = store
+        .load_stream("hot", 1)
+        .await
+        .expect("load")
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(versions, (1..=total).collect::<Vec<_>>());
+
+    // The global order keeps the stream's versions in order as well.
+    let mut in_global_order = Vec::new();
+    let mut after = GlobalPosition::START;
+    loop {
+        let page = store.read_all_from(after, 1000).await.expect("read");
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        in_global_order.extend(page.iter().map(|e| e.stream_version));
+    }
+    assert_eq!(in_global_order, (1..=total).collect::<Vec<_>>());
+    drop(db);
 }
 
 // ---------------------------------------------------------------- isolation levels

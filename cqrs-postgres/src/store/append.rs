@@ -14,11 +14,6 @@ use super::{MAX_STREAM_ID_BYTES, NotifyMode, PostgresEventStore};
 use crate::error::database;
 use crate::{PostgresStoreError, sql};
 
-/// How often `append` starts over in a new transaction when the stream's last writer had a
-/// later transaction id. One retry nearly always suffices: the new transaction's id is
-/// larger than that of every transaction that committed before it started.
-const OUT_OF_ORDER_RETRIES: u32 = 8;
-
 /// Why an append wrote nothing, before it is turned into a [`StoreError`].
 pub(super) enum AppendFailure {
     /// Already a final error.
@@ -62,8 +57,18 @@ pub(super) fn validate_stream_id(stream_id: &str) -> Result<(), StoreError> {
 }
 
 impl PostgresEventStore {
-    /// `EventStore::append`: a transaction of its own, retried when the stream's last writer
-    /// had a later transaction id.
+    /// `EventStore::append`: a transaction of its own, tried again in order when the
+    /// stream's last writer had a later transaction id.
+    ///
+    /// The first try of an append without inline projections is one statement, and one
+    /// statement outside a transaction block is a transaction of its own: atomic, and a
+    /// failure leaves nothing behind, with no BEGIN/COMMIT round trips. That statement's
+    /// transaction gets its id before it queues for the stream's row lock, so a writer that
+    /// got its id later can overtake it in the queue and the per-stream order refuses it;
+    /// under contention on one stream that is most tries. The second try queues on the
+    /// stream's advisory lock first ([`sql::LOCK_STREAM`]), which no other append to the
+    /// stream can pass until it commits: it cannot be refused for the order, so `append`
+    /// tries at most twice, and the second try costs three round trips more.
     pub(super) async fn append_owned(
         &self,
         stream_id: &str,
@@ -71,61 +76,70 @@ impl PostgresEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         validate_stream_id(stream_id)?;
-        let notify_in_tx = self.notify == NotifyMode::InTransaction;
-        let mut retries = 0;
-        if self.inline.is_empty() {
-            // The append is one statement, and one statement outside a transaction block is
-            // a transaction of its own: atomic, and a failure leaves nothing behind. No
-            // BEGIN/COMMIT round trips.
-            let mut conn = self.pool.acquire().await.map_err(database)?;
-            loop {
-                match self
-                    .append_on(&mut conn, stream_id, expected, &events, notify_in_tx)
-                    .await
-                {
-                    Ok(result) => {
-                        if self.notify == NotifyMode::AfterCommit {
-                            self.after_commit.committed(result.last_position());
-                        }
-                        return Ok(result);
-                    }
-                    Err(AppendFailure::OutOfOrder { .. }) if retries < OUT_OF_ORDER_RETRIES => {
-                        retries += 1;
-                    }
-                    Err(failure) => {
-                        drop(conn);
-                        return Err(self
-                            .explain(failure, stream_id, expected, &events, true)
-                            .await);
-                    }
-                }
-            }
-        }
+        let mut conn = self.pool.acquire().await.map_err(database)?;
+        let mut in_order = false;
         loop {
-            let mut tx = self.pool.begin().await.map_err(database)?;
-            match self
-                .append_on(&mut tx, stream_id, expected, &events, notify_in_tx)
-                .await
-            {
+            let attempt = if self.inline.is_empty() && !in_order {
+                let notify_in_tx = self.notify == NotifyMode::InTransaction;
+                self.append_on(&mut conn, stream_id, expected, &events, notify_in_tx, false)
+                    .await
+            } else {
+                self.append_in_transaction(&mut conn, in_order, stream_id, expected, &events)
+                    .await
+            };
+            match attempt {
                 Ok(result) => {
-                    tx.commit().await.map_err(database)?;
                     if self.notify == NotifyMode::AfterCommit {
                         self.after_commit.committed(result.last_position());
                     }
                     return Ok(result);
                 }
-                Err(AppendFailure::OutOfOrder { .. }) if retries < OUT_OF_ORDER_RETRIES => {
-                    retries += 1;
-                    tx.rollback().await.map_err(database)?;
-                }
+                // Refused in order only if the stream's row was written around the store.
+                Err(AppendFailure::OutOfOrder { .. }) if !in_order => in_order = true,
                 Err(failure) => {
-                    // Nothing of the failed statement may stay; a failed rollback closes the
-                    // connection, which rolls back as well.
-                    let _ = tx.rollback().await;
+                    drop(conn);
                     return Err(self
                         .explain(failure, stream_id, expected, &events, true)
                         .await);
                 }
+            }
+        }
+    }
+
+    /// One try of [`Self::append_owned`] in a transaction block on `conn`, which it commits
+    /// or rolls back; `in_order` queues on [`sql::LOCK_STREAM`] first.
+    async fn append_in_transaction(
+        &self,
+        conn: &mut PgConnection,
+        in_order: bool,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult, AppendFailure> {
+        let notify_in_tx = self.notify == NotifyMode::InTransaction;
+        let mut tx = conn.begin().await.map_err(database)?;
+        let attempt = async {
+            if in_order {
+                sqlx::query(sql::LOCK_STREAM)
+                    .bind(stream_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(database)?;
+            }
+            self.append_on(&mut tx, stream_id, expected, events, notify_in_tx, in_order)
+                .await
+        }
+        .await;
+        match attempt {
+            Ok(result) => {
+                tx.commit().await.map_err(database)?;
+                Ok(result)
+            }
+            Err(failure) => {
+                // Nothing of the failed statement may stay; a failed rollback closes the
+                // connection, which rolls back as well.
+                let _ = tx.rollback().await;
+                Err(failure)
             }
         }
     }
@@ -213,7 +227,8 @@ impl PostgresEventStore {
         version
     }
 
-    /// The append itself, on a connection inside a transaction.
+    /// The append itself, on a connection inside a transaction. `in_order`: the transaction
+    /// holds the stream's advisory lock exclusively ([`sql::LOCK_STREAM`]).
     pub(super) async fn append_on(
         &self,
         conn: &mut PgConnection,
@@ -221,6 +236,7 @@ impl PostgresEventStore {
         expected: ExpectedVersion,
         events: &[NewEvent],
         notify: bool,
+        in_order: bool,
     ) -> Result<AppendResult, AppendFailure> {
         let mut seen = HashSet::with_capacity(events.len());
         let repeated = events
@@ -279,7 +295,8 @@ impl PostgresEventStore {
             .bind(&types)
             .bind(&schema_versions)
             .bind(&payloads)
-            .bind(&metadata);
+            .bind(&metadata)
+            .bind(in_order);
         if let ExpectedVersion::Exact(v) = expected
             && v > 0
         {

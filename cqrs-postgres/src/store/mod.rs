@@ -129,8 +129,14 @@ impl PostgresEventStore {
     /// at its first write, or at this append's statement, before it waits for the stream).
     /// Appending now would put this stream's new versions before its older ones in the
     /// global `(tx, position)` order, so the append is refused; retry in a new transaction.
-    /// (`EventStore::append` does that retry itself.) The reported `actual` version may then
-    /// equal the expected one, and it happens with [`ExpectedVersion::Any`] too.
+    /// The same happens while an `EventStore::append` to the stream is being retried in order
+    /// (see the crate docs: per-stream order); `EventStore::append` does that retry itself.
+    /// The reported `actual` version may then equal the expected one, and it happens with
+    /// [`ExpectedVersion::Any`] too.
+    ///
+    /// Each append holds the stream's advisory lock, shared, until the transaction ends: a
+    /// transaction that appends to many streams holds up to 256 such locks (streams share
+    /// them by hash) in PostgreSQL's lock table.
     ///
     /// # Isolation levels
     ///
@@ -171,7 +177,7 @@ impl PostgresEventStore {
         append::validate_stream_id(stream_id)?;
         let notify = self.notify != NotifyMode::Off;
         match self
-            .append_on(conn, stream_id, expected, &events, notify)
+            .append_on(conn, stream_id, expected, &events, notify, false)
             .await
         {
             Ok(result) => Ok(result),
