@@ -448,7 +448,7 @@ impl StoreError {
             StoreError::Conflict { .. } => ErrorKind::Conflict,
             StoreError::DuplicateEventId { .. } => ErrorKind::DuplicateEventId,
             StoreError::InvalidStreamId { .. } => ErrorKind::InvalidStreamId,
-            StoreError::Backend(_) => ErrorKind::StoreUnavailable,
+            StoreError::Backend(_) | StoreError::Transient { .. } => ErrorKind::StoreUnavailable,
             StoreError::UniqueKeyTaken { .. } => ErrorKind::UniqueKeyTaken,
             StoreError::UniqueKeysUnsupported => ErrorKind::Unsupported,
             StoreError::UnknownPosition { .. } => ErrorKind::UnknownPosition,

@@ -189,6 +189,7 @@ pub use query::{HandlesQuery, Query};
 pub use repository::{Loaded, Repository, RepositoryOptions};
 pub use store::{
     AppendResult, EventStore, ExpectedVersion, InMemoryEventStore, Snapshot, StoreError,
+    TransientReason,
 };
 pub use unique::{KeyChange, KeyChanges, UniqueKey, UniqueKeys};
 

@@ -1,11 +1,12 @@
 //! Errors specific to the PostgreSQL store.
 
-use cqrs_core::{ProjectionError, StoreError};
+use cqrs_core::{ProjectionError, StoreError, TransientReason};
 
 /// What went wrong inside the PostgreSQL store.
 ///
 /// Through the [`EventStore`](cqrs_core::EventStore) trait these arrive wrapped in
-/// [`StoreError::Backend`]; downcast the source to match on them:
+/// [`StoreError::Backend`], or in [`StoreError::Transient`] when retrying may help (see
+/// [`PostgresStoreError::transient_reason`]); downcast the source to match on them:
 ///
 /// ```
 /// # use cqrs_core::StoreError;
@@ -66,11 +67,69 @@ pub enum PostgresStoreError {
         /// The stream.
         stream: String,
     },
+    /// An append's version check failed in a `REPEATABLE READ` or `SERIALIZABLE` transaction
+    /// whose snapshot is older than the stream: the version the snapshot shows is no longer
+    /// the stream's. It arrives as [`StoreError::Transient`] with
+    /// [`TransientReason::SerializationFailure`], as PostgreSQL's own SQLSTATE `40001` does:
+    /// retry the whole transaction.
+    #[error(
+        "stream `{stream}` is at version {current}, but the transaction's snapshot shows          version {snapshot}"
+    )]
+    StaleSnapshot {
+        /// The stream.
+        stream: String,
+        /// The version the transaction's snapshot shows (0 = no stream).
+        snapshot: u64,
+        /// The stream's version outside the snapshot, read when the check failed.
+        current: u64,
+    },
+}
+
+impl PostgresStoreError {
+    /// Why this error is worth retrying, if it is:
+    ///
+    /// | error | reason |
+    /// |---|---|
+    /// | SQLSTATE `40001` (`serialization_failure`), [`Self::StaleSnapshot`] | [`TransientReason::SerializationFailure`] |
+    /// | SQLSTATE `40P01` (`deadlock_detected`) | [`TransientReason::Deadlock`] |
+    /// | an I/O error on the connection, SQLSTATE class `08` (connection exception), `57P01` / `57P02` (the server ended the session) | [`TransientReason::ConnectionLost`] |
+    /// | the pool's acquire timeout, SQLSTATE `57P03` (`cannot_connect_now`) | [`TransientReason::Unavailable`] |
+    ///
+    /// A closed pool is not transient: it stays closed.
+    pub fn transient_reason(&self) -> Option<TransientReason> {
+        match self {
+            PostgresStoreError::Database(error) => transient_reason(error),
+            PostgresStoreError::StaleSnapshot { .. } => Some(TransientReason::SerializationFailure),
+            _ => None,
+        }
+    }
+}
+
+fn transient_reason(error: &sqlx::Error) -> Option<TransientReason> {
+    match error {
+        sqlx::Error::Database(db) => match db.code().as_deref()? {
+            "40001" => Some(TransientReason::SerializationFailure),
+            "40P01" => Some(TransientReason::Deadlock),
+            "57P03" => Some(TransientReason::Unavailable),
+            "57P01" | "57P02" => Some(TransientReason::ConnectionLost),
+            code if code.starts_with("08") => Some(TransientReason::ConnectionLost),
+            _ => None,
+        },
+        sqlx::Error::Io(_) => Some(TransientReason::ConnectionLost),
+        sqlx::Error::PoolTimedOut => Some(TransientReason::Unavailable),
+        _ => None,
+    }
 }
 
 impl From<PostgresStoreError> for StoreError {
     fn from(error: PostgresStoreError) -> Self {
-        StoreError::Backend(Box::new(error))
+        match error.transient_reason() {
+            Some(reason) => StoreError::Transient {
+                reason,
+                source: Box::new(error),
+            },
+            None => StoreError::Backend(Box::new(error)),
+        }
     }
 }
 

@@ -184,8 +184,21 @@
 //! and append after a transaction with a larger id appended to the same stream and
 //! committed; its events would then sort before the stream's earlier versions. So an append
 //! whose transaction id is smaller than the stream's `last_tx` is refused with a
-//! [`StoreError::Conflict`](cqrs_core::StoreError::Conflict) (retry in a new transaction);
-//! `append` retries by itself, so only [`PostgresEventStore::append_in`] callers see it.
+//! [`StoreError::Conflict`](cqrs_core::StoreError::Conflict) (retry in a new transaction).
+//! Under contention on one stream, most appends are refused this way: the order in which
+//! writers queue for a row lock is not the order in which they got their ids.
+//!
+//! `append` retries by itself, once, in order: every append statement first passes the
+//! stream's advisory lock (a transaction-scoped lock in the store's own key space, shared,
+//! taken without waiting), and the retry takes that lock exclusively before anything else
+//! ([`sql::LOCK_STREAM`]). Taking a lock gives a transaction no id, and while the retry
+//! holds or awaits it, the stream's other appends claim nothing and queue behind it; so the
+//! retry gets its id after every earlier writer of the stream ended, and cannot be refused
+//! again. Only [`PostgresEventStore::append_in`] callers see the refusal. Locking the row
+//! first instead does not settle it: a transaction that waited for a writer that updated
+//! the row gets its id while PostgreSQL follows the row to its newest version, before it
+//! locks that version. (Measured with 32 writers appending to one stream: a fifth to a
+//! third of such retries were refused again.)
 //!
 //! **The price.** A reader only gets an event once every transaction of the database that
 //! was running when it was appended has ended, so *one long-running writing transaction in
@@ -269,8 +282,9 @@
 //! # Errors
 //!
 //! The trait's errors are [`cqrs_core::StoreError`]; what is specific to PostgreSQL arrives
-//! as `StoreError::Backend` wrapping a [`PostgresStoreError`]. Migrations fail with
-//! [`MigrateError`].
+//! as `StoreError::Backend` wrapping a [`PostgresStoreError`], or as `StoreError::Transient`
+//! when trying again may succeed: serialization failures, deadlocks, lost connections (see
+//! [`PostgresStoreError::transient_reason`]). Migrations fail with [`MigrateError`].
 //!
 //! # Tuning
 //!

@@ -106,7 +106,8 @@ pub const DELETE_SNAPSHOT: &str = "DELETE FROM cqrs_snapshots WHERE stream_id = 
 /// stream row was claimed (`stream` CTE), numbering versions from the claimed version.
 ///
 /// `$1` stream, `$2` number of events, `$3..$7` the columns as arrays; unnest keeps them
-/// aligned and `WITH ORDINALITY` numbers them, so positions are drawn in batch order.
+/// aligned and `WITH ORDINALITY` numbers them, so positions are drawn in batch order. (`$8`
+/// and `$9` belong to the claim: see `stream_gate` and [`APPEND_EXACT`].)
 macro_rules! append_tail {
     ($notify:expr, $select:expr) => {
         concat!(
@@ -149,18 +150,50 @@ macro_rules! no_stored_id {
     };
 }
 
-/// Claims the stream row for an exact expected version `$8` (> 0). Zero rows: the version
-/// differs, the stream does not exist, an id is taken, or the stream's last writer has a
-/// later transaction id than this one (see the crate docs: per-stream order).
+/// The advisory lock that orders the appends to stream `$1`: a pair of `int4` keys, the
+/// first `0x63717273` (`cqrs` in ASCII, the store's own namespace), the second one of 256
+/// buckets that the stream id hashes to. Streams share buckets so that a transaction that
+/// appends to many streams holds at most 256 of these locks, and PostgreSQL's lock table
+/// (sized by `max_locks_per_transaction`) never runs out; a bucket shared with a contended
+/// stream only sends an append down the slower way of [`LOCK_STREAM`] more often.
+macro_rules! stream_lock_key {
+    () => {
+        "1668379251, hashtext($1) & 255"
+    };
+}
+
+/// Every append passes through the stream's advisory lock before it touches the stream
+/// row: `$8` says its transaction holds the lock exclusively already ([`LOCK_STREAM`]);
+/// otherwise it takes the lock shared, without waiting, and holds it until its transaction
+/// ends. It claims nothing when another transaction holds or awaits the lock exclusively.
+/// (The holder of the exclusive lock cannot rely on taking it shared as well: PostgreSQL
+/// refuses a lock that conflicts with a waiting request, even to a holder, when asked not
+/// to wait.)
+macro_rules! stream_gate {
+    () => {
+        concat!(
+            "($8 OR pg_try_advisory_xact_lock_shared(",
+            stream_lock_key!(),
+            "))"
+        )
+    };
+}
+
+/// Claims the stream row for an exact expected version `$9` (> 0). Zero rows: the version
+/// differs, the stream does not exist, an id is taken, the stream's last writer has a
+/// later transaction id than this one (see the crate docs: per-stream order), or the
+/// stream's appends are being ordered by [`LOCK_STREAM`].
 macro_rules! claim_exact {
     () => {
         concat!(
             "WITH stream AS (
     UPDATE cqrs_streams
        SET version = version + $2, last_tx = pg_current_xact_id()
-     WHERE stream_id = $1 AND version = $8 AND last_tx <= pg_current_xact_id()
+     WHERE stream_id = $1 AND version = $9 AND last_tx <= pg_current_xact_id()
        AND ",
             no_stored_id!(),
+            " AND ",
+            stream_gate!(),
             "
     RETURNING version
 )"
@@ -177,6 +210,8 @@ macro_rules! claim_new {
     SELECT $1, $2, pg_current_xact_id()
      WHERE ",
             no_stored_id!(),
+            " AND ",
+            stream_gate!(),
             "
     ON CONFLICT (stream_id) DO NOTHING
     RETURNING version
@@ -194,6 +229,8 @@ macro_rules! claim_any {
     SELECT $1, $2, pg_current_xact_id()
      WHERE ",
             no_stored_id!(),
+            " AND ",
+            stream_gate!(),
             "
     ON CONFLICT (stream_id) DO UPDATE
        SET version = cqrs_streams.version + excluded.version, last_tx = excluded.last_tx
@@ -204,7 +241,7 @@ macro_rules! claim_any {
     };
 }
 
-/// Append with `ExpectedVersion::Exact(v)`, `v > 0` (`$8 = v`), notifying listeners.
+/// Append with `ExpectedVersion::Exact(v)`, `v > 0` (`$9 = v`), notifying listeners.
 pub const APPEND_EXACT: &str = concat!(claim_exact!(), append_tail!(notify!(), ", notified"));
 /// Append to a stream that must not exist, notifying listeners.
 pub const APPEND_NEW: &str = concat!(claim_new!(), append_tail!(notify!(), ", notified"));
@@ -217,11 +254,30 @@ pub const APPEND_NEW_QUIET: &str = concat!(claim_new!(), append_tail!("", ""));
 /// [`APPEND_ANY`] without the notification.
 pub const APPEND_ANY_QUIET: &str = concat!(claim_any!(), append_tail!("", ""));
 
-/// After an append claimed nothing, in the same transaction: the stream's version (`$1`)
-/// and which ids of the batch (`$2`) are stored.
+/// Takes the advisory lock of stream `$1` exclusively, as the first statement of a
+/// transaction that appends to the stream next: it waits for every transaction that passed
+/// the stream's gate (see the append statements) to end, and while it waits or holds the
+/// lock, every other append to the stream claims nothing and comes here to queue.
+///
+/// This is how an append is put in order after the per-stream order refused it. A
+/// transaction gets its id when it first writes; an append statement writes before it queues
+/// for the stream's row lock, so a writer that got its id later can take the row first and
+/// commit a larger `last_tx`. (Taking the row lock first with a locking read does not
+/// settle it: when the read waits for a writer that updated the row, PostgreSQL assigns the
+/// waiting transaction's id while following the row to its newest version, before locking
+/// that version.) An advisory lock gives the transaction no id, and no other writer of the
+/// stream can run until it commits: the append that follows gets its id after every earlier
+/// writer of the stream ended, so its transaction id is larger than the stream's `last_tx`.
+pub const LOCK_STREAM: &str = concat!("SELECT pg_advisory_xact_lock(", stream_lock_key!(), ")");
+
+/// After an append claimed nothing, in the same transaction: the stream's version (`$1`),
+/// which ids of the batch (`$2`) are stored, and whether the transaction reads from one
+/// snapshot for its whole length (`REPEATABLE READ` or `SERIALIZABLE`), so that the version
+/// may be older than the stream's.
 pub const DIAGNOSE_APPEND: &str = "\
 SELECT (SELECT version FROM cqrs_streams WHERE stream_id = $1),
-       ARRAY(SELECT event_id FROM cqrs_events WHERE event_id = ANY($2))";
+       ARRAY(SELECT event_id FROM cqrs_events WHERE event_id = ANY($2)),
+       current_setting('transaction_isolation') <> 'read committed'";
 
 /// The ids of a batch (`$1`) that are stored.
 pub const STORED_IDS: &str = "SELECT event_id FROM cqrs_events WHERE event_id = ANY($1)";

@@ -125,9 +125,75 @@ pub enum StoreError {
     /// changes on a store that does not implement it); nothing was written.
     #[error("this event store does not support unique keys")]
     UniqueKeysUnsupported,
-    /// The backend failed (connection, I/O, ...).
+    /// The operation failed for a passing reason and may succeed if simply tried again (in a
+    /// new transaction): a serialization failure, a deadlock, a lost connection. See
+    /// [`StoreError::is_retryable`] and [`TransientReason::rolled_back`].
+    #[error("transient event store failure ({reason}): {source}")]
+    Transient {
+        /// What kind of passing failure.
+        reason: TransientReason,
+        /// The backend's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The backend failed (a statement refused, an I/O error outside the connection, ...).
     #[error("event store backend error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// Whether the same operation, tried again unchanged, may succeed: the error is
+    /// [`StoreError::Transient`]. A retry runs in a new transaction (the failed one is
+    /// over, or must be rolled back when it is the caller's).
+    ///
+    /// A [`StoreError::Conflict`] is not retryable this way: the writer must first learn the
+    /// stream's new state (the command bus reloads and runs the command again, see
+    /// [`CommandBusBuilder::retry_on_conflict`](crate::CommandBusBuilder::retry_on_conflict)).
+    /// After
+    /// [`TransientReason::ConnectionLost`] the first attempt may have taken effect: an append
+    /// retried with the same event ids then either succeeds or reports
+    /// [`StoreError::DuplicateEventId`], but anything recomputed between the attempts (a
+    /// command handled again) is only safe when it is idempotent.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Transient { .. })
+    }
+}
+
+/// Why a [`StoreError::Transient`] failure happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TransientReason {
+    /// The transaction could not be serialized with a concurrent one (PostgreSQL's SQLSTATE
+    /// `40001`; also an append whose transaction snapshot shows an older version of the
+    /// stream than the one stored). The transaction is rolled back, or must be.
+    SerializationFailure,
+    /// The transaction was chosen to break a deadlock (SQLSTATE `40P01`) and is rolled back.
+    Deadlock,
+    /// The connection broke or the server ended it during the operation: whether the
+    /// operation took effect is unknown.
+    ConnectionLost,
+    /// No connection could be had in time (the pool is exhausted, or the server is not
+    /// accepting connections yet): nothing was sent.
+    Unavailable,
+}
+
+impl TransientReason {
+    /// Whether the failed operation certainly took no effect. False only for
+    /// [`TransientReason::ConnectionLost`], where a commit may have happened before the
+    /// connection broke.
+    pub fn rolled_back(self) -> bool {
+        !matches!(self, TransientReason::ConnectionLost)
+    }
+}
+
+impl fmt::Display for TransientReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransientReason::SerializationFailure => "serialization failure",
+            TransientReason::Deadlock => "deadlock",
+            TransientReason::ConnectionLost => "connection lost",
+            TransientReason::Unavailable => "no connection available",
+        })
+    }
 }
 
 /// Storage of event streams and their global order.

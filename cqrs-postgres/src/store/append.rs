@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use cqrs_core::{AppendResult, ExpectedVersion, GlobalPosition, Metadata, NewEvent, StoreError};
 use serde_json::value::RawValue;
 use sqlx::types::Json;
-use sqlx::{PgConnection, Row};
+use sqlx::{Connection, PgConnection, Row};
 use uuid::Uuid;
 
 use super::read::to_u64;
@@ -14,17 +14,17 @@ use super::{MAX_STREAM_ID_BYTES, NotifyMode, PostgresEventStore};
 use crate::error::database;
 use crate::{PostgresStoreError, sql};
 
-/// How often `append` starts over in a new transaction when the stream's last writer had a
-/// later transaction id. One retry nearly always suffices: the new transaction's id is
-/// larger than that of every transaction that committed before it started.
-pub(super) const OUT_OF_ORDER_RETRIES: u32 = 8;
-
 /// Why an append wrote nothing, before it is turned into a [`StoreError`].
 pub(super) enum AppendFailure {
     /// Already a final error.
     Store(StoreError),
     /// The stream is at `actual`, which `expected` does not match.
     Conflict { actual: u64 },
+    /// The transaction's snapshot shows the stream at `snapshot`, which `expected` does not
+    /// match, and the snapshot may be older than the stream (`REPEATABLE READ` or
+    /// `SERIALIZABLE`): the stream's current version decides between a conflict and a stale
+    /// snapshot.
+    SnapshotConflict { snapshot: u64 },
     /// The version matched but the stream's last writer has a later transaction id.
     OutOfOrder { actual: u64 },
     /// This id of the batch is already stored.
@@ -57,8 +57,18 @@ pub(super) fn validate_stream_id(stream_id: &str) -> Result<(), StoreError> {
 }
 
 impl PostgresEventStore {
-    /// `EventStore::append`: a transaction of its own, retried when the stream's last writer
-    /// had a later transaction id.
+    /// `EventStore::append`: a transaction of its own, tried again in order when the
+    /// stream's last writer had a later transaction id.
+    ///
+    /// The first try of an append without inline projections is one statement, and one
+    /// statement outside a transaction block is a transaction of its own: atomic, and a
+    /// failure leaves nothing behind, with no BEGIN/COMMIT round trips. That statement's
+    /// transaction gets its id before it queues for the stream's row lock, so a writer that
+    /// got its id later can overtake it in the queue and the per-stream order refuses it;
+    /// under contention on one stream that is most tries. The second try queues on the
+    /// stream's advisory lock first ([`sql::LOCK_STREAM`]), which no other append to the
+    /// stream can pass until it commits: it cannot be refused for the order, so `append`
+    /// tries at most twice, and the second try costs three round trips more.
     pub(super) async fn append_owned(
         &self,
         stream_id: &str,
@@ -66,61 +76,70 @@ impl PostgresEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         validate_stream_id(stream_id)?;
-        let notify_in_tx = self.notify == NotifyMode::InTransaction;
-        let mut retries = 0;
-        if self.inline.is_empty() {
-            // The append is one statement, and one statement outside a transaction block is
-            // a transaction of its own: atomic, and a failure leaves nothing behind. No
-            // BEGIN/COMMIT round trips.
-            let mut conn = self.pool.acquire().await.map_err(database)?;
-            loop {
-                match self
-                    .append_on(&mut conn, stream_id, expected, &events, notify_in_tx)
-                    .await
-                {
-                    Ok(result) => {
-                        if self.notify == NotifyMode::AfterCommit {
-                            self.after_commit.committed(result.last_position());
-                        }
-                        return Ok(result);
-                    }
-                    Err(AppendFailure::OutOfOrder { .. }) if retries < OUT_OF_ORDER_RETRIES => {
-                        retries += 1;
-                    }
-                    Err(failure) => {
-                        drop(conn);
-                        return Err(self
-                            .explain(failure, stream_id, expected, &events, true)
-                            .await);
-                    }
-                }
-            }
-        }
+        let mut conn = self.pool.acquire().await.map_err(database)?;
+        let mut in_order = false;
         loop {
-            let mut tx = self.pool.begin().await.map_err(database)?;
-            match self
-                .append_on(&mut tx, stream_id, expected, &events, notify_in_tx)
-                .await
-            {
+            let attempt = if self.inline.is_empty() && !in_order {
+                let notify_in_tx = self.notify == NotifyMode::InTransaction;
+                self.append_on(&mut conn, stream_id, expected, &events, notify_in_tx, false)
+                    .await
+            } else {
+                self.append_in_transaction(&mut conn, in_order, stream_id, expected, &events)
+                    .await
+            };
+            match attempt {
                 Ok(result) => {
-                    tx.commit().await.map_err(database)?;
                     if self.notify == NotifyMode::AfterCommit {
                         self.after_commit.committed(result.last_position());
                     }
                     return Ok(result);
                 }
-                Err(AppendFailure::OutOfOrder { .. }) if retries < OUT_OF_ORDER_RETRIES => {
-                    retries += 1;
-                    tx.rollback().await.map_err(database)?;
-                }
+                // Refused in order only if the stream's row was written around the store.
+                Err(AppendFailure::OutOfOrder { .. }) if !in_order => in_order = true,
                 Err(failure) => {
-                    // Nothing of the failed statement may stay; a failed rollback closes the
-                    // connection, which rolls back as well.
-                    let _ = tx.rollback().await;
+                    drop(conn);
                     return Err(self
                         .explain(failure, stream_id, expected, &events, true)
                         .await);
                 }
+            }
+        }
+    }
+
+    /// One try of [`Self::append_owned`] in a transaction block on `conn`, which it commits
+    /// or rolls back; `in_order` queues on [`sql::LOCK_STREAM`] first.
+    async fn append_in_transaction(
+        &self,
+        conn: &mut PgConnection,
+        in_order: bool,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult, AppendFailure> {
+        let notify_in_tx = self.notify == NotifyMode::InTransaction;
+        let mut tx = conn.begin().await.map_err(database)?;
+        let attempt = async {
+            if in_order {
+                sqlx::query(sql::LOCK_STREAM)
+                    .bind(stream_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(database)?;
+            }
+            self.append_on(&mut tx, stream_id, expected, events, notify_in_tx, in_order)
+                .await
+        }
+        .await;
+        match attempt {
+            Ok(result) => {
+                tx.commit().await.map_err(database)?;
+                Ok(result)
+            }
+            Err(failure) => {
+                // Nothing of the failed statement may stay; a failed rollback closes the
+                // connection, which rolls back as well.
+                let _ = tx.rollback().await;
+                Err(failure)
             }
         }
     }
@@ -142,6 +161,22 @@ impl PostgresEventStore {
                     stream: stream_id.to_owned(),
                     expected,
                     actual,
+                }
+            }
+            AppendFailure::SnapshotConflict { snapshot } => {
+                match self.version_outside(stream_id, owned).await {
+                    Ok(current) if current == snapshot => StoreError::Conflict {
+                        stream: stream_id.to_owned(),
+                        expected,
+                        actual: current,
+                    },
+                    Ok(current) => PostgresStoreError::StaleSnapshot {
+                        stream: stream_id.to_owned(),
+                        snapshot,
+                        current,
+                    }
+                    .into(),
+                    Err(error) => error,
                 }
             }
             AppendFailure::Duplicate { event_id } => StoreError::DuplicateEventId { event_id },
@@ -170,7 +205,30 @@ impl PostgresEventStore {
         }
     }
 
-    /// The append itself, on a connection inside a transaction.
+    /// The stream's version as committed now, read on another connection than the
+    /// caller's, whose snapshot may be older. Like [`Self::explain`] it never waits for a
+    /// pooled connection unless `owned`: without an idle one it opens a connection of its
+    /// own.
+    async fn version_outside(&self, stream_id: &str, owned: bool) -> Result<u64, StoreError> {
+        let pooled = if owned {
+            Some(self.pool.acquire().await.map_err(database)?)
+        } else {
+            self.pool.try_acquire()
+        };
+        if let Some(mut conn) = pooled {
+            return current_version(&mut conn, stream_id).await;
+        }
+        let mut conn = PgConnection::connect_with(&self.pool.connect_options())
+            .await
+            .map_err(database)?;
+        let version = current_version(&mut conn, stream_id).await;
+        // A failed goodbye leaves nothing behind: the server ends the session.
+        let _ = conn.close().await;
+        version
+    }
+
+    /// The append itself, on a connection inside a transaction. `in_order`: the transaction
+    /// holds the stream's advisory lock exclusively ([`sql::LOCK_STREAM`]).
     pub(super) async fn append_on(
         &self,
         conn: &mut PgConnection,
@@ -178,6 +236,7 @@ impl PostgresEventStore {
         expected: ExpectedVersion,
         events: &[NewEvent],
         notify: bool,
+        in_order: bool,
     ) -> Result<AppendResult, AppendFailure> {
         let mut seen = HashSet::with_capacity(events.len());
         let repeated = events
@@ -187,15 +246,15 @@ impl PostgresEventStore {
         if events.is_empty() || repeated.is_some() {
             // Nothing to insert: only the version check (which comes first, as in the
             // reference store).
-            let actual = current_version(conn, stream_id).await?;
-            if !expected.matches(actual) {
-                return Err(AppendFailure::Conflict { actual });
+            let seen = Seen::read(conn, stream_id, &[]).await?;
+            if let Some(failure) = seen.mismatch(expected) {
+                return Err(failure);
             }
             if let Some(event_id) = repeated {
                 return Err(AppendFailure::Duplicate { event_id });
             }
             return Ok(AppendResult {
-                stream_version: actual,
+                stream_version: seen.version,
                 positions: Vec::new(),
                 recorded_at: Utc::now(),
             });
@@ -237,7 +296,8 @@ impl PostgresEventStore {
             .bind(&types)
             .bind(&schema_versions)
             .bind(&payloads)
-            .bind(&metadata);
+            .bind(&metadata)
+            .bind(in_order);
         if let ExpectedVersion::Exact(v) = expected
             && v > 0
         {
@@ -306,6 +366,50 @@ fn classify(error: sqlx::Error, stream_id: &str) -> AppendFailure {
     }
 }
 
+/// What the transaction sees of the stream: its version, which of `ids` are stored, and
+/// whether the transaction's snapshot may be older than the stream.
+struct Seen {
+    version: u64,
+    stored: Vec<Uuid>,
+    one_snapshot: bool,
+}
+
+impl Seen {
+    async fn read(
+        conn: &mut PgConnection,
+        stream_id: &str,
+        ids: &[Uuid],
+    ) -> Result<Self, StoreError> {
+        let row = sqlx::query(sql::DIAGNOSE_APPEND)
+            .bind(stream_id)
+            .bind(ids)
+            .fetch_one(conn)
+            .await
+            .map_err(database)?;
+        let version: Option<i64> = row.try_get(0).map_err(database)?;
+        Ok(Seen {
+            version: version.map_or(Ok(0), |v| to_u64("version", v))?,
+            stored: row.try_get(1).map_err(database)?,
+            one_snapshot: row.try_get(2).map_err(database)?,
+        })
+    }
+
+    /// The failure when the version seen does not match `expected`.
+    fn mismatch(&self, expected: ExpectedVersion) -> Option<AppendFailure> {
+        if expected.matches(self.version) {
+            None
+        } else if self.one_snapshot {
+            Some(AppendFailure::SnapshotConflict {
+                snapshot: self.version,
+            })
+        } else {
+            Some(AppendFailure::Conflict {
+                actual: self.version,
+            })
+        }
+    }
+}
+
 /// The append statement claimed nothing: find out why, in the same transaction.
 async fn diagnose(
     conn: &mut PgConnection,
@@ -313,32 +417,17 @@ async fn diagnose(
     expected: ExpectedVersion,
     ids: &[Uuid],
 ) -> AppendFailure {
-    let row = match sqlx::query(sql::DIAGNOSE_APPEND)
-        .bind(stream_id)
-        .bind(ids)
-        .fetch_one(conn)
-        .await
-    {
-        Ok(row) => row,
-        Err(error) => return AppendFailure::Store(database(error)),
-    };
-    let version: Option<i64> = match row.try_get(0) {
-        Ok(version) => version,
-        Err(error) => return AppendFailure::Store(database(error)),
-    };
-    let stored: Vec<Uuid> = match row.try_get(1) {
-        Ok(stored) => stored,
-        Err(error) => return AppendFailure::Store(database(error)),
-    };
-    let actual = match version.map_or(Ok(0), |v| to_u64("version", v)) {
-        Ok(actual) => actual,
+    let seen = match Seen::read(conn, stream_id, ids).await {
+        Ok(seen) => seen,
         Err(error) => return AppendFailure::Store(error),
     };
-    if !expected.matches(actual) {
-        AppendFailure::Conflict { actual }
-    } else if let Some(&event_id) = ids.iter().find(|id| stored.contains(id)) {
+    if let Some(failure) = seen.mismatch(expected) {
+        failure
+    } else if let Some(&event_id) = ids.iter().find(|id| seen.stored.contains(id)) {
         AppendFailure::Duplicate { event_id }
     } else {
-        AppendFailure::OutOfOrder { actual }
+        AppendFailure::OutOfOrder {
+            actual: seen.version,
+        }
     }
 }

@@ -4,7 +4,7 @@
 use cqrs_core::{AppendResult, ExpectedVersion, KeyChanges, NewEvent, StoreError};
 use sqlx::{PgConnection, Row};
 
-use super::append::{AppendFailure, OUT_OF_ORDER_RETRIES, validate_stream_id};
+use super::append::{AppendFailure, validate_stream_id};
 use super::{NotifyMode, PostgresEventStore};
 use crate::error::database;
 use crate::sql;
@@ -22,16 +22,34 @@ impl PostgresEventStore {
     ) -> Result<AppendResult, StoreError> {
         validate_stream_id(stream_id)?;
         let notify_in_tx = self.notify == NotifyMode::InTransaction;
-        let mut retries = 0;
+        // As `append`: a first try, and when the stream's order refuses it, a second that
+        // queues on the stream's advisory lock first and so cannot be refused.
+        let mut in_order = false;
         loop {
             let mut tx = self.pool.begin().await.map_err(database)?;
+            if in_order
+                && let Err(error) = sqlx::query(sql::LOCK_STREAM)
+                    .bind(stream_id)
+                    .execute(&mut *tx)
+                    .await
+            {
+                let _ = tx.rollback().await;
+                return Err(database(error));
+            }
             let appended = match self
-                .append_on(&mut tx, stream_id, expected, &events, notify_in_tx)
+                .append_on(
+                    &mut tx,
+                    stream_id,
+                    expected,
+                    &events,
+                    notify_in_tx,
+                    in_order,
+                )
                 .await
             {
                 Ok(appended) => appended,
-                Err(AppendFailure::OutOfOrder { .. }) if retries < OUT_OF_ORDER_RETRIES => {
-                    retries += 1;
+                Err(AppendFailure::OutOfOrder { .. }) if !in_order => {
+                    in_order = true;
                     tx.rollback().await.map_err(database)?;
                     continue;
                 }

@@ -129,10 +129,45 @@ impl PostgresEventStore {
     ///
     /// Errors are those of [`EventStore::append`], with one more reason for
     /// [`StoreError::Conflict`]: the stream's last append committed from a transaction that
-    /// started after this one (it has a larger transaction id). Appending now would put this
-    /// stream's new versions before its older ones in the global `(tx, position)` order, so
-    /// the append is refused; retry in a new transaction. (`EventStore::append` does that
-    /// retry itself.) The reported `actual` version may then equal the expected one.
+    /// got its id after this one (it has a larger transaction id; a transaction gets its id
+    /// at its first write, or at this append's statement, before it waits for the stream).
+    /// Appending now would put this stream's new versions before its older ones in the
+    /// global `(tx, position)` order, so the append is refused; retry in a new transaction.
+    /// The same happens while an `EventStore::append` to the stream is being retried in order
+    /// (see the crate docs: per-stream order); `EventStore::append` does that retry itself.
+    /// The reported `actual` version may then equal the expected one, and it happens with
+    /// [`ExpectedVersion::Any`] too.
+    ///
+    /// Each append holds the stream's advisory lock, shared, until the transaction ends: a
+    /// transaction that appends to many streams holds up to 256 such locks (streams share
+    /// them by hash) in PostgreSQL's lock table.
+    ///
+    /// # Isolation levels
+    ///
+    /// All three of PostgreSQL's levels are supported. Whatever the level, a failure that
+    /// retrying the whole transaction may cure is [`StoreError::Transient`]
+    /// ([`StoreError::is_retryable`]): a serialization failure (SQLSTATE `40001`), a
+    /// deadlock (`40P01`), a lost connection.
+    ///
+    /// - **`READ COMMITTED`** (PostgreSQL's default): the version check sees the stream as
+    ///   last committed. The append waits for a concurrent writer of the stream to finish
+    ///   and checks against what it wrote, so a [`StoreError::Conflict`]'s `actual` is the
+    ///   stream's version.
+    /// - **`REPEATABLE READ`**: the transaction sees the stream as of its snapshot (taken at
+    ///   its first statement). When another transaction changed or created the stream since
+    ///   then, the append fails with [`StoreError::Transient`] and
+    ///   [`TransientReason::SerializationFailure`](cqrs_core::TransientReason): PostgreSQL
+    ///   raises `40001` when this transaction would write a row changed after its snapshot,
+    ///   and where the snapshot's version merely fails the check, the store reads the
+    ///   stream's version outside the snapshot (on another connection: an idle one of the
+    ///   pool, or a new one, never waiting for the pool) and reports the stale snapshot as
+    ///   the same serialization failure ([`PostgresStoreError::StaleSnapshot`](crate::PostgresStoreError::StaleSnapshot)).
+    ///   A [`StoreError::Conflict`] is reported only when the snapshot is current, so its
+    ///   `actual` is the stream's version.
+    /// - **`SERIALIZABLE`**: as `REPEATABLE READ`; PostgreSQL may also fail this statement,
+    ///   a later one or the commit with `40001` when the transaction's reads and writes
+    ///   cannot be serialized with concurrent ones (the commit's error is the caller's
+    ///   [`sqlx::Error`]).
     ///
     /// After an error the transaction may hold partial work (an inline projection's writes)
     /// or be aborted: roll it back.
@@ -146,7 +181,7 @@ impl PostgresEventStore {
         append::validate_stream_id(stream_id)?;
         let notify = self.notify != NotifyMode::Off;
         match self
-            .append_on(conn, stream_id, expected, &events, notify)
+            .append_on(conn, stream_id, expected, &events, notify, false)
             .await
         {
             Ok(result) => Ok(result),

@@ -16,9 +16,10 @@ pub struct SubscriptionStatus {
     /// The checkpoint as of the last delivered batch: the stored one for a durable
     /// subscription, the one kept beside the model for an in-memory one.
     pub checkpoint: Checkpoint,
-    /// Failed attempts since the last successful batch (0 when healthy).
+    /// Failed attempts in a row (0 when healthy): reset by a batch delivered, or by a read
+    /// that found nothing to deliver.
     pub failures: u32,
-    /// The most recent failure, cleared by the next successful batch.
+    /// The most recent failure, cleared when `failures` is reset.
     pub last_error: Option<SubscriptionError>,
 }
 

@@ -517,7 +517,9 @@ impl Subscription {
         self
     }
 
-    /// Give up after `failures` failed attempts in a row (default: retry forever).
+    /// Give up after `failures` failed attempts in a row (default: retry forever). A read
+    /// that succeeds ends the row, whether it finds events or not, unless delivering what it
+    /// found fails: separate outages of a quiet store do not add up.
     pub fn max_consecutive_failures(mut self, failures: u32) -> Self {
         self.options.max_consecutive_failures = Some(failures.max(1));
         self

@@ -294,16 +294,16 @@ async fn run(
         let batch = read::next_batch(pool, name, checkpoint, types, options.batch_size).await?;
         if batch.next != checkpoint {
             checkpoint = delivery.deliver(pool, checkpoint, &batch).await?;
-            *failures = 0;
-            status.send_modify(|s| {
-                s.checkpoint = checkpoint;
-                s.failures = 0;
-                s.last_error = None;
-            });
+            recovered(failures, status, checkpoint);
             pending_delay = PENDING_DELAY_MIN;
             if batch.full || checkpoint != batch.next {
                 continue;
             }
+        } else if *failures > 0 {
+            // Nothing to deliver, and the read worked: the outage is over. Counting on until
+            // the next event would add up separate outages of a quiet store. (A batch that
+            // fails to deliver is not a recovery: a failing handler keeps counting.)
+            recovered(failures, status, checkpoint);
         }
         // Caught up. Events committed behind a still-open older transaction settle when it
         // ends, which nobody announces: look again soon, backing off while it stays open.
@@ -326,6 +326,20 @@ async fn run(
             () = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// Ends a run of failures: the attempt read (and delivered) successfully up to `checkpoint`.
+fn recovered(
+    failures: &mut u32,
+    status: &watch::Sender<SubscriptionStatus>,
+    checkpoint: Checkpoint,
+) {
+    *failures = 0;
+    status.send_modify(|s| {
+        s.checkpoint = checkpoint;
+        s.failures = 0;
+        s.last_error = None;
+    });
 }
 
 const PENDING_DELAY_MIN: Duration = Duration::from_millis(5);
