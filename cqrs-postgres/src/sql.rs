@@ -15,7 +15,9 @@ macro_rules! event_columns {
 /// The transaction-id horizon below which every event is settled; see [`READ_HORIZON`].
 macro_rules! read_horizon {
     () => {
-        "coalesce(
+        "CASE WHEN pg_snapshot_xmin(pg_current_snapshot()) = pg_snapshot_xmax(pg_current_snapshot())
+     THEN pg_snapshot_xmax(pg_current_snapshot())
+     ELSE coalesce(
     (SELECT min(running.xid)
        FROM pg_snapshot_xip(pg_current_snapshot()) AS running(xid)
       WHERE NOT EXISTS (
@@ -24,7 +26,7 @@ macro_rules! read_horizon {
              WHERE backend.backend_xid = running.xid::xid
                AND backend.datid <> (SELECT oid FROM pg_database
                                       WHERE datname = current_database()))),
-    pg_snapshot_xmax(pg_current_snapshot()))"
+    pg_snapshot_xmax(pg_current_snapshot())) END"
     };
 }
 
@@ -36,6 +38,10 @@ macro_rules! read_horizon {
 /// when none is left, the snapshot's `xmax` (the first id not yet assigned). A transaction
 /// below the horizon has finished, and any transaction that commits events later has an id
 /// at or above it, so no event can ever appear below it that a reader has not seen.
+///
+/// When the snapshot sees no transaction running at all (`xmin = xmax`), the horizon is
+/// `xmax` at once, without reading the backends' activity (a few tenths of a millisecond per
+/// read, most of a quiet catch-up page's server time).
 ///
 /// It equals `pg_snapshot_xmin(pg_current_snapshot())` whenever the oldest running
 /// transaction is in this database; the filter only keeps a transaction in another database

@@ -140,7 +140,14 @@ impl InMemoryEventStore {
         }
         let recorded_at = Utc::now();
         let mut positions = Vec::with_capacity(events.len());
-        let indexes = inner.streams.entry(stream_id.to_owned()).or_default();
+        // `entry` would allocate the key on every append; only a new stream needs it.
+        if !inner.streams.contains_key(stream_id) {
+            inner.streams.insert(stream_id.to_owned(), Vec::new());
+        }
+        let indexes = inner
+            .streams
+            .get_mut(stream_id)
+            .expect("the stream was just ensured");
         for (offset, event) in events.into_iter().enumerate() {
             let index = inner.log.len();
             let position = GlobalPosition(index as u64 + 1);
