@@ -62,7 +62,7 @@ pub struct Settings {
     pub catch_up_events: u64,
     /// e: events per page (`BENCH_PAGE`, default 1000).
     pub page: usize,
-    /// f: commands per round (`BENCH_WAL_COMMANDS`, default 1000).
+    /// f: commands per round (`BENCH_WAL_COMMANDS`, default 500).
     pub wal_commands: u64,
     /// h: commands per round (`BENCH_MEMORY_COMMANDS`, default 200000).
     pub memory_commands: u64,
@@ -90,7 +90,7 @@ impl Settings {
             batch: env_or("BENCH_BATCH", 10_u64).max(1),
             catch_up_events: env_or("BENCH_CATCH_UP_EVENTS", 100_000),
             page: env_or("BENCH_PAGE", 1000_usize).max(1),
-            wal_commands: env_or("BENCH_WAL_COMMANDS", 1000_u64).max(1),
+            wal_commands: env_or("BENCH_WAL_COMMANDS", 500_u64).max(1),
             memory_commands: env_or("BENCH_MEMORY_COMMANDS", 200_000_u64).max(1),
         }
     }
