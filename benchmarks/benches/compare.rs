@@ -48,7 +48,24 @@ fn allocations() -> u64 {
     ALLOCATIONS.load(Ordering::Relaxed)
 }
 
+/// The calling thread's CPU time in nanoseconds.
+fn thread_cpu_nanos() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable `timespec` for the duration of the call.
+    #[allow(unsafe_code)]
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut now) };
+    assert_eq!(status, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    u64::try_from(now.tv_sec).expect("a positive time") * 1_000_000_000
+        + u64::try_from(now.tv_nsec).expect("a positive time")
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; the sizes come from the environment, not arguments.
-    cqrs_benchmarks::main(Some(allocations));
+    cqrs_benchmarks::main(Some(cqrs_benchmarks::Probes {
+        allocations,
+        thread_cpu_nanos,
+    }));
 }

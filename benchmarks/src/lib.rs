@@ -126,9 +126,20 @@ async fn server() -> String {
     facts.join(", ")
 }
 
-/// Runs the parts `BENCH_PARTS` selects and prints their tables as Markdown.
-/// `allocations` reads the process's allocation count for part h.
-pub fn main(allocations: Option<fn() -> u64>) {
+/// Counters the bench binary reads for part h; a library cannot install them itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Probes {
+    /// Allocations made by the process so far (a counting global allocator).
+    pub allocations: fn() -> u64,
+    /// Nanoseconds the calling thread has spent on a CPU (`CLOCK_THREAD_CPUTIME_ID`):
+    /// unlike wall time it leaves out the time other processes had the CPU, which on a
+    /// shared machine is most of the noise.
+    pub thread_cpu_nanos: fn() -> u64,
+}
+
+/// Runs the parts `BENCH_PARTS` selects and prints their tables as Markdown. Without
+/// `probes`, part h leaves its allocation and CPU-time columns empty.
+pub fn main(probes: Option<Probes>) {
     let settings = Settings::from_env();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -175,7 +186,7 @@ pub fn main(allocations: Option<fn() -> u64>) {
             parts::wal::run(&settings).await;
         }
         if settings.runs('h') {
-            parts::memory::run(&settings, allocations).await;
+            parts::memory::run(&settings, probes).await;
         }
         println!("Load average at the end: {}.", load_average());
     });
