@@ -2,7 +2,9 @@
 
 use cqrs_core::CommandBus;
 use cqrs_postgres::PostgresEventStore;
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
+use uuid::Uuid;
 
 use crate::Settings;
 use crate::db::BenchDb;
@@ -27,33 +29,61 @@ SELECT coalesce(sum(record_length), 0)::float8 FROM r
 WHERE block_ref LIKE $3
    OR (xid <> '0'::xid AND xid IN (SELECT xid FROM r WHERE block_ref LIKE $3))";
 
+/// What counting this database's own WAL records needs.
+struct OwnRecords {
+    /// `%/<database oid>/%`: how a block reference of this database reads.
+    blocks: String,
+    /// A temporary replication slot's name: while a round runs, the slot keeps the server
+    /// from recycling the WAL segments the round wrote before they are read back.
+    slot: String,
+    /// The session holding the slot; a temporary slot goes away with its session.
+    conn: PoolConnection<Postgres>,
+}
+
 /// Measures the WAL written between two points.
 struct WalMeter {
-    /// `%/<database oid>/%` when `pg_walinspect` is available.
-    own_blocks: Option<String>,
+    /// `None` where `pg_walinspect` or a replication slot is not available.
+    own: Option<OwnRecords>,
 }
 
 impl WalMeter {
     async fn new(pool: &PgPool) -> Self {
-        let available = sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+        if let Err(error) = sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
             .execute(pool)
             .await
-            .is_ok();
-        let own_blocks = if available {
-            let oid: String = sqlx::query_scalar(
-                "SELECT oid::text FROM pg_database WHERE datname = current_database()",
-            )
-            .fetch_one(pool)
-            .await
-            .expect("the database's oid");
-            Some(format!("%/{oid}/%"))
-        } else {
-            None
-        };
-        WalMeter { own_blocks }
+        {
+            eprintln!("f: pg_walinspect is not available ({error}); server-wide WAL only");
+            return WalMeter { own: None };
+        }
+        let oid: String = sqlx::query_scalar(
+            "SELECT oid::text FROM pg_database WHERE datname = current_database()",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("the database's oid");
+        WalMeter {
+            own: Some(OwnRecords {
+                blocks: format!("%/{oid}/%"),
+                slot: format!("cqrs_bench_{}", Uuid::now_v7().simple()),
+                conn: pool.acquire().await.expect("a connection for the slot"),
+            }),
+        }
     }
 
-    async fn start(pool: &PgPool) -> String {
+    /// Starts a measurement: reserves the WAL from here on (when counting own records) and
+    /// returns the current WAL position.
+    async fn start(&mut self, pool: &PgPool) -> String {
+        if let Some(own) = &mut self.own {
+            let reserved =
+                sqlx::query("SELECT pg_create_physical_replication_slot($1, true, true)")
+                    .bind(&own.slot)
+                    .execute(&mut *own.conn)
+                    .await;
+            if let Err(error) = reserved {
+                eprintln!("f: no replication slot ({error}); server-wide WAL only");
+                self.own = None;
+            }
+        }
         sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
             .fetch_one(pool)
             .await
@@ -61,8 +91,8 @@ impl WalMeter {
     }
 
     /// The bytes written since `before` by the whole server (`pg_wal_lsn_diff`), and by this
-    /// database's records alone when `pg_walinspect` is available.
-    async fn since(&self, pool: &PgPool, before: &str) -> (f64, Option<f64>) {
+    /// database's records alone when they can be read.
+    async fn since(&mut self, pool: &PgPool, before: &str) -> (f64, Option<f64>) {
         let (server, flushed): (f64, String) = sqlx::query_as(
             "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8,
                     pg_current_wal_flush_lsn()::text",
@@ -71,17 +101,27 @@ impl WalMeter {
         .fetch_one(pool)
         .await
         .expect("measure the WAL written");
-        let Some(own_blocks) = &self.own_blocks else {
+        let Some(own) = &mut self.own else {
             return (server, None);
         };
-        let own = sqlx::query_scalar(OWN_RECORDS)
+        let counted = sqlx::query_scalar(OWN_RECORDS)
             .bind(before)
             .bind(flushed)
-            .bind(own_blocks)
+            .bind(&own.blocks)
             .fetch_one(pool)
+            .await;
+        sqlx::query("SELECT pg_drop_replication_slot($1)")
+            .bind(&own.slot)
+            .execute(&mut *own.conn)
             .await
-            .expect("read the WAL records");
-        (server, Some(own))
+            .expect("drop the replication slot");
+        match counted {
+            Ok(bytes) => (server, Some(bytes)),
+            Err(error) => {
+                eprintln!("f: could not read the WAL records back: {error}");
+                (server, None)
+            }
+        }
     }
 }
 
@@ -161,13 +201,13 @@ pub async fn run(settings: &Settings) {
         folded.version = 1;
     }
 
-    let meter = WalMeter::new(&pool).await;
+    let mut meter = WalMeter::new(&pool).await;
     let commands = settings.wal_commands;
     let mut server = vec![Vec::new(); 2];
     let mut own = vec![Vec::new(); 2];
     for round in 0..settings.rounds {
         for variant in turns(round, 2) {
-            let before = WalMeter::start(&pool).await;
+            let before = meter.start(&pool).await;
             if variant == OURS {
                 ours(&bus, commands).await;
             } else {
