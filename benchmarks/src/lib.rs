@@ -42,7 +42,7 @@ pub struct Settings {
     pub parts: Vec<char>,
     /// Rounds per variant (`BENCH_ROUNDS`, default 3).
     pub rounds: usize,
-    /// Seconds per timed round (`BENCH_SECONDS`, default 3).
+    /// Seconds per timed round (`BENCH_SECONDS`, default 5).
     pub seconds: f64,
     /// Connections in the pool (`BENCH_POOL`, default 10).
     pub pool: u32,
@@ -80,7 +80,7 @@ impl Settings {
                 .map(|c| c.to_ascii_lowercase())
                 .collect(),
             rounds: env_or("BENCH_ROUNDS", 3_usize).max(1),
-            seconds: env_or("BENCH_SECONDS", 3.0),
+            seconds: env_or("BENCH_SECONDS", 5.0),
             pool: env_or("BENCH_POOL", 10),
             accounts: env_or("BENCH_ACCOUNTS", 1000_u64).max(1),
             clients: env_list("BENCH_CLIENTS", &[1, 8, 32]),
