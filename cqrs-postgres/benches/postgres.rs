@@ -218,7 +218,7 @@ async fn hand_written(pool: PgPool, clients: usize, seconds: u64) -> f64 {
 const VARIANTS: [&str; 4] = [
     "hand-written sqlx",
     "framework, notify in transaction",
-    "framework, notify after commit",
+    "framework, notify after commit (default)",
     "framework, no notify",
 ];
 
@@ -231,7 +231,10 @@ async fn run_variant(
 ) -> f64 {
     match variant {
         0 => hand_written(pool.clone(), clients, seconds).await,
-        1 => framework(store.clone(), "tx", clients, seconds).await,
+        1 => {
+            let store = store.clone().with_notify(NotifyMode::InTransaction);
+            framework(store, "tx", clients, seconds).await
+        }
         2 => {
             let store = store.clone().with_notify(NotifyMode::AfterCommit);
             framework(store, "after", clients, seconds).await

@@ -292,7 +292,30 @@
 //!   default), a round trip before each statement here; turning it off makes a command
 //!   noticeably cheaper, at the price of an error (instead of a silent reconnect) the first
 //!   time a connection that died while idle is used.
-//! - [`NotifyMode::AfterCommit`] lets concurrent appends share disk flushes again.
+//! - [`NotifyMode::AfterCommit`], the default, lets concurrent appends share disk flushes;
+//!   [`NotifyMode::InTransaction`] wakes listeners exactly at commit but serializes the
+//!   commits of every notifying transaction in the cluster.
+//!
+//! # Group commit: a design note
+//!
+//! Each append is its own transaction, so each waits for its own commit record to reach the
+//! disk. PostgreSQL already lets concurrent transactions share one flush (a committer that
+//! finds the WAL flushed past its record returns without flushing), which is why the
+//! notification moved out of the transaction: a notifying commit holds a cluster-wide lock
+//! through its flush, so notifying commits could not share flushes.
+//!
+//! The step beyond is to make concurrent commands on different streams share a
+//! *transaction*: a writer task takes every append waiting in a queue, runs them in one
+//! transaction, each inside a savepoint so that a conflict or a duplicate id rolls back
+//! that command alone and reports to it alone, commits once, and answers each waiter. It
+//! saves per-command transaction start and commit work and one flush per batch. It is not
+//! built: its costs are a queueing delay for the first command of a batch (a single client
+//! gets slower), a savepoint per command (which PostgreSQL makes cheap but not free), one
+//! slow or failing command delaying the batch, and an append whose success is only known
+//! after the shared commit, so a lost connection leaves every command of the batch in
+//! doubt. Shared flushes give most of the gain at 8–32 clients on the machines this crate
+//! is measured on (see `BENCHMARKS.md`), so that is the default; a batching writer would be
+//! an opt-in store option when it is built.
 
 mod error;
 mod migrate;
