@@ -289,7 +289,15 @@ SELECT (SELECT version FROM cqrs_streams WHERE stream_id = $1),
 pub const STORED_IDS: &str = "SELECT event_id FROM cqrs_events WHERE event_id = ANY($1)";
 
 /// Wakes `LISTEN cqrs_events` sessions with a position (`$1`, as text), outside an append.
-pub const NOTIFY: &str = "SELECT pg_notify('cqrs_events', $1)";
+///
+/// A transaction that notifies gets a transaction id and writes a commit record; committed
+/// synchronously, each notification would cost a disk flush of its own next to the appends'
+/// (measured: a sequential writer at a third of its rate). The statement is its own
+/// transaction, and `set_config(.., true)` turns synchronous commit off for that transaction
+/// only: the notification is delivered at commit as always, and losing it in a crash costs
+/// listeners one poll interval, nothing more.
+pub const NOTIFY: &str =
+    "SELECT set_config('synchronous_commit', 'off', true), pg_notify('cqrs_events', $1)";
 
 /// The key changes of an append, in its transaction: `$1` the stream, `$2`/`$3` namespaces
 /// and values released, `$4`/`$5` namespaces and values claimed (each sorted, no key in both).
