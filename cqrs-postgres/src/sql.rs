@@ -50,8 +50,15 @@ macro_rules! read_horizon {
 /// so the horizon is only ever lower than necessary, never higher.
 pub const READ_HORIZON: &str = read_horizon!();
 
-/// `read_all_from($1 = after, $2 = limit)`: the next settled events after the event at
-/// position `$1` (or from the start when `$1` is 0) in `(tx, position)` order.
+/// `read_all_from($1 = after)`, followed by the page size written as a number: the next
+/// settled events after the event at position `$1` (or from the start when `$1` is 0) in
+/// `(tx, position)` order.
+///
+/// The page size is a literal, not a parameter: with `LIMIT $2` PostgreSQL's plan cache
+/// cannot cost a generic plan and plans every page anew (0.2–0.5 ms a page, measured, for a
+/// statement with this horizon), while with a literal it settles on one generic plan after
+/// five executions. A caller uses one or a few page sizes, so the prepared statements stay
+/// few.
 ///
 /// The row-value comparison is a range scan of `cqrs_events_tx_position_idx`
 /// (`Index Cond: ((ROW(tx, position) > ROW(...)) AND (tx < ...))`). When no event is stored
@@ -69,7 +76,7 @@ WHERE (tx, position) > (
     read_horizon!(),
     "
 ORDER BY tx, position
-LIMIT $2"
+LIMIT "
 );
 
 /// Whether an event is stored at position `$1`.

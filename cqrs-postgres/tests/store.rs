@@ -1239,7 +1239,7 @@ async fn load_stream_and_read_all_from_use_their_indexes() {
     // The statements exactly as the store sends them, prepared with their parameters.
     sqlx::raw_sql(&format!(
         "PREPARE load_stream_plan (text, bigint) AS {};
-         PREPARE read_all_from_plan (bigint, bigint) AS {}",
+         PREPARE read_all_from_plan (bigint) AS {}1000",
         store_sql::LOAD_STREAM,
         store_sql::READ_ALL_FROM
     ))
@@ -1260,7 +1260,7 @@ async fn load_stream_and_read_all_from_use_their_indexes() {
         );
         let read = explain(
             &mut conn,
-            &format!("EXECUTE read_all_from_plan({}, 1000)", middle.0),
+            &format!("EXECUTE read_all_from_plan({})", middle.0),
         )
         .await;
         assert!(

@@ -118,9 +118,13 @@ pub(super) async fn read_all_from(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    let rows = sqlx::query(sql::READ_ALL_FROM)
+    let statement = format!(
+        "{}{}",
+        sql::READ_ALL_FROM,
+        i64::try_from(limit).unwrap_or(i64::MAX)
+    );
+    let rows = sqlx::query(&statement)
         .bind(to_i64(after.0))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&mut *conn)
         .await
         .map_err(database)?;

@@ -92,11 +92,13 @@ pub(super) async fn next_batch(
     limit: usize,
 ) -> Result<Batch, SubscriptionError> {
     let database = |source| SubscriptionError::database(name, source);
-    let rows = sqlx::query(&NEXT_BATCH)
+    // The batch size is written into the statement, as `sql::READ_ALL_FROM` does with its
+    // page size, so that the plan cache settles on a generic plan.
+    let statement = NEXT_BATCH.replace("$4", &i64::try_from(limit).unwrap_or(i64::MAX).to_string());
+    let rows = sqlx::query(&statement)
         .bind(after.tx.to_string())
         .bind(position_to_sql(after.position))
         .bind(types)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(pool)
         .await
         .map_err(database)?;
