@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::list::{
     AnsweredQueries, Append, Contains, HoldsAggregate, Registration, Route, SharedQuery,
@@ -10,7 +11,7 @@ use crate::middleware::{CommandChain, CommandResult, Next, QueryChain, QueryNext
 use crate::projection::Subscriber;
 use crate::{
     Aggregate, Command, CommandContext, CommandError, EventStore, Handles, HandlesQuery, Metadata,
-    Query, QueryError, RecordedEvent, Repository, RepositoryOptions,
+    IdempotencyRecord, Query, QueryError, RecordedEvent, Repository, RepositoryOptions, StoreError,
 };
 
 /// Runs commands: middleware, then load, handle, apply, append, publish.
@@ -35,6 +36,7 @@ struct CommandBusInner<R, M> {
     middleware: M,
     subscribers: Subscribers,
     retries: u32,
+    idempotency_retention: Duration,
 }
 
 impl CommandBus {
@@ -51,6 +53,7 @@ impl CommandBus {
             middleware: (),
             subscribers: Vec::new(),
             retries: 0,
+            idempotency_retention: crate::idempotency::DEFAULT_RETENTION,
         }
     }
 }
@@ -62,6 +65,7 @@ pub struct CommandBusBuilder<R, M> {
     middleware: M,
     subscribers: Vec<Arc<dyn Subscriber>>,
     retries: u32,
+    idempotency_retention: Duration,
 }
 
 impl<R, M> CommandBusBuilder<R, M> {
@@ -107,6 +111,7 @@ impl<R, M> CommandBusBuilder<R, M> {
             middleware: self.middleware,
             subscribers: self.subscribers,
             retries: self.retries,
+            idempotency_retention: self.idempotency_retention,
         }
     }
 
@@ -121,6 +126,7 @@ impl<R, M> CommandBusBuilder<R, M> {
             middleware: self.middleware.append(middleware),
             subscribers: self.subscribers,
             retries: self.retries,
+            idempotency_retention: self.idempotency_retention,
         }
     }
 
@@ -143,6 +149,15 @@ impl<R, M> CommandBusBuilder<R, M> {
         self
     }
 
+    /// How long idempotency records are kept at least: [`CommandBus::purge_idempotency_keys`]
+    /// deletes the older ones (default [`DEFAULT_RETENTION`](crate::idempotency::DEFAULT_RETENTION),
+    /// 24 hours).
+    #[must_use]
+    pub fn idempotency_retention(mut self, retention: Duration) -> Self {
+        self.idempotency_retention = retention;
+        self
+    }
+
     /// Finishes the bus.
     pub fn build(self) -> CommandBus<R, M> {
         CommandBus {
@@ -152,6 +167,7 @@ impl<R, M> CommandBusBuilder<R, M> {
                 middleware: self.middleware,
                 subscribers: Subscribers::new(self.subscribers),
                 retries: self.retries,
+                idempotency_retention: self.idempotency_retention,
             }),
         }
     }
@@ -188,6 +204,28 @@ impl<R: Send + Sync + 'static, M: CommandChain> CommandBus<R, M> {
     /// The store this bus appends to.
     pub fn store(&self) -> &Arc<dyn EventStore> {
         &self.inner.store
+    }
+
+    /// What the execution of command `C` with idempotency key `key` recorded, if it
+    /// finished: for a caller that lost the reply (a timeout, a dropped connection). `None`
+    /// means no execution of the key committed (or it was purged); executing the command
+    /// again with the key is then safe. See [`idempotency`](crate::idempotency).
+    pub async fn outcome_of<C: Command>(
+        &self,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.inner.store.idempotency_record(C::NAME, key).await
+    }
+
+    /// Deletes the idempotency records older than the bus's retention
+    /// ([`CommandBusBuilder::idempotency_retention`]); returns how many. Run it periodically.
+    pub async fn purge_idempotency_keys(&self) -> Result<u64, StoreError> {
+        let retention = chrono::Duration::from_std(self.inner.idempotency_retention)
+            .unwrap_or(chrono::Duration::MAX);
+        let older_than = chrono::Utc::now()
+            .checked_sub_signed(retention)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        self.inner.store.purge_idempotency_keys(older_than).await
     }
 }
 

@@ -156,6 +156,7 @@ mod command;
 pub mod dispatch;
 mod error;
 mod event;
+pub mod idempotency;
 pub mod list;
 mod metadata;
 pub mod middleware;
@@ -181,6 +182,7 @@ pub use error::{
     CommandError, DispatchError, DomainError, DuplicateName, ErrorKind, FieldError, QueryError,
     ValidationErrors,
 };
+pub use idempotency::{IdempotencyRecord, IdempotentOutcome, IdempotentWrite, RecordedRejection};
 pub use event::{Apply, ApplyUnit, Event, EventDecodeError, EventPayload, EventType, IntoEvents};
 pub use list::AnsweredQueries;
 pub use metadata::{GlobalPosition, Metadata, NewEvent, Payload, RecordedEvent};
