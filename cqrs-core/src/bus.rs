@@ -10,8 +10,9 @@ use crate::list::{
 use crate::middleware::{CommandChain, CommandResult, Next, QueryChain, QueryNext};
 use crate::projection::Subscriber;
 use crate::{
-    Aggregate, Command, CommandContext, CommandError, EventStore, Handles, HandlesQuery, Metadata,
-    IdempotencyRecord, Query, QueryError, RecordedEvent, Repository, RepositoryOptions, StoreError,
+    Aggregate, Command, CommandContext, CommandError, EventStore, Handles, HandlesQuery,
+    IdempotencyRecord, Metadata, Query, QueryError, RecordedEvent, Repository, RepositoryOptions,
+    StoreError,
 };
 
 /// Runs commands: middleware, then load, handle, apply, append, publish.

@@ -182,8 +182,8 @@ pub use error::{
     CommandError, DispatchError, DomainError, DuplicateName, ErrorKind, FieldError, QueryError,
     ValidationErrors,
 };
-pub use idempotency::{IdempotencyRecord, IdempotentOutcome, IdempotentWrite, RecordedRejection};
 pub use event::{Apply, ApplyUnit, Event, EventDecodeError, EventPayload, EventType, IntoEvents};
+pub use idempotency::{IdempotencyRecord, IdempotentOutcome, IdempotentWrite, RecordedRejection};
 pub use list::AnsweredQueries;
 pub use metadata::{GlobalPosition, Metadata, NewEvent, Payload, RecordedEvent};
 pub use projection::{Projection, ProjectionError, Reactor, ReadModel, StateLocation, Subscriber};

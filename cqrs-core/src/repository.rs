@@ -276,11 +276,7 @@ impl<A: Aggregate> Repository<A> {
         &self,
         idempotent: &Idempotent<'_>,
     ) -> Option<Attempt<A>> {
-        match self
-            .store
-            .idempotency_record(C::NAME, idempotent.key)
-            .await
-        {
+        match self.store.idempotency_record(C::NAME, idempotent.key).await {
             Ok(None) => None,
             Ok(Some(record)) => Some(idempotent.replay::<A>(C::NAME, record)),
             Err(error) => Some(Err(error.into())),

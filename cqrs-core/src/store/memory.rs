@@ -6,8 +6,8 @@ use uuid::Uuid;
 
 use super::{AppendResult, EventStore, ExpectedVersion, Snapshot, StoreError};
 use crate::{
-    BoxFuture, GlobalPosition, IdempotencyRecord, IdempotentWrite, KeyChange, KeyChanges,
-    NewEvent, RecordedEvent,
+    BoxFuture, GlobalPosition, IdempotencyRecord, IdempotentWrite, KeyChange, KeyChanges, NewEvent,
+    RecordedEvent,
 };
 
 /// The embedded event store: everything in process memory, lost on exit.
@@ -188,10 +188,9 @@ impl InMemoryEventStore {
         };
         if let Some(write) = write {
             let record = write.into_record(stream_id, &appended, count);
-            inner.idempotency.insert(
-                (record.command_name.clone(), record.key.clone()),
-                record,
-            );
+            inner
+                .idempotency
+                .insert((record.command_name.clone(), record.key.clone()), record);
         }
         Ok(appended)
     }
