@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::list::{
     AnsweredQueries, Append, Contains, HoldsAggregate, Registration, Route, SharedQuery,
 };
-use crate::middleware::{CommandChain, CommandResult, Next, QueryChain, QueryNext};
+use crate::middleware::{CommandChain, CommandResult, Next, QueryChain, QueryNext, Retry};
 use crate::projection::Subscriber;
 use crate::{
     Aggregate, Command, CommandContext, CommandError, EventStore, Handles, HandlesQuery,
@@ -37,6 +37,7 @@ struct CommandBusInner<R, M> {
     middleware: M,
     subscribers: Subscribers,
     retries: u32,
+    retry: Option<Retry>,
     idempotency_retention: Duration,
 }
 
@@ -54,6 +55,7 @@ impl CommandBus {
             middleware: (),
             subscribers: Vec::new(),
             retries: 0,
+            retry: None,
             idempotency_retention: crate::idempotency::DEFAULT_RETENTION,
         }
     }
@@ -66,6 +68,7 @@ pub struct CommandBusBuilder<R, M> {
     middleware: M,
     subscribers: Vec<Arc<dyn Subscriber>>,
     retries: u32,
+    retry: Option<Retry>,
     idempotency_retention: Duration,
 }
 
@@ -112,6 +115,7 @@ impl<R, M> CommandBusBuilder<R, M> {
             middleware: self.middleware,
             subscribers: self.subscribers,
             retries: self.retries,
+            retry: self.retry,
             idempotency_retention: self.idempotency_retention,
         }
     }
@@ -127,6 +131,7 @@ impl<R, M> CommandBusBuilder<R, M> {
             middleware: self.middleware.append(middleware),
             subscribers: self.subscribers,
             retries: self.retries,
+            retry: self.retry,
             idempotency_retention: self.idempotency_retention,
         }
     }
@@ -150,6 +155,15 @@ impl<R, M> CommandBusBuilder<R, M> {
         self
     }
 
+    /// Retries commands that failed for a passing reason (a conflict, a transient store
+    /// failure), with exponential backoff and jitter; see [`Retry`] for what is retried. A
+    /// bus without it runs each command once (plus [`retry_on_conflict`](Self::retry_on_conflict)).
+    #[must_use]
+    pub fn retry(mut self, policy: Retry) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
     /// How long idempotency records are kept at least: [`CommandBus::purge_idempotency_keys`]
     /// deletes the older ones (default [`DEFAULT_RETENTION`](crate::idempotency::DEFAULT_RETENTION),
     /// 24 hours).
@@ -168,6 +182,7 @@ impl<R, M> CommandBusBuilder<R, M> {
                 middleware: self.middleware,
                 subscribers: Subscribers::new(self.subscribers),
                 retries: self.retries,
+                retry: self.retry,
                 idempotency_retention: self.idempotency_retention,
             }),
         }
@@ -197,6 +212,7 @@ impl<R: Send + Sync + 'static, M: CommandChain> CommandBus<R, M> {
             repository: self.inner.aggregates.repository(),
             subscribers: &self.inner.subscribers,
             retries: self.inner.retries,
+            retry: self.inner.retry.as_ref(),
             validate: !M::VALIDATES,
         };
         self.inner.middleware.run(command, ctx, terminal).await
@@ -236,6 +252,7 @@ struct Terminal<'a, A: Aggregate> {
     repository: &'a Repository<A>,
     subscribers: &'a Subscribers,
     retries: u32,
+    retry: Option<&'a Retry>,
     /// Whether to run `Command::validate`: set when no middleware of the chain validates.
     validate: bool,
 }
@@ -251,10 +268,14 @@ where
             command.validate().map_err(CommandError::Invalid)?;
         }
         let record = !self.subscribers.is_empty();
-        let (committed, recorded) = self
-            .repository
-            .execute(&command, &ctx, self.retries, record)
-            .await?;
+        let execute = || {
+            self.repository
+                .execute(&command, &ctx, self.retries, record)
+        };
+        let (committed, recorded) = match self.retry {
+            None => execute().await?,
+            Some(retry) => retry.run(ctx.idempotency_key().is_some(), execute).await?,
+        };
         if record {
             self.subscribers.publish(&recorded).await;
         }
