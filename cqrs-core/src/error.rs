@@ -390,7 +390,7 @@ impl<E> CommandError<E> {
     /// What kind of failure this is; see [`ErrorKind`] for the stable codes.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            CommandError::Rejected(_) => ErrorKind::Rejected,
+            CommandError::Rejected(_) | CommandError::AlreadyRejected { .. } => ErrorKind::Rejected,
             CommandError::Invalid(_) => ErrorKind::Validation,
             CommandError::Conflict { .. } => ErrorKind::Conflict,
             CommandError::Timeout { .. } => ErrorKind::Timeout,
@@ -400,7 +400,6 @@ impl<E> CommandError<E> {
             CommandError::Refused { .. } => ErrorKind::Refused,
             CommandError::UniqueKeyTaken { .. } => ErrorKind::UniqueKeyTaken,
             CommandError::IdempotencyKeyReused { .. } => ErrorKind::IdempotencyKeyReused,
-            CommandError::AlreadyRejected { .. } => ErrorKind::Rejected,
             CommandError::NotIdempotent { .. } => ErrorKind::Unsupported,
             CommandError::RetriesExhausted { .. } => ErrorKind::RetriesExhausted,
         }

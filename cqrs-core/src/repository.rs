@@ -320,56 +320,25 @@ impl<A: Aggregate> Repository<A> {
             let events = match decided {
                 Ok(events) if !events.is_empty() => events,
                 outcome => {
-                    if let Some(idempotent) = idempotent {
-                        // Record the outcome; the empty append's version check confirms the
-                        // state the decision was taken on.
-                        let rejection = outcome.as_ref().err().map(|error| RecordedRejection {
-                            domain_code: A::domain_code(error).map(str::to_owned),
-                            message: error.to_string(),
-                        });
-                        let write = idempotent.write::<C>(ctx, rejection);
-                        let expected = ExpectedVersion::Exact(loaded.version);
-                        match self
-                            .store
-                            .append_idempotent(
-                                stream_id,
-                                expected,
-                                Vec::new(),
-                                KeyChanges::new(),
-                                write,
-                            )
-                            .await
-                        {
-                            Ok(_) => {}
-                            Err(StoreError::Conflict { .. }) if refreshes < 2 => {
-                                if let Some(replayed) = self.recorded::<C>(idempotent).await {
-                                    return (replayed, Some(loaded));
-                                }
-                                refreshes += 1;
-                                (loaded, current) =
-                                    match self.catch_up(stream_id, Some(loaded)).await {
-                                        Ok(loaded) => (loaded, true),
-                                        Err(error) => return (Err(error), None),
-                                    };
-                                continue;
+                    // Nothing to write: confirm the state the decision was taken on (and
+                    // record the outcome of an idempotency key).
+                    let settled = self.settle::<C>(ctx, idempotent, &loaded, current, &outcome);
+                    match settled.await {
+                        Ok(()) => {}
+                        Err(StoreError::Conflict { .. }) if refreshes < 2 => {
+                            if let Some(idempotent) = idempotent
+                                && let Some(replayed) = self.recorded::<C>(idempotent).await
+                            {
+                                return (replayed, Some(loaded));
                             }
-                            Err(error) => return (Err(error.into()), Some(loaded)),
+                            refreshes += 1;
+                            (loaded, current) = match self.catch_up(stream_id, Some(loaded)).await {
+                                Ok(loaded) => (loaded, true),
+                                Err(error) => return (Err(error), None),
+                            };
+                            continue;
                         }
-                    } else if !current {
-                        // Nothing to write: confirm the state the decision was taken on.
-                        match self.store.stream_version(stream_id).await {
-                            Ok(head) if head == loaded.version => {}
-                            Ok(_) => {
-                                refreshes += 1;
-                                (loaded, current) =
-                                    match self.catch_up(stream_id, Some(loaded)).await {
-                                        Ok(loaded) => (loaded, true),
-                                        Err(error) => return (Err(error), None),
-                                    };
-                                continue;
-                            }
-                            Err(error) => return (Err(error.into()), Some(loaded)),
-                        }
+                        Err(error) => return (Err(error.into()), Some(loaded)),
                     }
                     let result = match outcome {
                         Ok(_) => Ok((nothing_committed(ctx, loaded.version), Vec::new())),
@@ -390,16 +359,7 @@ impl<A: Aggregate> Repository<A> {
             let (keys, applied_early) = key_changes(&mut loaded.state, &events);
             let recorded_input = record.then(|| new_events.clone());
             let expected = ExpectedVersion::Exact(loaded.version);
-            let append = if let Some(idempotent) = idempotent {
-                let write = idempotent.write::<C>(ctx, None);
-                self.store
-                    .append_idempotent(stream_id, expected, new_events, keys, write)
-            } else if keys.is_empty() {
-                self.store.append(stream_id, expected, new_events)
-            } else {
-                self.store
-                    .append_with_keys(stream_id, expected, new_events, keys)
-            };
+            let append = self.append::<C>(ctx, idempotent, expected, new_events, keys);
             let appended = match append.await {
                 Ok(appended) => appended,
                 Err(StoreError::Conflict { actual, .. })
@@ -453,6 +413,69 @@ impl<A: Aggregate> Repository<A> {
                 .map(|input| record_events(stream_id, previous, &appended, input))
                 .unwrap_or_default();
             return (Ok((committed, recorded)), Some(loaded));
+        }
+    }
+
+    /// The append of a command's events: plain, with unique keys, or with the idempotency
+    /// record.
+    fn append<'s, C: crate::Command<Aggregate = A>>(
+        &'s self,
+        ctx: &'s CommandContext,
+        idempotent: Option<&Idempotent<'_>>,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        keys: KeyChanges,
+    ) -> crate::BoxFuture<'s, Result<AppendResult, StoreError>> {
+        let stream_id = ctx.stream_id.as_str();
+        if let Some(idempotent) = idempotent {
+            let write = idempotent.write::<C>(ctx, None);
+            self.store
+                .append_idempotent(stream_id, expected, events, keys, write)
+        } else if keys.is_empty() {
+            self.store.append(stream_id, expected, events)
+        } else {
+            self.store
+                .append_with_keys(stream_id, expected, events, keys)
+        }
+    }
+
+    /// Settles an outcome that writes no events: with an idempotency key, records it with an
+    /// append of no events at the loaded version; otherwise checks that a state not read
+    /// from the store just now is still at the stream's head. A stale state is a
+    /// [`StoreError::Conflict`].
+    async fn settle<C: crate::Command<Aggregate = A>>(
+        &self,
+        ctx: &CommandContext,
+        idempotent: Option<&Idempotent<'_>>,
+        loaded: &Loaded<A>,
+        current: bool,
+        outcome: &Result<Vec<A::Event>, A::Error>,
+    ) -> Result<(), StoreError> {
+        let stream_id = ctx.stream_id.as_str();
+        let expected = ExpectedVersion::Exact(loaded.version);
+        if let Some(idempotent) = idempotent {
+            let rejection = outcome.as_ref().err().map(|error| RecordedRejection {
+                domain_code: A::domain_code(error).map(str::to_owned),
+                message: error.to_string(),
+            });
+            let write = idempotent.write::<C>(ctx, rejection);
+            self.store
+                .append_idempotent(stream_id, expected, Vec::new(), KeyChanges::new(), write)
+                .await?;
+            return Ok(());
+        }
+        if current {
+            return Ok(());
+        }
+        let actual = self.store.stream_version(stream_id).await?;
+        if actual == loaded.version {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict {
+                stream: stream_id.to_owned(),
+                expected,
+                actual,
+            })
         }
     }
 
