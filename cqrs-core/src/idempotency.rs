@@ -39,6 +39,64 @@
 //!   24 hours by default); run it periodically. A key is honoured for at least that long.
 //!
 //! A command without a key pays nothing: no hashing, no lookup, the plain append.
+//!
+//! On the JSON path ([`CommandDispatcher`](crate::CommandDispatcher)) a replayed rejection
+//! has the kind `rejected` and the first rejection's message; its domain code is in
+//! [`CommandError::AlreadyRejected`](crate::CommandError::AlreadyRejected) only.
+//!
+//! ```
+//! use cqrs_core::prelude::*;
+//! use cqrs_core::IdempotentOutcome;
+//!
+//! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+//! pub struct Paid { pub cents: u64 }
+//!
+//! #[derive(Debug, Clone, PartialEq, Event)]
+//! pub enum InvoiceEvent { Paid(Paid) }
+//!
+//! #[derive(Debug, Serialize, Deserialize, Command)]
+//! #[command(aggregate = Invoice, id = invoice, idempotency_key = request_id)]
+//! pub struct Pay { pub invoice: u32, pub request_id: String, pub cents: u64 }
+//!
+//! #[derive(Debug, thiserror::Error)]
+//! #[error("never")]
+//! pub struct Never;
+//!
+//! #[derive(Debug, Default)]
+//! pub struct Invoice { paid: u64 }
+//!
+//! #[aggregate(event = InvoiceEvent, error = Never)]
+//! impl Invoice {
+//!     #[command_handler]
+//!     fn pay(&self, cmd: &Pay) -> Result<Paid, Never> { Ok(Paid { cents: cmd.cents }) }
+//!     #[event_handler]
+//!     fn on_paid(&mut self, e: &Paid) { self.paid += e.cents }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let store = InMemoryEventStore::new();
+//! let bus = CommandBus::builder(store.clone()).aggregate::<Invoice>(()).build();
+//! let pay = || Pay { invoice: 7, request_id: "req-1".into(), cents: 500 };
+//!
+//! let first = bus.execute(pay()).await.unwrap();
+//! // The client retries after a timeout: same key, same body, same outcome, nothing written.
+//! let again = bus.execute(pay()).await.unwrap();
+//! assert_eq!(first, again);
+//! assert_eq!(store.len(), 1);
+//!
+//! // Or it asks what happened.
+//! let record = bus.outcome_of::<Pay>("req-1").await.unwrap().unwrap();
+//! assert_eq!(record.outcome, IdempotentOutcome::Committed(first));
+//!
+//! // The same key with another body is refused.
+//! let other = Pay { cents: 900, ..pay() };
+//! assert!(matches!(
+//!     bus.execute(other).await,
+//!     Err(CommandError::IdempotencyKeyReused { .. })
+//! ));
+//! # }
+//! ```
 
 use std::fmt::Write as _;
 

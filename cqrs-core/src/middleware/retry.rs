@@ -35,14 +35,48 @@ use crate::{CommandError, StoreError};
 /// ```
 /// use std::time::Duration;
 /// use cqrs_core::middleware::Retry;
+/// use cqrs_core::prelude::*;
 ///
+/// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// pub struct Counted;
+///
+/// #[derive(Debug, Clone, PartialEq, Event)]
+/// pub enum CounterEvent { Counted(Counted) }
+///
+/// #[derive(Debug, Deserialize, Command)]
+/// #[command(aggregate = Counter, id = id)]
+/// pub struct Count { pub id: u32 }
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("never")]
+/// pub struct Never;
+///
+/// #[derive(Debug, Default)]
+/// pub struct Counter;
+///
+/// #[aggregate(event = CounterEvent, error = Never)]
+/// impl Counter {
+///     #[command_handler]
+///     fn count(&self, _: &Count) -> Result<Counted, Never> { Ok(Counted) }
+///     #[event_handler]
+///     fn on_counted(&mut self, _: &Counted) {}
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
 /// let retry = Retry::new()
 ///     .max_attempts(5)
 ///     .initial_backoff(Duration::from_millis(10))
 ///     .max_backoff(Duration::from_millis(500))
 ///     .max_elapsed(Duration::from_secs(5));
-/// # let _ = retry;
-/// // CommandBus::builder(store).aggregate::<Account>(()).retry(retry).build()
+/// let bus = CommandBus::builder(InMemoryEventStore::new())
+///     .aggregate::<Counter>(())
+///     .retry(retry)
+///     .build();
+/// // A conflict with another writer, or a serialization failure of the store, is retried
+/// // here; a rejection or an exhausted budget comes back as an error.
+/// bus.execute(Count { id: 1 }).await.unwrap();
+/// # }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retry {
