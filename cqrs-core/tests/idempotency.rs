@@ -357,3 +357,32 @@ async fn a_recorded_key_fails_a_second_append_which_writes_nothing() {
     assert_eq!(committed.position, first.last_position());
     assert_eq!(committed.events, 1);
 }
+
+#[tokio::test]
+async fn the_json_path_replays_outcomes_with_the_same_kind_and_message() {
+    let store = InMemoryEventStore::new();
+    let runs = Arc::new(Runs::default());
+    let bus = bus(&store, &runs, true);
+    let json = cqrs_core::CommandDispatcher::new(bus).unwrap();
+    let metadata = Metadata::default().with_idempotency_key("d-1");
+    let body = br#"{ "id": 1, "amount": 3 }"#;
+    let first = json
+        .dispatch_json_with("wallet.debit", body, metadata.clone())
+        .await
+        .unwrap_err();
+    let again = json
+        .dispatch_json_with("wallet.debit", body, metadata)
+        .await
+        .unwrap_err();
+    assert_eq!(again.kind(), first.kind());
+    let message = |error: &cqrs_core::DispatchError| match error {
+        cqrs_core::DispatchError::Failed { message, .. } => message.clone(),
+        other => panic!("expected a failure, got {other:?}"),
+    };
+    assert_eq!(message(&again), message(&first));
+    let credit = br#"{ "id": 1, "request_id": "c-1", "amount": 3 }"#;
+    let committed = json.dispatch_json("wallet.credit", credit).await.unwrap();
+    let replayed = json.dispatch_json("wallet.credit", credit).await.unwrap();
+    assert_eq!(committed, replayed);
+    assert_eq!(runs.0.load(Ordering::SeqCst), 2);
+}
