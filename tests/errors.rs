@@ -340,6 +340,8 @@ fn error_codes_are_stable_snake_case_and_distinct() {
             "unique_key_taken",
             "unsupported",
             "unknown_position",
+            "idempotency_key_reused",
+            "retries_exhausted",
         ]
     );
     for kind in ErrorKind::ALL {

@@ -85,9 +85,9 @@ pub struct Create {
     pub start: i64,
 }
 
-/// Moves a counter.
-#[derive(Debug, Deserialize, Command)]
-#[command(aggregate = Counter, id = id)]
+/// Moves a counter; the caller's metadata may carry an idempotency key.
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[command(aggregate = Counter, id = id, idempotent)]
 pub struct Move {
     /// Which counter.
     pub id: u32,
@@ -105,12 +105,14 @@ pub struct Remark {
     pub text: String,
 }
 
-/// Freezes a counter.
-#[derive(Debug, Deserialize, Command)]
-#[command(aggregate = Counter, id = id)]
+/// Freezes a counter, once per request.
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[command(aggregate = Counter, id = id, idempotency_key = request)]
 pub struct Freeze {
     /// Which counter.
     pub id: u32,
+    /// The request's idempotency key.
+    pub request: u64,
 }
 
 /// The largest step a counter takes.
@@ -311,7 +313,7 @@ async fn generated_code_runs_under_strict_lints() {
         })
         .await
         .unwrap();
-    let _frozen = bus.execute(Freeze { id: 1 }).await.unwrap();
+    let _frozen = bus.execute(Freeze { id: 1, request: 7 }).await.unwrap();
     let refused = bus.execute(Move { id: 1, by: 1 }).await.unwrap_err();
     assert_eq!(refused.rejection(), Some(&CounterError::Frozen));
 

@@ -2,15 +2,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::list::{
     AnsweredQueries, Append, Contains, HoldsAggregate, Registration, Route, SharedQuery,
 };
-use crate::middleware::{CommandChain, CommandResult, Next, QueryChain, QueryNext};
+use crate::middleware::{CommandChain, CommandResult, Next, QueryChain, QueryNext, Retry};
 use crate::projection::Subscriber;
 use crate::{
-    Aggregate, Command, CommandContext, CommandError, EventStore, Handles, HandlesQuery, Metadata,
-    Query, QueryError, RecordedEvent, Repository, RepositoryOptions,
+    Aggregate, Command, CommandContext, CommandError, EventStore, Handles, HandlesQuery,
+    IdempotencyRecord, Metadata, Query, QueryError, RecordedEvent, Repository, RepositoryOptions,
+    StoreError,
 };
 
 /// Runs commands: middleware, then load, handle, apply, append, publish.
@@ -35,6 +37,8 @@ struct CommandBusInner<R, M> {
     middleware: M,
     subscribers: Subscribers,
     retries: u32,
+    retry: Option<Retry>,
+    idempotency_retention: Duration,
 }
 
 impl CommandBus {
@@ -51,6 +55,8 @@ impl CommandBus {
             middleware: (),
             subscribers: Vec::new(),
             retries: 0,
+            retry: None,
+            idempotency_retention: crate::idempotency::DEFAULT_RETENTION,
         }
     }
 }
@@ -62,6 +68,8 @@ pub struct CommandBusBuilder<R, M> {
     middleware: M,
     subscribers: Vec<Arc<dyn Subscriber>>,
     retries: u32,
+    retry: Option<Retry>,
+    idempotency_retention: Duration,
 }
 
 impl<R, M> CommandBusBuilder<R, M> {
@@ -107,6 +115,8 @@ impl<R, M> CommandBusBuilder<R, M> {
             middleware: self.middleware,
             subscribers: self.subscribers,
             retries: self.retries,
+            retry: self.retry,
+            idempotency_retention: self.idempotency_retention,
         }
     }
 
@@ -121,6 +131,8 @@ impl<R, M> CommandBusBuilder<R, M> {
             middleware: self.middleware.append(middleware),
             subscribers: self.subscribers,
             retries: self.retries,
+            retry: self.retry,
+            idempotency_retention: self.idempotency_retention,
         }
     }
 
@@ -143,6 +155,24 @@ impl<R, M> CommandBusBuilder<R, M> {
         self
     }
 
+    /// Retries commands that failed for a passing reason (a conflict, a transient store
+    /// failure), with exponential backoff and jitter; see [`Retry`] for what is retried. A
+    /// bus without it runs each command once (plus [`retry_on_conflict`](Self::retry_on_conflict)).
+    #[must_use]
+    pub fn retry(mut self, policy: Retry) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// How long idempotency records are kept at least: [`CommandBus::purge_idempotency_keys`]
+    /// deletes the older ones (default [`DEFAULT_RETENTION`](crate::idempotency::DEFAULT_RETENTION),
+    /// 24 hours).
+    #[must_use]
+    pub fn idempotency_retention(mut self, retention: Duration) -> Self {
+        self.idempotency_retention = retention;
+        self
+    }
+
     /// Finishes the bus.
     pub fn build(self) -> CommandBus<R, M> {
         CommandBus {
@@ -152,6 +182,8 @@ impl<R, M> CommandBusBuilder<R, M> {
                 middleware: self.middleware,
                 subscribers: Subscribers::new(self.subscribers),
                 retries: self.retries,
+                retry: self.retry,
+                idempotency_retention: self.idempotency_retention,
             }),
         }
     }
@@ -180,6 +212,7 @@ impl<R: Send + Sync + 'static, M: CommandChain> CommandBus<R, M> {
             repository: self.inner.aggregates.repository(),
             subscribers: &self.inner.subscribers,
             retries: self.inner.retries,
+            retry: self.inner.retry.as_ref(),
             validate: !M::VALIDATES,
         };
         self.inner.middleware.run(command, ctx, terminal).await
@@ -189,6 +222,28 @@ impl<R: Send + Sync + 'static, M: CommandChain> CommandBus<R, M> {
     pub fn store(&self) -> &Arc<dyn EventStore> {
         &self.inner.store
     }
+
+    /// What the execution of command `C` with idempotency key `key` recorded, if it
+    /// finished: for a caller that lost the reply (a timeout, a dropped connection). `None`
+    /// means no execution of the key committed (or it was purged); executing the command
+    /// again with the key is then safe. See [`idempotency`](crate::idempotency).
+    pub async fn outcome_of<C: Command>(
+        &self,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.inner.store.idempotency_record(C::NAME, key).await
+    }
+
+    /// Deletes the idempotency records older than the bus's retention
+    /// ([`CommandBusBuilder::idempotency_retention`]); returns how many. Run it periodically.
+    pub async fn purge_idempotency_keys(&self) -> Result<u64, StoreError> {
+        let retention = chrono::Duration::from_std(self.inner.idempotency_retention)
+            .unwrap_or(chrono::Duration::MAX);
+        let older_than = chrono::Utc::now()
+            .checked_sub_signed(retention)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        self.inner.store.purge_idempotency_keys(older_than).await
+    }
 }
 
 /// The end of the command chain: validation (unless a middleware did it), then the
@@ -197,6 +252,7 @@ struct Terminal<'a, A: Aggregate> {
     repository: &'a Repository<A>,
     subscribers: &'a Subscribers,
     retries: u32,
+    retry: Option<&'a Retry>,
     /// Whether to run `Command::validate`: set when no middleware of the chain validates.
     validate: bool,
 }
@@ -212,10 +268,14 @@ where
             command.validate().map_err(CommandError::Invalid)?;
         }
         let record = !self.subscribers.is_empty();
-        let (committed, recorded) = self
-            .repository
-            .execute(&command, &ctx, self.retries, record)
-            .await?;
+        let execute = || {
+            self.repository
+                .execute(&command, &ctx, self.retries, record)
+        };
+        let (committed, recorded) = match self.retry {
+            None => execute().await?,
+            Some(retry) => retry.run(ctx.idempotency_key().is_some(), execute).await?,
+        };
         if record {
             self.subscribers.publish(&recorded).await;
         }

@@ -37,7 +37,9 @@ use crate::{
 /// | [`InvalidStreamId`](Self::InvalidStreamId) | `invalid_stream_id` | the stream id is empty or too long | 400 |
 /// | [`UniqueKeyTaken`](Self::UniqueKeyTaken) | `unique_key_taken` | a unique key the events claim is held by another stream | 409 |
 /// | [`UnknownPosition`](Self::UnknownPosition) | `unknown_position` | a read of the global order started after a position that holds no event | 400 |
-/// | [`Unsupported`](Self::Unsupported) | `unsupported` | the store lacks a capability the command needs (unique keys) | 500 |
+/// | [`Unsupported`](Self::Unsupported) | `unsupported` | the store lacks a capability the command needs (unique keys, idempotency keys), or the command takes no idempotency key | 500 |
+/// | [`IdempotencyKeyReused`](Self::IdempotencyKeyReused) | `idempotency_key_reused` | an idempotency key was used before with another command body | 422 |
+/// | [`RetriesExhausted`](Self::RetriesExhausted) | `retries_exhausted` | transient failures or conflicts outlasted the retry budget | 503 |
 ///
 /// [`code`]: ErrorKind::code
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,6 +79,10 @@ pub enum ErrorKind {
     Unsupported,
     /// A read of the global order started after a position that holds no event.
     UnknownPosition,
+    /// An idempotency key was used before with another command body.
+    IdempotencyKeyReused,
+    /// Transient failures or conflicts outlasted the retry budget.
+    RetriesExhausted,
 }
 
 impl ErrorKind {
@@ -99,6 +105,8 @@ impl ErrorKind {
         ErrorKind::UniqueKeyTaken,
         ErrorKind::Unsupported,
         ErrorKind::UnknownPosition,
+        ErrorKind::IdempotencyKeyReused,
+        ErrorKind::RetriesExhausted,
     ];
 
     /// The stable machine-readable code (`"conflict"`, `"rejected"`, ...).
@@ -121,6 +129,8 @@ impl ErrorKind {
             ErrorKind::UniqueKeyTaken => "unique_key_taken",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::UnknownPosition => "unknown_position",
+            ErrorKind::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorKind::RetriesExhausted => "retries_exhausted",
         }
     }
 }
@@ -310,6 +320,44 @@ pub enum CommandError<E> {
         /// Why.
         reason: String,
     },
+    /// The idempotency key was used before with another command body; nothing ran.
+    #[error("idempotency key {key:?} of `{command}` was used with another body")]
+    IdempotencyKeyReused {
+        /// The command name.
+        command: &'static str,
+        /// The key.
+        key: String,
+    },
+    /// The command's idempotency key was executed before and the aggregate rejected it then:
+    /// this is the recorded rejection, replayed (its kind is [`ErrorKind::Rejected`]). See
+    /// [`idempotency`](crate::idempotency).
+    #[error("command rejected: {message}")]
+    AlreadyRejected {
+        /// The key.
+        key: String,
+        /// The domain error's code, when it had one.
+        domain_code: Option<String>,
+        /// The domain error's message.
+        message: String,
+    },
+    /// An idempotency key was given for a command that takes none (it is neither
+    /// `#[command(idempotent)]` nor `#[command(idempotency_key = ..)]`); nothing ran.
+    #[error("command `{command}` does not take idempotency keys")]
+    NotIdempotent {
+        /// The command name.
+        command: &'static str,
+    },
+    /// A retry policy ([`Retry`](crate::middleware::Retry)) gave up: every attempt failed
+    /// with a retryable error, a transient store failure or a version conflict
+    /// ([`StoreError::Conflict`]); `last` is the last attempt's.
+    #[error("gave up after {attempts} attempts: {last}")]
+    RetriesExhausted {
+        /// How many attempts ran.
+        attempts: u32,
+        /// The last attempt's error.
+        #[source]
+        last: StoreError,
+    },
 }
 
 impl<E> From<StoreError> for CommandError<E> {
@@ -342,7 +390,7 @@ impl<E> CommandError<E> {
     /// What kind of failure this is; see [`ErrorKind`] for the stable codes.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            CommandError::Rejected(_) => ErrorKind::Rejected,
+            CommandError::Rejected(_) | CommandError::AlreadyRejected { .. } => ErrorKind::Rejected,
             CommandError::Invalid(_) => ErrorKind::Validation,
             CommandError::Conflict { .. } => ErrorKind::Conflict,
             CommandError::Timeout { .. } => ErrorKind::Timeout,
@@ -351,6 +399,9 @@ impl<E> CommandError<E> {
             CommandError::Store(error) => error.kind(),
             CommandError::Refused { .. } => ErrorKind::Refused,
             CommandError::UniqueKeyTaken { .. } => ErrorKind::UniqueKeyTaken,
+            CommandError::IdempotencyKeyReused { .. } => ErrorKind::IdempotencyKeyReused,
+            CommandError::NotIdempotent { .. } => ErrorKind::Unsupported,
+            CommandError::RetriesExhausted { .. } => ErrorKind::RetriesExhausted,
         }
     }
 
@@ -450,7 +501,10 @@ impl StoreError {
             StoreError::InvalidStreamId { .. } => ErrorKind::InvalidStreamId,
             StoreError::Backend(_) | StoreError::Transient { .. } => ErrorKind::StoreUnavailable,
             StoreError::UniqueKeyTaken { .. } => ErrorKind::UniqueKeyTaken,
-            StoreError::UniqueKeysUnsupported => ErrorKind::Unsupported,
+            StoreError::UniqueKeysUnsupported | StoreError::IdempotencyUnsupported => {
+                ErrorKind::Unsupported
+            }
+            StoreError::IdempotencyKeyTaken { .. } => ErrorKind::IdempotencyKeyReused,
             StoreError::UnknownPosition { .. } => ErrorKind::UnknownPosition,
         }
     }
@@ -555,6 +609,7 @@ impl DispatchError {
             .and_then(<C::Aggregate as Aggregate>::domain_code);
         let message = match &error {
             CommandError::Rejected(rejection) => rejection.to_string(),
+            CommandError::AlreadyRejected { message, .. } => message.clone(),
             other => other.to_string(),
         };
         let validation = match &error {

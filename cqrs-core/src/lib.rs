@@ -144,7 +144,8 @@
 //! `serde`/`serde_json` for payloads, `serde_path_to_error` to name the bad field of a
 //! malformed payload, `uuid` (v7) for ids, `chrono` for timestamps, `thiserror` for the error
 //! enums, `tracing` for the tracing middleware, `tokio` (sync and time only) for the read-model
-//! lock and the timeout middleware. Optional: `validator`.
+//! lock and the timeout middleware, `sha2` to hash the bodies of commands with idempotency keys.
+//! Optional: `validator`.
 
 // Lets the crate's own tests and docs use the derives, whose output names `::cqrs_core`.
 #[allow(unused_extern_crates)]
@@ -156,6 +157,7 @@ mod command;
 pub mod dispatch;
 mod error;
 mod event;
+pub mod idempotency;
 pub mod list;
 mod metadata;
 pub mod middleware;
@@ -182,6 +184,7 @@ pub use error::{
     ValidationErrors,
 };
 pub use event::{Apply, ApplyUnit, Event, EventDecodeError, EventPayload, EventType, IntoEvents};
+pub use idempotency::{IdempotencyRecord, IdempotentOutcome, IdempotentWrite, RecordedRejection};
 pub use list::AnsweredQueries;
 pub use metadata::{GlobalPosition, Metadata, NewEvent, Payload, RecordedEvent};
 pub use projection::{Projection, ProjectionError, Reactor, ReadModel, StateLocation, Subscriber};

@@ -80,6 +80,24 @@ impl Metadata {
         self
     }
 
+    /// Sets the idempotency key of the command this metadata goes with (custom key
+    /// [`idempotency::METADATA_KEY`](crate::idempotency::METADATA_KEY)); see
+    /// [`idempotency`](crate::idempotency).
+    #[must_use]
+    pub fn with_idempotency_key(self, key: impl Into<String>) -> Self {
+        self.with(crate::idempotency::METADATA_KEY, key.into())
+    }
+
+    /// The idempotency key, if one was set.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        if self.extra.is_empty() {
+            return None;
+        }
+        self.extra
+            .get(crate::idempotency::METADATA_KEY)
+            .and_then(Value::as_str)
+    }
+
     /// Adds a user-defined key/value.
     #[must_use]
     pub fn with(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {

@@ -3,9 +3,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::idempotency::body_hash;
 use crate::{
     Aggregate, AppendResult, CommandContext, CommandError, Committed, EventStore, ExpectedVersion,
-    GlobalPosition, Handles, KeyChanges, NewEvent, RecordedEvent, Snapshot, StoreError,
+    GlobalPosition, Handles, IdempotencyRecord, IdempotentOutcome, IdempotentWrite, KeyChanges,
+    NewEvent, RecordedEvent, RecordedRejection, Snapshot, StoreError,
 };
 
 /// How a repository keeps aggregates cheap to load.
@@ -211,6 +213,11 @@ impl<A: Aggregate> Repository<A> {
     /// version conflict reloads and retries up to `retries` more times.
     ///
     /// Returns the recorded events too when `record` is set (for in-process subscribers).
+    ///
+    /// With an idempotency key ([`CommandContext::idempotency_key`]) a recorded outcome of
+    /// the key is returned without running the handler, and the outcome of this execution is
+    /// recorded with its append; see [`idempotency`](crate::idempotency). A replayed
+    /// outcome returns no recorded events.
     pub async fn execute<C>(
         &self,
         command: &C,
@@ -222,6 +229,16 @@ impl<A: Aggregate> Repository<A> {
         C: crate::Command<Aggregate = A>,
         A: Handles<C>,
     {
+        let idempotent = match ctx.idempotency_key() {
+            None => None,
+            Some(key) => {
+                let idempotent = Idempotent::of(command, key)?;
+                if let Some(replayed) = self.recorded::<C>(&idempotent).await {
+                    return replayed;
+                }
+                Some(idempotent)
+            }
+        };
         let slot = self.slot(&ctx.stream_id);
         let mut guard = match &slot {
             Some(slot) => Some(slot.lock().await),
@@ -230,14 +247,39 @@ impl<A: Aggregate> Repository<A> {
         let mut attempt = 0;
         loop {
             let cached = guard.as_mut().and_then(|state| state.take());
-            let (result, keep) = self.execute_once(command, ctx, record, cached).await;
+            let (result, keep) = self
+                .execute_once(command, ctx, record, cached, idempotent.as_ref())
+                .await;
             if let Some(state) = guard.as_mut() {
                 **state = keep;
             }
             match result {
+                // Another execution of the key won the race: its outcome is this one's.
+                Err(error)
+                    if matches!(
+                        error,
+                        CommandError::Conflict { .. }
+                            | CommandError::Store(StoreError::IdempotencyKeyTaken { .. })
+                    ) && let Some(idempotent) = &idempotent
+                        && let Some(replayed) = self.recorded::<C>(idempotent).await =>
+                {
+                    return replayed;
+                }
                 Err(error) if error.is_conflict() && attempt < retries => attempt += 1,
                 other => return other,
             }
+        }
+    }
+
+    /// The recorded outcome of an idempotency key, replayed; `None` when none is recorded.
+    async fn recorded<C: crate::Command<Aggregate = A>>(
+        &self,
+        idempotent: &Idempotent<'_>,
+    ) -> Option<Attempt<A>> {
+        match self.store.idempotency_record(C::NAME, idempotent.key).await {
+            Ok(None) => None,
+            Ok(Some(record)) => Some(idempotent.replay::<A>(C::NAME, record)),
+            Err(error) => Some(Err(error.into())),
         }
     }
 
@@ -256,6 +298,7 @@ impl<A: Aggregate> Repository<A> {
         ctx: &CommandContext,
         record: bool,
         cached: Option<Loaded<A>>,
+        idempotent: Option<&Idempotent<'_>>,
     ) -> (Attempt<A>, Option<Loaded<A>>)
     where
         C: crate::Command<Aggregate = A>,
@@ -277,21 +320,25 @@ impl<A: Aggregate> Repository<A> {
             let events = match decided {
                 Ok(events) if !events.is_empty() => events,
                 outcome => {
-                    // Nothing to write: confirm the state the decision was taken on.
-                    if !current {
-                        match self.store.stream_version(stream_id).await {
-                            Ok(head) if head == loaded.version => {}
-                            Ok(_) => {
-                                refreshes += 1;
-                                (loaded, current) =
-                                    match self.catch_up(stream_id, Some(loaded)).await {
-                                        Ok(loaded) => (loaded, true),
-                                        Err(error) => return (Err(error), None),
-                                    };
-                                continue;
+                    // Nothing to write: confirm the state the decision was taken on (and
+                    // record the outcome of an idempotency key).
+                    let settled = self.settle::<C>(ctx, idempotent, &loaded, current, &outcome);
+                    match settled.await {
+                        Ok(()) => {}
+                        Err(StoreError::Conflict { .. }) if refreshes < 2 => {
+                            if let Some(idempotent) = idempotent
+                                && let Some(replayed) = self.recorded::<C>(idempotent).await
+                            {
+                                return (replayed, Some(loaded));
                             }
-                            Err(error) => return (Err(error.into()), Some(loaded)),
+                            refreshes += 1;
+                            (loaded, current) = match self.catch_up(stream_id, Some(loaded)).await {
+                                Ok(loaded) => (loaded, true),
+                                Err(error) => return (Err(error), None),
+                            };
+                            continue;
                         }
+                        Err(error) => return (Err(error.into()), Some(loaded)),
                     }
                     let result = match outcome {
                         Ok(_) => Ok((nothing_committed(ctx, loaded.version), Vec::new())),
@@ -312,17 +359,17 @@ impl<A: Aggregate> Repository<A> {
             let (keys, applied_early) = key_changes(&mut loaded.state, &events);
             let recorded_input = record.then(|| new_events.clone());
             let expected = ExpectedVersion::Exact(loaded.version);
-            let append = if keys.is_empty() {
-                self.store.append(stream_id, expected, new_events)
-            } else {
-                self.store
-                    .append_with_keys(stream_id, expected, new_events, keys)
-            };
+            let append = self.append::<C>(ctx, idempotent, expected, new_events, keys);
             let appended = match append.await {
                 Ok(appended) => appended,
                 Err(StoreError::Conflict { actual, .. })
                     if refreshes < 2 && (!current || actual < loaded.version) =>
                 {
+                    if let Some(idempotent) = idempotent
+                        && let Some(replayed) = self.recorded::<C>(idempotent).await
+                    {
+                        return (replayed, (!applied_early).then_some(loaded));
+                    }
                     refreshes += 1;
                     // Another writer moved the stream (the cached state is behind), or the
                     // state is ahead of the store (a snapshot or cache past a restored
@@ -366,6 +413,69 @@ impl<A: Aggregate> Repository<A> {
                 .map(|input| record_events(stream_id, previous, &appended, input))
                 .unwrap_or_default();
             return (Ok((committed, recorded)), Some(loaded));
+        }
+    }
+
+    /// The append of a command's events: plain, with unique keys, or with the idempotency
+    /// record.
+    fn append<'s, C: crate::Command<Aggregate = A>>(
+        &'s self,
+        ctx: &'s CommandContext,
+        idempotent: Option<&Idempotent<'_>>,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        keys: KeyChanges,
+    ) -> crate::BoxFuture<'s, Result<AppendResult, StoreError>> {
+        let stream_id = ctx.stream_id.as_str();
+        if let Some(idempotent) = idempotent {
+            let write = idempotent.write::<C>(ctx, None);
+            self.store
+                .append_idempotent(stream_id, expected, events, keys, write)
+        } else if keys.is_empty() {
+            self.store.append(stream_id, expected, events)
+        } else {
+            self.store
+                .append_with_keys(stream_id, expected, events, keys)
+        }
+    }
+
+    /// Settles an outcome that writes no events: with an idempotency key, records it with an
+    /// append of no events at the loaded version; otherwise checks that a state not read
+    /// from the store just now is still at the stream's head. A stale state is a
+    /// [`StoreError::Conflict`].
+    async fn settle<C: crate::Command<Aggregate = A>>(
+        &self,
+        ctx: &CommandContext,
+        idempotent: Option<&Idempotent<'_>>,
+        loaded: &Loaded<A>,
+        current: bool,
+        outcome: &Result<Vec<A::Event>, A::Error>,
+    ) -> Result<(), StoreError> {
+        let stream_id = ctx.stream_id.as_str();
+        let expected = ExpectedVersion::Exact(loaded.version);
+        if let Some(idempotent) = idempotent {
+            let rejection = outcome.as_ref().err().map(|error| RecordedRejection {
+                domain_code: A::domain_code(error).map(str::to_owned),
+                message: error.to_string(),
+            });
+            let write = idempotent.write::<C>(ctx, rejection);
+            self.store
+                .append_idempotent(stream_id, expected, Vec::new(), KeyChanges::new(), write)
+                .await?;
+            return Ok(());
+        }
+        if current {
+            return Ok(());
+        }
+        let actual = self.store.stream_version(stream_id).await?;
+        if actual == loaded.version {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict {
+                stream: stream_id.to_owned(),
+                expected,
+                actual,
+            })
         }
     }
 
@@ -428,6 +538,64 @@ impl<A: Aggregate> Repository<A> {
             cache.insert(stream_id.to_owned(), Arc::clone(&slot));
         }
         Some(slot)
+    }
+}
+
+/// An execution's idempotency key and the hash of its command's body.
+struct Idempotent<'a> {
+    key: &'a str,
+    body_hash: String,
+}
+
+impl<'a> Idempotent<'a> {
+    /// The key of `command`, which must take keys ([`Command::idempotency_body`]).
+    ///
+    /// [`Command::idempotency_body`]: crate::Command::idempotency_body
+    fn of<C: crate::Command>(
+        command: &C,
+        key: &'a str,
+    ) -> Result<Self, CommandError<<C::Aggregate as Aggregate>::Error>> {
+        match command.idempotency_body() {
+            None => Err(CommandError::NotIdempotent { command: C::NAME }),
+            Some(Err(error)) => Err(CommandError::Serialize(error)),
+            Some(Ok(body)) => Ok(Self {
+                key,
+                body_hash: body_hash(&body),
+            }),
+        }
+    }
+
+    /// What the store records with the append.
+    fn write<C: crate::Command>(
+        &self,
+        ctx: &CommandContext,
+        rejection: Option<RecordedRejection>,
+    ) -> IdempotentWrite {
+        IdempotentWrite {
+            command_name: C::NAME.to_owned(),
+            key: self.key.to_owned(),
+            body_hash: self.body_hash.clone(),
+            command_id: ctx.command_id,
+            rejection,
+        }
+    }
+
+    /// The recorded outcome as this execution's, unless the body differs.
+    fn replay<A: Aggregate>(&self, command: &'static str, record: IdempotencyRecord) -> Attempt<A> {
+        if record.body_hash != self.body_hash {
+            return Err(CommandError::IdempotencyKeyReused {
+                command,
+                key: self.key.to_owned(),
+            });
+        }
+        match record.outcome {
+            IdempotentOutcome::Committed(committed) => Ok((committed, Vec::new())),
+            IdempotentOutcome::Rejected(rejection) => Err(CommandError::AlreadyRejected {
+                key: record.key,
+                domain_code: rejection.domain_code,
+                message: rejection.message,
+            }),
+        }
     }
 }
 

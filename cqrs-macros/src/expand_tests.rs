@@ -54,6 +54,35 @@ fn command_with_name_validate_and_crate() {
 }
 
 #[test]
+fn command_with_idempotency_key() {
+    insta::assert_snapshot!(derive(
+        crate::command::derive,
+        quote! {
+            #[command(aggregate = Account, id = account_id, idempotency_key = request_id)]
+            pub struct Deposit {
+                pub account_id: Uuid,
+                pub request_id: Uuid,
+                pub amount: u64,
+            }
+        }
+    ));
+}
+
+#[test]
+fn command_idempotent_with_keys_from_metadata() {
+    insta::assert_snapshot!(derive(
+        crate::command::derive,
+        quote! {
+            #[command(aggregate = Account, id = account_id, idempotent)]
+            pub struct Withdraw {
+                pub account_id: Uuid,
+                pub amount: u64,
+            }
+        }
+    ));
+}
+
+#[test]
 fn command_with_mistake_emits_errors_and_a_stand_in() {
     insta::assert_snapshot!(derive(
         crate::command::derive,

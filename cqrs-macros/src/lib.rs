@@ -126,7 +126,8 @@ use syn::{DeriveInput, parse_macro_input};
 ///
 /// ```text
 /// #[derive(Command)]
-/// #[command(aggregate = Type, id = field, name = "wire.name", validate, crate = "path")]
+/// #[command(aggregate = Type, id = field, name = "wire.name", validate,
+///           idempotency_key = field, idempotent, crate = "path")]
 /// struct Name { field: T, ... }
 /// ```
 ///
@@ -136,6 +137,8 @@ use syn::{DeriveInput, parse_macro_input};
 /// | `id = field` | yes | the field naming the aggregate instance; `aggregate_id()` is `field.to_string()`, so its type implements `Display`; the stream written is `"{Aggregate::NAME}-{id}"` |
 /// | `name = "..."` | no | the stable wire name dynamic dispatch finds the command by (`Command::NAME`); defaults to the type's name, so pin it before clients depend on it |
 /// | `validate` | no | `Command::validate` runs the type's `validator::Validate` impl (cqrs-core's `validator` feature); the `Validation` middleware calls it |
+/// | `idempotency_key = field` | no | the field holding the command's idempotency key (`Command::idempotency_key`, via `ToString`); the command must be `serde::Serialize` (its JSON body is hashed to detect a key reused with another body). See `cqrs_core::idempotency` |
+/// | `idempotent` | no | the command takes idempotency keys from the caller's metadata (`Metadata::with_idempotency_key`); the command must be `serde::Serialize`. Implied by `idempotency_key` |
 /// | `crate = "path"` | no | the path to `cqrs_core` in the generated code |
 ///
 /// Keys may be split across several `#[command(...)]` attributes; each may be given once.

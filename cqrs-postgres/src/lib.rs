@@ -152,6 +152,23 @@
 //! The keyed append costs three more round trips (BEGIN, the key statement, COMMIT) than the
 //! plain one; appends without key changes are the single statement, unchanged.
 //!
+//! # Idempotency keys
+//!
+//! Commands executed with an idempotency key (see `cqrs_core::idempotency`) are recorded in
+//! `cqrs_idempotency` (migration 4): primary key `(command_name, key)`, the body's hash, the
+//! stream, the outcome as JSON and `created_at`. An
+//! [`append_idempotent`](cqrs_core::EventStore::append_idempotent) opens a transaction, runs
+//! the append statement (and the key changes, when there are any), then inserts the record
+//! ([`sql::RECORD_IDEMPOTENCY_KEY`], `ON CONFLICT DO NOTHING`). A key already recorded, or
+//! being recorded by a concurrent transaction (the insert waits for it), inserts nothing: the
+//! transaction is rolled back, events included, and the append is
+//! [`StoreError::IdempotencyKeyTaken`](cqrs_core::StoreError::IdempotencyKeyTaken). A
+//! rejection or an outcome without events is recorded the same way with no events (the
+//! append then only checks the version). The keyed append costs BEGIN, the insert and COMMIT
+//! on top of the append statement; commands without a key never pay it. Records stay until
+//! [`purge_idempotency_keys`](cqrs_core::EventStore::purge_idempotency_keys) deletes them
+//! (an index on `created_at` serves it).
+//!
 //! # The global order
 //!
 //! A position is drawn from the identity sequence when the row is inserted, but the row

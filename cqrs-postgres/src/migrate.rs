@@ -21,6 +21,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "unique_keys",
         include_str!("../migrations/0003_unique_keys.sql"),
     ),
+    (
+        4,
+        "idempotency",
+        include_str!("../migrations/0004_idempotency.sql"),
+    ),
 ];
 
 /// Serializes concurrent runners within one database (`pg_advisory_xact_lock` key:

@@ -333,3 +333,22 @@ SELECT namespace, value, stream_id FROM claimed WHERE stream_id <> $1";
 /// The stream holding the key `($1 = namespace, $2 = value)`.
 pub const UNIQUE_KEY_OWNER: &str =
     "SELECT stream_id FROM cqrs_unique_keys WHERE namespace = $1 AND value = $2";
+
+/// Records an idempotency key in the append's transaction: `$1` command name, `$2` key,
+/// `$3` body hash, `$4` stream, `$5` the outcome (JSON). A row for the key already there
+/// (committed, or inserted by a concurrent transaction, which this one waits for) inserts
+/// nothing and returns no row: the key is taken.
+pub const RECORD_IDEMPOTENCY_KEY: &str = "\
+INSERT INTO cqrs_idempotency (command_name, key, body_hash, stream_id, result)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (command_name, key) DO NOTHING
+RETURNING created_at";
+
+/// The record of an idempotency key (`$1` command name, `$2` key).
+pub const IDEMPOTENCY_RECORD: &str = "\
+SELECT body_hash, stream_id, result::text, created_at
+  FROM cqrs_idempotency
+ WHERE command_name = $1 AND key = $2";
+
+/// Deletes the idempotency records created before `$1`.
+pub const PURGE_IDEMPOTENCY_KEYS: &str = "DELETE FROM cqrs_idempotency WHERE created_at < $1";

@@ -28,12 +28,14 @@
 //! }
 //! ```
 
+mod retry;
 mod timeout;
 mod trace;
 mod validate;
 
 use std::future::Future;
 
+pub use retry::Retry;
 pub use timeout::Timeout;
 pub use trace::Tracing;
 pub use validate::Validation;

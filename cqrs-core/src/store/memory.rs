@@ -5,14 +5,18 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use super::{AppendResult, EventStore, ExpectedVersion, Snapshot, StoreError};
-use crate::{BoxFuture, GlobalPosition, KeyChange, KeyChanges, NewEvent, RecordedEvent};
+use crate::{
+    BoxFuture, GlobalPosition, IdempotencyRecord, IdempotentWrite, KeyChange, KeyChanges, NewEvent,
+    RecordedEvent,
+};
 
 /// The embedded event store: everything in process memory, lost on exit.
 ///
 /// It is the reference for the [`EventStore`] contract: appends are atomic under one lock,
 /// positions are assigned in commit order (so the global order has no gaps to skip), and a
 /// version check failure writes nothing. Unique keys ([`EventStore::append_with_keys`]) are
-/// checked and changed under the same lock. Cloning shares the same store.
+/// checked and changed under the same lock, and so are idempotency records
+/// ([`EventStore::append_idempotent`]). Cloning shares the same store.
 #[derive(Clone, Default)]
 pub struct InMemoryEventStore {
     inner: Arc<RwLock<Inner>>,
@@ -28,6 +32,8 @@ struct Inner {
     snapshots: HashMap<String, Snapshot>,
     /// Unique keys: namespace -> value -> the stream holding it.
     unique_keys: HashMap<String, HashMap<String, String>>,
+    /// Idempotency records by (command name, key).
+    idempotency: HashMap<(String, String), IdempotencyRecord>,
 }
 
 impl Inner {
@@ -103,6 +109,7 @@ impl InMemoryEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
         keys: KeyChanges,
+        write: Option<IdempotentWrite>,
     ) -> Result<AppendResult, StoreError> {
         if stream_id.is_empty() {
             return Err(StoreError::InvalidStreamId {
@@ -112,6 +119,16 @@ impl InMemoryEventStore {
         }
         let mut guard = self.write();
         let inner = &mut *guard;
+        if let Some(write) = &write
+            && inner
+                .idempotency
+                .contains_key(&(write.command_name.clone(), write.key.clone()))
+        {
+            return Err(StoreError::IdempotencyKeyTaken {
+                command: write.command_name.clone(),
+                key: write.key.clone(),
+            });
+        }
         let actual = inner.streams.get(stream_id).map_or(0, Vec::len) as u64;
         if !expected.matches(actual) {
             return Err(StoreError::Conflict {
@@ -139,6 +156,7 @@ impl InMemoryEventStore {
             return Err(taken);
         }
         let recorded_at = Utc::now();
+        let count = events.len();
         let mut positions = Vec::with_capacity(events.len());
         // `entry` would allocate the key on every append; only a new stream needs it.
         if !inner.streams.contains_key(stream_id) {
@@ -170,11 +188,18 @@ impl InMemoryEventStore {
         if !keys.is_empty() {
             inner.change_keys(stream_id, keys);
         }
-        Ok(AppendResult {
+        let appended = AppendResult {
             stream_version,
             positions,
             recorded_at,
-        })
+        };
+        if let Some(write) = write {
+            let record = write.into_record(stream_id, &appended, count);
+            inner
+                .idempotency
+                .insert((record.command_name.clone(), record.key.clone()), record);
+        }
+        Ok(appended)
     }
 }
 
@@ -185,7 +210,7 @@ impl EventStore for InMemoryEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
-        let result = self.append_now(stream_id, expected, events, KeyChanges::new());
+        let result = self.append_now(stream_id, expected, events, KeyChanges::new(), None);
         Box::pin(std::future::ready(result))
     }
 
@@ -196,8 +221,46 @@ impl EventStore for InMemoryEventStore {
         events: Vec<NewEvent>,
         keys: KeyChanges,
     ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
-        let result = self.append_now(stream_id, expected, events, keys);
+        let result = self.append_now(stream_id, expected, events, keys, None);
         Box::pin(std::future::ready(result))
+    }
+
+    fn append_idempotent<'a>(
+        &'a self,
+        stream_id: &'a str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        keys: KeyChanges,
+        write: IdempotentWrite,
+    ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
+        let result = self.append_now(stream_id, expected, events, keys, Some(write));
+        Box::pin(std::future::ready(result))
+    }
+
+    fn idempotency_record<'a>(
+        &'a self,
+        command_name: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<IdempotencyRecord>, StoreError>> {
+        let record = self
+            .read()
+            .idempotency
+            .get(&(command_name.to_owned(), key.to_owned()))
+            .cloned();
+        Box::pin(std::future::ready(Ok(record)))
+    }
+
+    fn purge_idempotency_keys(
+        &self,
+        older_than: chrono::DateTime<Utc>,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let mut inner = self.write();
+        let before = inner.idempotency.len();
+        inner
+            .idempotency
+            .retain(|_, record| record.created_at >= older_than);
+        let purged = (before - inner.idempotency.len()) as u64;
+        Box::pin(std::future::ready(Ok(purged)))
     }
 
     fn unique_key_owner<'a>(

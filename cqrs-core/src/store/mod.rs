@@ -9,7 +9,10 @@ use serde_json::Value;
 
 pub use memory::InMemoryEventStore;
 
-use crate::{BoxFuture, GlobalPosition, KeyChanges, NewEvent, RecordedEvent};
+use crate::{
+    BoxFuture, GlobalPosition, IdempotencyRecord, IdempotentWrite, KeyChanges, NewEvent,
+    RecordedEvent,
+};
 
 /// What the writer believes the stream's version to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -125,6 +128,20 @@ pub enum StoreError {
     /// changes on a store that does not implement it); nothing was written.
     #[error("this event store does not support unique keys")]
     UniqueKeysUnsupported,
+    /// An idempotency key is already recorded for this command name
+    /// ([`EventStore::append_idempotent`]); nothing was written. Read the record with
+    /// [`EventStore::idempotency_record`].
+    #[error("idempotency key {key:?} of `{command}` is already recorded")]
+    IdempotencyKeyTaken {
+        /// The command name.
+        command: String,
+        /// The key.
+        key: String,
+    },
+    /// The store cannot record idempotency keys ([`EventStore::append_idempotent`] on a
+    /// store that does not implement it); nothing was written.
+    #[error("this event store does not support idempotency keys")]
+    IdempotencyUnsupported,
     /// The operation failed for a passing reason and may succeed if simply tried again (in a
     /// new transaction): a serialization failure, a deadlock, a lost connection. See
     /// [`StoreError::is_retryable`] and [`TransientReason::rolled_back`].
@@ -266,6 +283,56 @@ pub trait EventStore: Send + Sync + 'static {
         } else {
             Box::pin(std::future::ready(Err(StoreError::UniqueKeysUnsupported)))
         }
+    }
+
+    /// Appends as [`append_with_keys`](Self::append_with_keys) does and, in the same atomic
+    /// step, records the idempotency key of `write` with the outcome: the append's
+    /// [`Committed`](crate::Committed) (built from the [`AppendResult`] and the number of
+    /// events), or `write.rejection` (then `events` is empty and the append only checks the
+    /// expected version). See [`idempotency`](crate::idempotency).
+    ///
+    /// A key already recorded for `write.command_name` fails the whole append with
+    /// [`StoreError::IdempotencyKeyTaken`] and writes nothing; concurrent appends with one
+    /// key have one winner. Other errors are those of `append_with_keys`, and write nothing
+    /// either, the key included.
+    ///
+    /// The default fails with [`StoreError::IdempotencyUnsupported`], writing nothing: a
+    /// store opts in by overriding it together with
+    /// [`idempotency_record`](Self::idempotency_record) and
+    /// [`purge_idempotency_keys`](Self::purge_idempotency_keys). [`InMemoryEventStore`] and
+    /// the PostgreSQL store do.
+    fn append_idempotent<'a>(
+        &'a self,
+        stream_id: &'a str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        keys: KeyChanges,
+        write: IdempotentWrite,
+    ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
+        let _ = (stream_id, expected, events, keys, write);
+        Box::pin(std::future::ready(Err(StoreError::IdempotencyUnsupported)))
+    }
+
+    /// The record of an idempotency key of command `command_name`, if any (`None` too on a
+    /// store without idempotency keys, which is the default).
+    fn idempotency_record<'a>(
+        &'a self,
+        command_name: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<IdempotencyRecord>, StoreError>> {
+        let _ = (command_name, key);
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// Deletes the idempotency records created before `older_than` and returns how many
+    /// were deleted; a key purged is free again (its command runs anew). The default (a
+    /// store without idempotency keys) deletes nothing.
+    fn purge_idempotency_keys(
+        &self,
+        older_than: DateTime<Utc>,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let _ = older_than;
+        Box::pin(std::future::ready(Ok(0)))
     }
 
     /// The stream that holds a unique key, if any (`None` too on a store without unique

@@ -1,6 +1,9 @@
 //! A small domain shared by the behaviour tests.
 #![allow(dead_code, missing_docs)]
 
+pub mod flaky;
+pub mod wallet;
+
 use std::sync::Arc;
 use std::sync::Mutex;
 

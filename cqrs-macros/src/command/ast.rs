@@ -5,7 +5,9 @@ use quote::ToTokens;
 use syn::{Data, DeriveInput, Fields, Ident, LitStr, Path, Type};
 
 use crate::internals::attr::{self, Attr};
-use crate::internals::symbol::{AGGREGATE, COMMAND, CRATE, ID, NAME, VALIDATE};
+use crate::internals::symbol::{
+    AGGREGATE, COMMAND, CRATE, ID, IDEMPOTENCY_KEY, IDEMPOTENT, NAME, VALIDATE,
+};
 use crate::internals::{Ctxt, krate};
 
 /// A struct deriving `Command`.
@@ -20,13 +22,25 @@ pub struct Command<'a> {
     pub name: Option<LitStr>,
     /// The `validate` key itself, when given.
     pub validate: Option<TokenStream>,
+    /// The field holding the idempotency key (`idempotency_key = field`).
+    pub idempotency_key: Option<Ident>,
+    /// The `idempotent` key itself, when given.
+    pub idempotent: Option<TokenStream>,
     pub krate: Path,
     /// Whether an unknown key was given: likely a misspelt required key, already reported.
     pub unknown_keys: bool,
 }
 
 /// The keys `#[command(...)]` accepts.
-const KEYS: &[crate::internals::symbol::Symbol] = &[AGGREGATE, ID, NAME, VALIDATE, CRATE];
+const KEYS: &[crate::internals::symbol::Symbol] = &[
+    AGGREGATE,
+    ID,
+    NAME,
+    VALIDATE,
+    IDEMPOTENCY_KEY,
+    IDEMPOTENT,
+    CRATE,
+];
 
 impl<'a> Command<'a> {
     pub fn from_ast(cx: &Ctxt, input: &'a DeriveInput) -> Self {
@@ -62,6 +76,8 @@ impl<'a> Command<'a> {
         let mut id = Attr::none(cx, COMMAND, ID);
         let mut name = Attr::none(cx, COMMAND, NAME);
         let mut validate = Attr::none(cx, COMMAND, VALIDATE);
+        let mut idempotency_key = Attr::none(cx, COMMAND, IDEMPOTENCY_KEY);
+        let mut idempotent = Attr::none(cx, COMMAND, IDEMPOTENT);
         let mut krate = Attr::none(cx, COMMAND, CRATE);
         let mut unknown_keys = false;
         attr::parse_each(cx, &input.attrs, COMMAND, |meta| {
@@ -74,6 +90,11 @@ impl<'a> Command<'a> {
             } else if meta.path == VALIDATE {
                 attr::flag(&meta, VALIDATE)?;
                 validate.set(&meta.path, meta.path.to_token_stream());
+            } else if meta.path == IDEMPOTENCY_KEY {
+                idempotency_key.set(&meta.path, meta.value()?.parse::<Ident>()?);
+            } else if meta.path == IDEMPOTENT {
+                attr::flag(&meta, IDEMPOTENT)?;
+                idempotent.set(&meta.path, meta.path.to_token_stream());
             } else if meta.path == CRATE {
                 krate.set(&meta.path, krate::parse(&meta)?);
             } else {
@@ -95,6 +116,8 @@ impl<'a> Command<'a> {
             id: id.get(),
             name: name.get(),
             validate: validate.get(),
+            idempotency_key: idempotency_key.get(),
+            idempotent: idempotent.get(),
             krate: krate.get().unwrap_or_else(krate::default_path),
             unknown_keys,
         }

@@ -16,7 +16,19 @@ pub struct Command<'a> {
     pub id: &'a Ident,
     pub name: LitStr,
     pub validate: Option<&'a TokenStream>,
+    /// Set when the command takes idempotency keys: the key's field, if it carries one,
+    /// and the token that asked for keys (for spans).
+    pub idempotency: Option<Idempotency<'a>>,
     pub krate: &'a Path,
+}
+
+/// How a command takes idempotency keys.
+pub struct Idempotency<'a> {
+    /// The field holding the key, or `None` when keys come from the caller's metadata.
+    pub key: Option<&'a Ident>,
+    /// The token asking for keys (the field name, or `idempotent`), where a missing
+    /// `Serialize` impl is reported.
+    pub at: TokenStream,
 }
 
 /// Records what is missing or wrong; returns the command when nothing is.
@@ -56,6 +68,30 @@ pub fn check<'a>(cx: &Ctxt, command: &'a ast::Command<'a>) -> Option<Command<'a>
             );
         }
     }
+    if let (Some(key), Some(fields)) = (&command.idempotency_key, &command.fields)
+        && !fields.contains(&key)
+    {
+        let list: Vec<String> = fields.iter().map(|f| format!("`{f}`")).collect();
+        cx.error_spanned_by(
+            key,
+            format!(
+                "`idempotency_key = {key}` names no field of `{}`; expected one of {}",
+                command.input.ident,
+                list.join(", ")
+            ),
+        );
+    }
+    let idempotency = match (&command.idempotency_key, &command.idempotent) {
+        (Some(key), _) => Some(Idempotency {
+            key: Some(key),
+            at: quote::ToTokens::to_token_stream(key),
+        }),
+        (None, Some(flag)) => Some(Idempotency {
+            key: None,
+            at: flag.clone(),
+        }),
+        (None, None) => None,
+    };
     let ident = &command.input.ident;
     Some(Command {
         ident,
@@ -67,6 +103,7 @@ pub fn check<'a>(cx: &Ctxt, command: &'a ast::Command<'a>) -> Option<Command<'a>
             .clone()
             .unwrap_or_else(|| LitStr::new(&ident.unraw().to_string(), ident.span())),
         validate: command.validate.as_ref(),
+        idempotency,
         krate: &command.krate,
     })
 }

@@ -14,6 +14,7 @@ pub fn expand(command: &check::Command<'_>) -> TokenStream {
         id,
         name,
         validate,
+        idempotency,
         krate,
     } = command;
     let p = quote!(#krate::__private);
@@ -23,6 +24,28 @@ pub fn expand(command: &check::Command<'_>) -> TokenStream {
         #pi::std::string::ToString::to_string(&self.#id)
     };
     let validate = validate.map(|key| validate_fn(&p, key));
+    let idempotency = idempotency.as_ref().map(|idempotency| {
+        let pi = path_at(&p, at_user(&idempotency.at));
+        // Spanned at the user's key, so a command that is not `Serialize` is reported there.
+        let body = quote_spanned! {at_user(&idempotency.at)=>
+            fn idempotency_body(
+                &self,
+            ) -> ::core::option::Option<
+                ::core::result::Result<#p::std::string::String, #p::serde_json::Error>,
+            > {
+                ::core::option::Option::Some(#pi::serde_json::to_string(self))
+            }
+        };
+        let key = idempotency.key.map(|field| {
+            let pk = path_at(&p, at_user(field));
+            quote_spanned! {at_user(field)=>
+                fn idempotency_key(&self) -> ::core::option::Option<#p::std::string::String> {
+                    ::core::option::Option::Some(#pk::std::string::ToString::to_string(&self.#field))
+                }
+            }
+        });
+        quote!(#key #body)
+    });
     quote! {
         const _: () = {
             #[automatically_derived]
@@ -33,6 +56,7 @@ pub fn expand(command: &check::Command<'_>) -> TokenStream {
                     #aggregate_id
                 }
                 #validate
+                #idempotency
             }
         };
     }

@@ -90,7 +90,7 @@ impl PostgresEventStore {
 
 /// Releases and claims `keys` for `stream_id`; a claimed key held by another stream is
 /// [`StoreError::UniqueKeyTaken`], after which the transaction must be rolled back.
-async fn change_keys(
+pub(super) async fn change_keys(
     conn: &mut PgConnection,
     stream_id: &str,
     keys: &KeyChanges,

@@ -1,6 +1,7 @@
 //! The event store: [`PostgresEventStore`].
 
 mod append;
+mod idempotency;
 mod inline;
 mod keys;
 mod notify;
@@ -8,9 +9,10 @@ mod read;
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use cqrs_core::{
-    AppendResult, BoxFuture, EventStore, ExpectedVersion, GlobalPosition, KeyChanges, NewEvent,
-    RecordedEvent, Snapshot, StoreError,
+    AppendResult, BoxFuture, EventStore, ExpectedVersion, GlobalPosition, IdempotencyRecord,
+    IdempotentWrite, KeyChanges, NewEvent, RecordedEvent, Snapshot, StoreError,
 };
 use sqlx::{PgConnection, PgPool};
 
@@ -225,6 +227,37 @@ impl EventStore for PostgresEventStore {
             return Box::pin(self.append_owned(stream_id, expected, events));
         }
         Box::pin(async move { self.append_keyed(stream_id, expected, events, &keys).await })
+    }
+
+    /// The append, the key changes and the record of `cqrs_idempotency` run in one
+    /// transaction; a key already recorded rolls it back.
+    fn append_idempotent<'a>(
+        &'a self,
+        stream_id: &'a str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        keys: KeyChanges,
+        write: IdempotentWrite,
+    ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
+        Box::pin(async move {
+            self.append_idempotent_owned(stream_id, expected, events, &keys, write)
+                .await
+        })
+    }
+
+    fn idempotency_record<'a>(
+        &'a self,
+        command_name: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<IdempotencyRecord>, StoreError>> {
+        Box::pin(self.idempotency_record_of(command_name, key))
+    }
+
+    fn purge_idempotency_keys(
+        &self,
+        older_than: DateTime<Utc>,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(self.purge_idempotency(older_than))
     }
 
     fn unique_key_owner<'a>(
