@@ -340,6 +340,10 @@ fn error_codes_are_stable_snake_case_and_distinct() {
             "unique_key_taken",
             "unsupported",
             "unknown_position",
+            "circuit_open",
+            "rate_limited",
+            "concurrency_limited",
+            "forbidden",
         ]
     );
     for kind in ErrorKind::ALL {

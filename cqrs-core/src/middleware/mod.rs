@@ -32,11 +32,17 @@ mod timeout;
 mod trace;
 mod validate;
 
+mod circuit;
+mod clock;
+
 use std::future::Future;
 
 pub use timeout::Timeout;
 pub use trace::Tracing;
 pub use validate::Validation;
+
+pub use circuit::{CircuitBreaker, CircuitError, CircuitState, CircuitStats, TripsCircuit};
+pub use clock::{Clock, ManualClock, SystemClock};
 
 use crate::{Aggregate, Command, CommandContext, CommandError, Committed, Query, QueryError};
 
