@@ -32,8 +32,10 @@ mod timeout;
 mod trace;
 mod validate;
 
+mod caller;
 mod circuit;
 mod clock;
+mod limit;
 
 use std::future::Future;
 
@@ -41,8 +43,10 @@ pub use timeout::Timeout;
 pub use trace::Tracing;
 pub use validate::Validation;
 
+pub use caller::{as_caller, current_caller};
 pub use circuit::{CircuitBreaker, CircuitError, CircuitState, CircuitStats, TripsCircuit};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use limit::{ConcurrencyLimit, Permit, Quota, RateLimit, Scope};
 
 use crate::{Aggregate, Command, CommandContext, CommandError, Committed, Query, QueryError};
 
