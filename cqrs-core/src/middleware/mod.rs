@@ -32,6 +32,7 @@ mod timeout;
 mod trace;
 mod validate;
 
+mod authorize;
 mod caller;
 mod circuit;
 mod clock;
@@ -43,6 +44,7 @@ pub use timeout::Timeout;
 pub use trace::Tracing;
 pub use validate::Validation;
 
+pub use authorize::{Authorize, Policy, Request, RequestKind};
 pub use caller::{as_caller, current_caller};
 pub use circuit::{CircuitBreaker, CircuitError, CircuitState, CircuitStats, TripsCircuit};
 pub use clock::{Clock, ManualClock, SystemClock};
