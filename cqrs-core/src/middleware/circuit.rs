@@ -95,7 +95,8 @@ pub enum CircuitError<E> {
 /// infrastructure failure (a domain rejection, a validation error), resets the count.
 ///
 /// State changes are logged (`tracing`, target `cqrs_core::middleware::circuit`) and counted
-/// ([`CircuitBreaker::stats`]). Clones share one circuit: register a clone on the bus and give
+/// ([`CircuitBreaker::stats`], and with feature `metrics` the counter
+/// `cqrs_circuit_transitions_total{circuit, state}`). Clones share one circuit: register a clone on the bus and give
 /// another to the services that should stop calling the store while it is down.
 ///
 /// Time comes from a [`Clock`]; tests give it a [`ManualClock`](super::ManualClock).
@@ -300,6 +301,8 @@ impl CircuitBreaker {
                 };
                 drop(phase);
                 self.inner.half_opened.fetch_add(1, Ordering::Relaxed);
+                #[cfg(feature = "metrics")]
+                super::metrics::circuit_transition(self.inner.name, "half_open");
                 tracing::info!(
                     circuit = self.inner.name,
                     "circuit half-open: trying one call"
@@ -341,6 +344,8 @@ impl CircuitBreaker {
             until: self.inner.clock.now() + self.inner.cool_down,
         };
         self.inner.opened.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        super::metrics::circuit_transition(self.inner.name, "open");
         tracing::warn!(
             circuit = self.inner.name,
             cool_down_ms = u64::try_from(self.inner.cool_down.as_millis()).unwrap_or(u64::MAX),
@@ -382,6 +387,8 @@ impl Admission<'_> {
                 } else {
                     *phase = Phase::Closed { failures: 0 };
                     breaker.inner.closed.fetch_add(1, Ordering::Relaxed);
+                    #[cfg(feature = "metrics")]
+                    super::metrics::circuit_transition(breaker.inner.name, "closed");
                     tracing::info!(circuit = breaker.inner.name, "circuit closed");
                 }
             }

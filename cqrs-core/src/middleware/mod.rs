@@ -37,6 +37,8 @@ mod caller;
 mod circuit;
 mod clock;
 mod limit;
+#[cfg(feature = "metrics")]
+mod metrics;
 
 use std::future::Future;
 
@@ -49,6 +51,8 @@ pub use caller::{as_caller, current_caller};
 pub use circuit::{CircuitBreaker, CircuitError, CircuitState, CircuitStats, TripsCircuit};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use limit::{ConcurrencyLimit, Permit, Quota, RateLimit, Scope};
+#[cfg(feature = "metrics")]
+pub use metrics::{EventMetrics, Metrics};
 
 use crate::{Aggregate, Command, CommandContext, CommandError, Committed, Query, QueryError};
 
