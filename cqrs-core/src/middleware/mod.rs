@@ -33,6 +33,7 @@ mod trace;
 mod validate;
 
 mod authorize;
+mod cache;
 mod caller;
 mod circuit;
 mod clock;
@@ -47,6 +48,7 @@ pub use trace::Tracing;
 pub use validate::Validation;
 
 pub use authorize::{Authorize, Policy, Request, RequestKind};
+pub use cache::QueryCache;
 pub use caller::{as_caller, current_caller};
 pub use circuit::{CircuitBreaker, CircuitError, CircuitState, CircuitStats, TripsCircuit};
 pub use clock::{Clock, ManualClock, SystemClock};
