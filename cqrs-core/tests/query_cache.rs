@@ -62,7 +62,10 @@ impl Balances {
     #[query_handler]
     fn balance(&self, q: &Balance) -> Result<u64, NoSuchAccount> {
         self.answered.fetch_add(1, Ordering::SeqCst);
-        self.by_account.get(&q.account).copied().ok_or(NoSuchAccount)
+        self.by_account
+            .get(&q.account)
+            .copied()
+            .ok_or(NoSuchAccount)
     }
 }
 

@@ -319,33 +319,17 @@ struct ConcurrencyInner {
     wait: Duration,
     shared: Arc<Semaphore>,
     keyed: Mutex<HashMap<Box<str>, Arc<Semaphore>>>,
+    max_keys: usize,
 }
 
 /// A place among the running calls of a [`ConcurrencyLimit`]; freed on drop.
 pub struct Permit {
     _permit: tokio::sync::OwnedSemaphorePermit,
-    release: Option<(Arc<ConcurrencyInner>, Box<str>)>,
 }
 
 impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit").finish_non_exhaustive()
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        // Forget the key's semaphore once nobody holds or waits for it, so the table does not
-        // grow with every user ever seen.
-        if let Some((inner, key)) = self.release.take() {
-            let mut keyed = inner.keyed.lock().unwrap_or_else(PoisonError::into_inner);
-            if keyed
-                .get(&key)
-                .is_some_and(|semaphore| Arc::strong_count(semaphore) == 2)
-            {
-                keyed.remove(&key);
-            }
-        }
     }
 }
 
@@ -361,6 +345,7 @@ impl ConcurrencyLimit {
                 wait: Duration::ZERO,
                 shared: Arc::new(Semaphore::new(max)),
                 keyed: Mutex::new(HashMap::new()),
+                max_keys: 10_000,
             }),
         }
     }
@@ -394,56 +379,41 @@ impl ConcurrencyLimit {
 
     /// Takes a place for `key` (`None`: the shared one), waiting as configured.
     pub async fn acquire(&self, key: Option<&str>) -> Result<Permit, ConcurrencyLimited> {
-        let (semaphore, release) = match key {
-            None => (Arc::clone(&self.inner.shared), None),
-            Some(key) => {
-                let mut keyed = self
-                    .inner
-                    .keyed
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                let semaphore = if let Some(semaphore) = keyed.get(key) {
-                    Arc::clone(semaphore)
-                } else {
-                    let semaphore = Arc::new(Semaphore::new(self.inner.max));
-                    keyed.insert(key.into(), Arc::clone(&semaphore));
-                    semaphore
-                };
-                (
-                    semaphore,
-                    Some((Arc::clone(&self.inner), Box::<str>::from(key))),
-                )
-            }
+        let semaphore = match key {
+            None => Arc::clone(&self.inner.shared),
+            Some(key) => self.keyed_semaphore(key),
         };
         let permit = match Arc::clone(&semaphore).try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) if self.inner.wait.is_zero() => None,
-            Err(_) => tokio::time::timeout(self.inner.wait, Arc::clone(&semaphore).acquire_owned())
+            Err(_) => tokio::time::timeout(self.inner.wait, semaphore.acquire_owned())
                 .await
                 .ok()
                 .and_then(Result::ok),
         };
-        drop(semaphore);
-        if let Some(permit) = permit {
-            return Ok(Permit {
-                _permit: permit,
-                release,
-            });
+        permit
+            .map(|permit| Permit { _permit: permit })
+            .ok_or_else(|| ConcurrencyLimited {
+                limit: self.inner.name,
+                key: key.map(str::to_owned),
+                max: self.inner.max,
+            })
+    }
+
+    /// The semaphore of `key`. Past `max_keys` keys, those nobody holds or waits for are
+    /// forgotten, so the table does not grow with every user ever seen.
+    fn keyed_semaphore(&self, key: &str) -> Arc<Semaphore> {
+        let inner = &*self.inner;
+        let mut keyed = inner.keyed.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(semaphore) = keyed.get(key) {
+            return Arc::clone(semaphore);
         }
-        // A waiter that gave up after the last holder left must forget the key itself.
-        if let Some((inner, key)) = release {
-            let mut keyed = inner.keyed.lock().unwrap_or_else(PoisonError::into_inner);
-            if keyed.get(&key).is_some_and(|semaphore| {
-                Arc::strong_count(semaphore) == 1 && semaphore.available_permits() == inner.max
-            }) {
-                keyed.remove(&key);
-            }
+        if keyed.len() >= inner.max_keys {
+            keyed.retain(|_, semaphore| Arc::strong_count(semaphore) > 1);
         }
-        Err(ConcurrencyLimited {
-            limit: self.inner.name,
-            key: key.map(str::to_owned),
-            max: self.inner.max,
-        })
+        let semaphore = Arc::new(Semaphore::new(inner.max));
+        keyed.insert(key.into(), Arc::clone(&semaphore));
+        semaphore
     }
 
     async fn acquire_scoped(
