@@ -1,9 +1,10 @@
 //! Metrics through the `metrics` facade (feature `metrics`): whichever recorder the
 //! application installs (Prometheus, `StatsD`, `OpenTelemetry`) receives them.
 
+use std::marker::PhantomData;
 use std::time::Instant;
 
-use metrics::{Gauge, counter, gauge, histogram};
+use metrics::{Gauge, Key, Label, Level, counter, histogram};
 
 use super::{CommandMiddleware, CommandResult, Next, QueryMiddleware, QueryNext};
 use crate::{
@@ -68,6 +69,103 @@ impl Drop for InFlight {
     }
 }
 
+// The keys of each command and query type, with each outcome, are constants: their labels and
+// hashes are computed at compile time, so recording allocates nothing and hashes nothing.
+
+static METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+fn gauge(key: &Key) -> Gauge {
+    metrics::with_recorder(|recorder| recorder.register_gauge(key, &METADATA))
+}
+
+/// The metric and label names of commands or of queries, and the type's name.
+trait Named {
+    const LABEL: &'static str;
+    const NAME: &'static str;
+    const IN_FLIGHT: &'static str;
+    const TOTAL: &'static str;
+    const DURATION: &'static str;
+}
+
+struct CommandName<C>(PhantomData<C>);
+struct QueryName<Q>(PhantomData<Q>);
+
+impl<C: Command> Named for CommandName<C> {
+    const LABEL: &'static str = "command";
+    const NAME: &'static str = C::NAME;
+    const IN_FLIGHT: &'static str = "cqrs_commands_in_flight";
+    const TOTAL: &'static str = "cqrs_commands_total";
+    const DURATION: &'static str = "cqrs_command_duration_seconds";
+}
+
+impl<Q: Query> Named for QueryName<Q> {
+    const LABEL: &'static str = "query";
+    const NAME: &'static str = Q::NAME;
+    const IN_FLIGHT: &'static str = "cqrs_queries_in_flight";
+    const TOTAL: &'static str = "cqrs_queries_total";
+    const DURATION: &'static str = "cqrs_query_duration_seconds";
+}
+
+struct Keys<N>(PhantomData<N>);
+
+impl<N: Named> Keys<N> {
+    const NAME_LABELS: &'static [Label] = &[Label::from_static_parts(N::LABEL, N::NAME)];
+    const IN_FLIGHT: Key = Key::from_static_parts(N::IN_FLIGHT, Self::NAME_LABELS);
+}
+
+macro_rules! outcome_keys {
+    ($($code:literal => $labels:ident, $total:ident, $duration:ident;)*) => {
+        impl<N: Named> Keys<N> {
+            $(
+                const $labels: &'static [Label] = &[
+                    Label::from_static_parts(N::LABEL, N::NAME),
+                    Label::from_static_parts("outcome", $code),
+                ];
+                const $total: Key = Key::from_static_parts(N::TOTAL, Self::$labels);
+                const $duration: Key = Key::from_static_parts(N::DURATION, Self::$labels);
+            )*
+
+            fn record(outcome: &'static str, seconds: f64) {
+                match outcome {
+                    $($code => record(&Self::$total, &Self::$duration, seconds),)*
+                    // A kind added after this list: build its keys at run time.
+                    other => {
+                        counter!(N::TOTAL, N::LABEL => N::NAME, "outcome" => other).increment(1);
+                        histogram!(N::DURATION, N::LABEL => N::NAME, "outcome" => other)
+                            .record(seconds);
+                    }
+                }
+            }
+        }
+    };
+}
+
+outcome_keys! {
+    "ok" => OK_LABELS, OK_TOTAL, OK_DURATION;
+    "rejected" => REJECTED_LABELS, REJECTED_TOTAL, REJECTED_DURATION;
+    "validation" => VALIDATION_LABELS, VALIDATION_TOTAL, VALIDATION_DURATION;
+    "conflict" => CONFLICT_LABELS, CONFLICT_TOTAL, CONFLICT_DURATION;
+    "timeout" => TIMEOUT_LABELS, TIMEOUT_TOTAL, TIMEOUT_DURATION;
+    "refused" => REFUSED_LABELS, REFUSED_TOTAL, REFUSED_DURATION;
+    "query_failed" => QUERY_FAILED_LABELS, QUERY_FAILED_TOTAL, QUERY_FAILED_DURATION;
+    "store_unavailable" => STORE_UNAVAILABLE_LABELS, STORE_UNAVAILABLE_TOTAL, STORE_UNAVAILABLE_DURATION;
+    "unique_key_taken" => UNIQUE_KEY_TAKEN_LABELS, UNIQUE_KEY_TAKEN_TOTAL, UNIQUE_KEY_TAKEN_DURATION;
+    "circuit_open" => CIRCUIT_OPEN_LABELS, CIRCUIT_OPEN_TOTAL, CIRCUIT_OPEN_DURATION;
+    "rate_limited" => RATE_LIMITED_LABELS, RATE_LIMITED_TOTAL, RATE_LIMITED_DURATION;
+    "concurrency_limited" => CONCURRENCY_LIMITED_LABELS, CONCURRENCY_LIMITED_TOTAL, CONCURRENCY_LIMITED_DURATION;
+    "forbidden" => FORBIDDEN_LABELS, FORBIDDEN_TOTAL, FORBIDDEN_DURATION;
+}
+
+fn record(total: &Key, duration: &Key, seconds: f64) {
+    metrics::with_recorder(|recorder| {
+        recorder.register_counter(total, &METADATA).increment(1);
+        recorder
+            .register_histogram(duration, &METADATA)
+            .record(seconds);
+    });
+}
+
 impl CommandMiddleware for Metrics {
     async fn handle<C: Command, N: Next<C>>(
         &self,
@@ -75,7 +173,7 @@ impl CommandMiddleware for Metrics {
         ctx: CommandContext,
         next: N,
     ) -> CommandResult<C> {
-        let in_flight = InFlight::enter(gauge!("cqrs_commands_in_flight", "command" => C::NAME));
+        let in_flight = InFlight::enter(gauge(&Keys::<CommandName<C>>::IN_FLIGHT));
         let started = Instant::now();
         let result = next.run(command, ctx).await;
         let elapsed = started.elapsed().as_secs_f64();
@@ -83,9 +181,7 @@ impl CommandMiddleware for Metrics {
         let outcome = result
             .as_ref()
             .map_or_else(crate::CommandError::code, |_| "ok");
-        counter!("cqrs_commands_total", "command" => C::NAME, "outcome" => outcome).increment(1);
-        histogram!("cqrs_command_duration_seconds", "command" => C::NAME, "outcome" => outcome)
-            .record(elapsed);
+        Keys::<CommandName<C>>::record(outcome, elapsed);
         result
     }
 }
@@ -96,15 +192,13 @@ impl QueryMiddleware for Metrics {
         query: Q,
         next: N,
     ) -> Result<Q::Output, QueryError<E>> {
-        let in_flight = InFlight::enter(gauge!("cqrs_queries_in_flight", "query" => Q::NAME));
+        let in_flight = InFlight::enter(gauge(&Keys::<QueryName<Q>>::IN_FLIGHT));
         let started = Instant::now();
         let result = next.run(query).await;
         let elapsed = started.elapsed().as_secs_f64();
         drop(in_flight);
         let outcome = result.as_ref().map_or_else(QueryError::code, |_| "ok");
-        counter!("cqrs_queries_total", "query" => Q::NAME, "outcome" => outcome).increment(1);
-        histogram!("cqrs_query_duration_seconds", "query" => Q::NAME, "outcome" => outcome)
-            .record(elapsed);
+        Keys::<QueryName<Q>>::record(outcome, elapsed);
         result
     }
 }
