@@ -99,7 +99,9 @@ pub enum CircuitError<E> {
 /// `cqrs_circuit_transitions_total{circuit, state}`). Clones share one circuit: register a clone on the bus and give
 /// another to the services that should stop calling the store while it is down.
 ///
-/// Time comes from a [`Clock`]; tests give it a [`ManualClock`](super::ManualClock).
+/// On a bus, add it before [`Timeout`](super::Timeout) (outside it) so that timeouts reach it
+/// and count. Time comes from a [`Clock`]; tests give it a
+/// [`ManualClock`](super::ManualClock).
 ///
 /// ```
 /// use std::time::Duration;
