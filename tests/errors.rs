@@ -342,6 +342,10 @@ fn error_codes_are_stable_snake_case_and_distinct() {
             "unknown_position",
             "idempotency_key_reused",
             "retries_exhausted",
+            "circuit_open",
+            "rate_limited",
+            "concurrency_limited",
+            "forbidden",
         ]
     );
     for kind in ErrorKind::ALL {

@@ -40,6 +40,10 @@ use crate::{
 /// | [`Unsupported`](Self::Unsupported) | `unsupported` | the store lacks a capability the command needs (unique keys, idempotency keys), or the command takes no idempotency key | 500 |
 /// | [`IdempotencyKeyReused`](Self::IdempotencyKeyReused) | `idempotency_key_reused` | an idempotency key was used before with another command body | 422 |
 /// | [`RetriesExhausted`](Self::RetriesExhausted) | `retries_exhausted` | transient failures or conflicts outlasted the retry budget | 503 |
+/// | [`CircuitOpen`](Self::CircuitOpen) | `circuit_open` | a circuit breaker is open after repeated infrastructure failures | 503 (`Retry-After`) |
+/// | [`RateLimited`](Self::RateLimited) | `rate_limited` | a rate limit is exhausted | 429 (`Retry-After`) |
+/// | [`ConcurrencyLimited`](Self::ConcurrencyLimited) | `concurrency_limited` | too many commands or queries of a scope are running | 503 |
+/// | [`Forbidden`](Self::Forbidden) | `forbidden` | the authorization policy denied the acting user | 403 |
 ///
 /// [`code`]: ErrorKind::code
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,6 +87,14 @@ pub enum ErrorKind {
     IdempotencyKeyReused,
     /// Transient failures or conflicts outlasted the retry budget.
     RetriesExhausted,
+    /// A circuit breaker is open: the dependency it guards failed repeatedly.
+    CircuitOpen,
+    /// A rate limit is exhausted.
+    RateLimited,
+    /// Too many commands or queries of one scope are running.
+    ConcurrencyLimited,
+    /// The authorization policy denied the acting user.
+    Forbidden,
 }
 
 impl ErrorKind {
@@ -107,6 +119,10 @@ impl ErrorKind {
         ErrorKind::UnknownPosition,
         ErrorKind::IdempotencyKeyReused,
         ErrorKind::RetriesExhausted,
+        ErrorKind::CircuitOpen,
+        ErrorKind::RateLimited,
+        ErrorKind::ConcurrencyLimited,
+        ErrorKind::Forbidden,
     ];
 
     /// The stable machine-readable code (`"conflict"`, `"rejected"`, ...).
@@ -131,6 +147,10 @@ impl ErrorKind {
             ErrorKind::UnknownPosition => "unknown_position",
             ErrorKind::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorKind::RetriesExhausted => "retries_exhausted",
+            ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::ConcurrencyLimited => "concurrency_limited",
+            ErrorKind::Forbidden => "forbidden",
         }
     }
 }
@@ -358,6 +378,18 @@ pub enum CommandError<E> {
         #[source]
         last: StoreError,
     },
+    /// A circuit breaker is open; nothing was loaded or written.
+    #[error(transparent)]
+    CircuitOpen(CircuitOpen),
+    /// A rate limit is exhausted; nothing was loaded or written.
+    #[error(transparent)]
+    RateLimited(RateLimited),
+    /// Too many commands of the limit's scope are running; nothing was loaded or written.
+    #[error(transparent)]
+    ConcurrencyLimited(ConcurrencyLimited),
+    /// The authorization policy denied the command; nothing was loaded or written.
+    #[error(transparent)]
+    Forbidden(Forbidden),
 }
 
 impl<E> From<StoreError> for CommandError<E> {
@@ -402,6 +434,10 @@ impl<E> CommandError<E> {
             CommandError::IdempotencyKeyReused { .. } => ErrorKind::IdempotencyKeyReused,
             CommandError::NotIdempotent { .. } => ErrorKind::Unsupported,
             CommandError::RetriesExhausted { .. } => ErrorKind::RetriesExhausted,
+            CommandError::CircuitOpen(_) => ErrorKind::CircuitOpen,
+            CommandError::RateLimited(_) => ErrorKind::RateLimited,
+            CommandError::ConcurrencyLimited(_) => ErrorKind::ConcurrencyLimited,
+            CommandError::Forbidden(_) => ErrorKind::Forbidden,
         }
     }
 
@@ -457,6 +493,18 @@ pub enum QueryError<E> {
         /// Why.
         reason: String,
     },
+    /// A circuit breaker is open.
+    #[error(transparent)]
+    CircuitOpen(CircuitOpen),
+    /// A rate limit is exhausted.
+    #[error(transparent)]
+    RateLimited(RateLimited),
+    /// Too many queries of the limit's scope are running.
+    #[error(transparent)]
+    ConcurrencyLimited(ConcurrencyLimited),
+    /// The authorization policy denied the query.
+    #[error(transparent)]
+    Forbidden(Forbidden),
 }
 
 impl<E> QueryError<E> {
@@ -467,6 +515,10 @@ impl<E> QueryError<E> {
             QueryError::Invalid(_) => ErrorKind::Validation,
             QueryError::Timeout { .. } => ErrorKind::Timeout,
             QueryError::Refused { .. } => ErrorKind::Refused,
+            QueryError::CircuitOpen(_) => ErrorKind::CircuitOpen,
+            QueryError::RateLimited(_) => ErrorKind::RateLimited,
+            QueryError::ConcurrencyLimited(_) => ErrorKind::ConcurrencyLimited,
+            QueryError::Forbidden(_) => ErrorKind::Forbidden,
         }
     }
 
@@ -659,3 +711,73 @@ pub struct DuplicateName {
     /// The shared name.
     pub name: &'static str,
 }
+
+/// A circuit breaker is open: the dependency it guards failed repeatedly, and calls are refused
+/// without trying until `retry_after` has passed (then one trial call is let through).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("circuit `{circuit}` is open; retry after {retry_after:?}")]
+pub struct CircuitOpen {
+    /// The breaker's name.
+    pub circuit: &'static str,
+    /// How long until the breaker lets a trial call through.
+    pub retry_after: Duration,
+}
+
+/// A rate limit is exhausted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rate limit `{limit}` exhausted{}; retry after {retry_after:?}", key_suffix(.key.as_deref()))]
+pub struct RateLimited {
+    /// The limit's name.
+    pub limit: &'static str,
+    /// The key the limit counts by (command or query name, user, metadata value); `None`
+    /// for a global limit.
+    pub key: Option<String>,
+    /// How long until one more call would be admitted.
+    pub retry_after: Duration,
+}
+
+/// Too many commands or queries of one scope are running at once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("concurrency limit `{limit}` reached{}: {max} running", key_suffix(.key.as_deref()))]
+pub struct ConcurrencyLimited {
+    /// The limit's name.
+    pub limit: &'static str,
+    /// The key the limit counts by; `None` for a global limit.
+    pub key: Option<String>,
+    /// How many may run at once.
+    pub max: usize,
+}
+
+/// The authorization policy denied a command or query.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name} forbidden for {}: {reason}", .user.as_deref().unwrap_or("an anonymous caller"))]
+pub struct Forbidden {
+    /// The command's or query's name.
+    pub name: &'static str,
+    /// The acting user, when the caller named one.
+    pub user: Option<String>,
+    /// Why, as the policy put it.
+    pub reason: std::borrow::Cow<'static, str>,
+}
+
+fn key_suffix(key: Option<&str>) -> String {
+    key.map(|key| format!(" for `{key}`")).unwrap_or_default()
+}
+
+macro_rules! refusal_into {
+    ($($refusal:ident),*) => {$(
+        impl<E> From<$refusal> for CommandError<E> {
+            fn from(refusal: $refusal) -> Self {
+                CommandError::$refusal(refusal)
+            }
+        }
+
+        impl<E> From<$refusal> for QueryError<E> {
+            fn from(refusal: $refusal) -> Self {
+                QueryError::$refusal(refusal)
+            }
+        }
+    )*};
+}
+
+refusal_into!(CircuitOpen, RateLimited, ConcurrencyLimited, Forbidden);

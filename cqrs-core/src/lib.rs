@@ -138,6 +138,8 @@
 //! | `macros` | yes | re-exports `#[derive(Command, Query, Event)]`, `#[aggregate]`, `#[projection]` |
 //! | `validator` | no | `#[command(validate)]` / `#[query(validate)]` run `validator::Validate` before every command or query is handled (where the [`middleware::Validation`] layer stands, or last when the bus has none) and in the test [`testing::Fixture`] |
 //! | `testing` | no | `testing::conformance`: the checks every [`EventStore`] must pass |
+//! | `metrics` | no | `middleware::Metrics` and `middleware::EventMetrics`: counters, latency histograms and in-flight gauges per command and query through the `metrics` facade (the one most Rust exporters implement) |
+//! | `tower` | no | `tower::Service` for the JSON dispatchers and for typed commands and queries (`middleware::CommandService`, `middleware::QueryService`), to wrap them in tower layers and mount them in axum |
 //!
 //! # Dependencies
 //!
@@ -179,6 +181,7 @@ pub use aggregate::{Aggregate, aggregate_id, stream_id};
 pub use bus::{CommandBus, CommandBusBuilder, HandlerError, QueryBus, QueryBusBuilder};
 pub use command::{Command, CommandContext, Committed, Handles};
 pub use dispatch::{CommandDispatcher, DispatchCommands, DispatchQueries, QueryDispatcher};
+pub use error::{CircuitOpen, ConcurrencyLimited, Forbidden, RateLimited};
 pub use error::{
     CommandError, DispatchError, DomainError, DuplicateName, ErrorKind, FieldError, QueryError,
     ValidationErrors,

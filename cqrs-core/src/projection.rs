@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -143,12 +144,14 @@ where
 /// [`Subscriber::state_location`] is [`StateLocation::InMemory`].
 pub struct ReadModel<P> {
     inner: Arc<RwLock<P>>,
+    generation: Arc<AtomicU64>,
 }
 
 impl<P> Clone for ReadModel<P> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
+            generation: Arc::clone(&self.generation),
         }
     }
 }
@@ -158,6 +161,7 @@ impl<P: Send + Sync> ReadModel<P> {
     pub fn new(model: P) -> Self {
         Self {
             inner: Arc::new(RwLock::new(model)),
+            generation: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -166,16 +170,34 @@ impl<P: Send + Sync> ReadModel<P> {
         self.inner.read().await
     }
 
-    /// Exclusive access to the state.
+    /// Exclusive access to the state. Counts as a change ([`Self::generation`]).
     pub async fn write(&self) -> RwLockWriteGuard<'_, P> {
-        self.inner.write().await
+        let guard = self.inner.write().await;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        guard
+    }
+
+    /// How many times the state may have changed: events of the projection's types applied,
+    /// and [`Self::write`] calls. It moves under the write lock *before* the change, so an
+    /// answer computed at an earlier generation is never taken for a current one (the
+    /// [`QueryCache`](crate::middleware::QueryCache) relies on it).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn generation_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.generation)
     }
 }
 
 impl<P: Projection<Context = ()>> ReadModel<P> {
     /// Applies one event under the write lock (events of other types are ignored).
     pub async fn project(&self, event: &RecordedEvent) -> Result<(), ProjectionError> {
-        self.inner.write().await.project(event, &mut ()).await
+        let mut model = self.inner.write().await;
+        if P::EVENT_TYPES.contains(&event.event_type.as_ref()) {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
+        model.project(event, &mut ()).await
     }
 }
 

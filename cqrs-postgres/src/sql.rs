@@ -121,6 +121,14 @@ pub const DELETE_SNAPSHOT: &str = "DELETE FROM cqrs_snapshots WHERE stream_id = 
 /// `$1` stream, `$2` number of events, `$3..$7` the columns as arrays; unnest keeps them
 /// aligned and `WITH ORDINALITY` numbers them, so positions are drawn in batch order. (`$8`
 /// and `$9` belong to the claim: see `stream_gate` and [`APPEND_EXACT`].)
+///
+/// An event id that is already stored is found by the unique index `cqrs_events_event_id_key`
+/// as the row goes in (SQLSTATE 23505: the statement fails and writes nothing), and the store
+/// then asks which id it was. The statements hold no `NOT EXISTS (.. event_id = ANY($3))`
+/// pre-check on purpose: a prepared statement keeps the generic plan it got while the table
+/// was small, and for that sub-query the plan can be a sequential scan, which then reads the
+/// whole events table on every append until the next `ANALYZE` (measured: 0.8 ms appends
+/// became 26 ms after 300,000 rows arrived).
 macro_rules! append_tail {
     ($notify:expr, $select:expr) => {
         concat!(
@@ -155,14 +163,6 @@ notified AS (
     };
 }
 
-/// Refuses the claim when an event id of the batch is already stored (checked again by the
-/// unique index when inserting; this check keeps the transaction usable to say which id).
-macro_rules! no_stored_id {
-    () => {
-        "NOT EXISTS (SELECT 1 FROM cqrs_events WHERE event_id = ANY($3))"
-    };
-}
-
 /// The advisory lock that orders the appends to stream `$1`: a pair of `int4` keys, the
 /// first `0x63717273` (`cqrs` in ASCII, the store's own namespace), the second one of 256
 /// buckets that the stream id hashes to. Streams share buckets so that a transaction that
@@ -193,7 +193,7 @@ macro_rules! stream_gate {
 }
 
 /// Claims the stream row for an exact expected version `$9` (> 0). Zero rows: the version
-/// differs, the stream does not exist, an id is taken, the stream's last writer has a
+/// differs, the stream does not exist, the stream's last writer has a
 /// later transaction id than this one (see the crate docs: per-stream order), or the
 /// stream's appends are being ordered by [`LOCK_STREAM`].
 macro_rules! claim_exact {
@@ -204,8 +204,6 @@ macro_rules! claim_exact {
        SET version = version + $2, last_tx = pg_current_xact_id()
      WHERE stream_id = $1 AND version = $9 AND last_tx <= pg_current_xact_id()
        AND ",
-            no_stored_id!(),
-            " AND ",
             stream_gate!(),
             "
     RETURNING version
@@ -222,8 +220,6 @@ macro_rules! claim_new {
     INSERT INTO cqrs_streams (stream_id, version, last_tx)
     SELECT $1, $2, pg_current_xact_id()
      WHERE ",
-            no_stored_id!(),
-            " AND ",
             stream_gate!(),
             "
     ON CONFLICT (stream_id) DO NOTHING
@@ -241,8 +237,6 @@ macro_rules! claim_any {
     INSERT INTO cqrs_streams (stream_id, version, last_tx)
     SELECT $1, $2, pg_current_xact_id()
      WHERE ",
-            no_stored_id!(),
-            " AND ",
             stream_gate!(),
             "
     ON CONFLICT (stream_id) DO UPDATE

@@ -1277,3 +1277,83 @@ async fn load_stream_and_read_all_from_use_their_indexes() {
         println!("-- {mode}\n-- load_stream\n{load}\n-- read_all_from\n{read}\n");
     }
 }
+
+/// A prepared statement keeps the generic plan it got while the tables were small; a
+/// sub-query reading `cqrs_events` in an append could then stay a sequential scan of the
+/// whole table on every append until the next `ANALYZE` (0.8 ms appends became 26 ms after
+/// 300,000 rows). The appends read `cqrs_events` through nothing but the unique indexes
+/// their `INSERT` maintains.
+#[test]
+fn appends_read_nothing_from_the_events_table() {
+    for (name, statement) in [
+        ("APPEND_EXACT", store_sql::APPEND_EXACT),
+        ("APPEND_NEW", store_sql::APPEND_NEW),
+        ("APPEND_ANY", store_sql::APPEND_ANY),
+        ("APPEND_EXACT_QUIET", store_sql::APPEND_EXACT_QUIET),
+        ("APPEND_NEW_QUIET", store_sql::APPEND_NEW_QUIET),
+        ("APPEND_ANY_QUIET", store_sql::APPEND_ANY_QUIET),
+    ] {
+        assert!(
+            !statement.contains("FROM cqrs_events"),
+            "{name} reads cqrs_events:\n{statement}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_stay_fast_after_the_table_grows_under_a_cached_plan() {
+    let (db, store) = migrated(1).await;
+    // Ten appends on a near-empty table: the one connection prepares the append and, after
+    // five executions, caches its generic plan.
+    for version in 0..10 {
+        store
+            .append(
+                "grows",
+                ExpectedVersion::Exact(version),
+                vec![event(version)],
+            )
+            .await
+            .expect("append");
+    }
+    sqlx::query(
+        "INSERT INTO cqrs_events
+                (stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
+         SELECT 'bulk', g, gen_random_uuid(), 't', 1, '{}', '{}'
+           FROM generate_series(1, 200000) AS g",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("grow the table");
+    // Count the heap pages the next appends read: a plan that scans the table reads
+    // thousands per append, index lookups a handful. The pool has one connection, so the
+    // appends and these reads run on one backend; it flushes its counters when asked
+    // (PostgreSQL 15 and later), at the end of the asking statement.
+    let reads = "SELECT coalesce(heap_blks_read + heap_blks_hit, 0)
+                   FROM pg_statio_user_tables WHERE relname = 'cqrs_events'";
+    let flush = "SELECT pg_stat_force_next_flush()";
+    sqlx::query(flush).execute(&db.pool).await.expect("flush");
+    let before: i64 = sqlx::query_scalar(reads)
+        .fetch_one(&db.pool)
+        .await
+        .expect("stats");
+    for version in 10..20 {
+        store
+            .append(
+                "grows",
+                ExpectedVersion::Exact(version),
+                vec![event(version)],
+            )
+            .await
+            .expect("append");
+    }
+    sqlx::query(flush).execute(&db.pool).await.expect("flush");
+    let after: i64 = sqlx::query_scalar(reads)
+        .fetch_one(&db.pool)
+        .await
+        .expect("stats");
+    assert!(
+        after - before < 1_000,
+        "ten appends read {} heap pages of cqrs_events",
+        after - before
+    );
+}

@@ -27,11 +27,48 @@
 //!     }
 //! }
 //! ```
+//!
+//! # Our middleware or a tower layer?
+//!
+//! With feature `tower`, the JSON dispatchers and `CommandService` / `QueryService`
+//! (typed) implement `tower::Service`, so tower layers wrap them and axum mounts them.
+//!
+//! A tower layer sees a request and a response; our middleware sees the typed command or
+//! query with its name, its aggregate and its caller, and fails with a typed error whose
+//! stable code is the same on the typed and the JSON path. Layers wrap a whole HTTP request
+//! (body parsing included); middleware also run where there is no HTTP (a message consumer,
+//! a scheduled job, a test).
+//!
+//! | ours | tower equivalent | prefer ours for | prefer tower for |
+//! |---|---|---|---|
+//! | [`Tracing`] | `tower_http::trace::TraceLayer` | spans with command name, aggregate, correlation and command ids, outcome code | the HTTP request's span (method, route, status) |
+//! | [`Timeout`] | `tower::timeout::TimeoutLayer` | a limit per command on every path, typed `timeout` | the whole HTTP request, body included |
+//! | [`RateLimit`] | `tower::limit::RateLimitLayer` (global, makes callers wait) | per user, per tenant, per command name; refuses at once with `rate_limited` and a retry-after | smoothing the traffic of one HTTP route |
+//! | [`ConcurrencyLimit`] | `tower::limit::ConcurrencyLimitLayer`, `tower::load_shed` | per user or per name, refusal typed `concurrency_limited` | global back-pressure of a server |
+//! | [`CircuitBreaker`] | none in tower | failures classified as infrastructure vs domain | — |
+//! | [`Authorize`] | `tower_http::auth` | decisions by command or query name, aggregate and roles, typed `forbidden` | authenticating the request (tokens, sessions) |
+//! | `Metrics` (feature `metrics`) | `tower_http` metrics/trace layers | counts per command or query name and outcome code | counts per route and HTTP status |
+//! | [`Validation`] | none | — | — |
+//! | [`QueryCache`] | none | answers invalidated by the read model's events | — (HTTP caching headers) |
+//!
+//! The usual arrangement: authenticate, trace and shed load with tower layers at the HTTP
+//! edge; authorize, limit per caller, break circuits and measure per command with ours.
 
 mod retry;
 mod timeout;
 mod trace;
 mod validate;
+
+mod authorize;
+mod cache;
+mod caller;
+mod circuit;
+mod clock;
+mod limit;
+#[cfg(feature = "metrics")]
+mod metrics;
+#[cfg(feature = "tower")]
+mod tower;
 
 use std::future::Future;
 
@@ -39,6 +76,17 @@ pub use retry::Retry;
 pub use timeout::Timeout;
 pub use trace::Tracing;
 pub use validate::Validation;
+
+pub use authorize::{Authorize, Policy, Request, RequestKind};
+pub use cache::QueryCache;
+pub use caller::{as_caller, current_caller};
+pub use circuit::{CircuitBreaker, CircuitError, CircuitState, CircuitStats, TripsCircuit};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use limit::{ConcurrencyLimit, Permit, Quota, RateLimit, Scope};
+#[cfg(feature = "metrics")]
+pub use metrics::{EventMetrics, Metrics};
+#[cfg(feature = "tower")]
+pub use tower::{CommandService, JsonRequest, QueryService};
 
 use crate::{Aggregate, Command, CommandContext, CommandError, Committed, Query, QueryError};
 
