@@ -330,9 +330,9 @@
 //! gets slower), a savepoint per command (which PostgreSQL makes cheap but not free), one
 //! slow or failing command delaying the batch, and an append whose success is only known
 //! after the shared commit, so a lost connection leaves every command of the batch in
-//! doubt. Shared flushes give most of the gain at 8–32 clients on the machines this crate
-//! is measured on (see `BENCHMARKS.md`), so that is the default; a batching writer would be
-//! an opt-in store option when it is built.
+//! doubt. Shared flushes are what the default gives today (`BENCHMARKS.md` has the
+//! resulting figures at 1, 8 and 32 clients); a batching writer would be an opt-in store
+//! option when it is built, and its worth is to be measured against them.
 
 mod error;
 mod migrate;
