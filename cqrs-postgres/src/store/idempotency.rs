@@ -1,5 +1,6 @@
-//! Idempotent appends: the append, its key changes and the idempotency record in one
-//! transaction, plus the record's lookup and purge. Appends without a key never come here.
+//! Appends in a transaction of their own: the append, its unique-key changes and the
+//! idempotency record in one transaction, plus the record's lookup and purge. Plain appends
+//! (no keys, no idempotency key) never come here.
 
 use chrono::{DateTime, Utc};
 use cqrs_core::{
@@ -15,22 +16,20 @@ use crate::error::database;
 use crate::sql;
 
 impl PostgresEventStore {
-    /// `EventStore::append_idempotent`: a transaction of its own around the append, the key
-    /// changes (when there are any) and [`sql::RECORD_IDEMPOTENCY_KEY`], retried like
-    /// `append` when the stream's last writer had a later transaction id.
-    pub(super) async fn append_idempotent_owned(
+    /// `EventStore::append_with_keys` (with key changes) and `EventStore::append_idempotent`:
+    /// a transaction of its own around the append, the key changes (when there are any) and,
+    /// with `write`, [`sql::RECORD_IDEMPOTENCY_KEY`]; tried again in order like `append` when
+    /// the stream's last writer had a later transaction id.
+    pub(super) async fn append_in_own_transaction(
         &self,
         stream_id: &str,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
         keys: &KeyChanges,
-        write: IdempotentWrite,
+        mut write: Option<IdempotentWrite>,
     ) -> Result<AppendResult, StoreError> {
         validate_stream_id(stream_id)?;
         let notify_in_tx = self.notify == NotifyMode::InTransaction;
-        let command_name = write.command_name.clone();
-        let key = write.key.clone();
-        let mut write = Some(write);
         // As `append`: a first try, and when the stream's order refuses it, a second that
         // queues on the stream's advisory lock first and so cannot be refused.
         let mut in_order = false;
@@ -76,22 +75,20 @@ impl PostgresEventStore {
                 let _ = tx.rollback().await;
                 return Err(error);
             }
-            let record = write
-                .take()
-                .expect("the record is written once: the loop ends here")
-                .into_record(stream_id, &appended, events.len());
-            match record_key(&mut tx, &record).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    let _ = tx.rollback().await;
-                    return Err(StoreError::IdempotencyKeyTaken {
-                        command: command_name,
-                        key,
-                    });
-                }
-                Err(error) => {
-                    let _ = tx.rollback().await;
-                    return Err(error);
+            // The loop ends in this pass, so the write is taken once.
+            if let Some(write) = write.take() {
+                let (command, key) = (write.command_name.clone(), write.key.clone());
+                let record = write.into_record(stream_id, &appended, events.len());
+                match record_key(&mut tx, &record).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = tx.rollback().await;
+                        return Err(StoreError::IdempotencyKeyTaken { command, key });
+                    }
+                    Err(error) => {
+                        let _ = tx.rollback().await;
+                        return Err(error);
+                    }
                 }
             }
             tx.commit().await.map_err(database)?;

@@ -1,78 +1,14 @@
-//! Appends that claim and release unique keys: the append statement and the key changes in
-//! one transaction. Appends without key changes never come here.
+//! Unique keys in PostgreSQL: the key changes an append makes in its transaction (see
+//! `PostgresEventStore::append_in_own_transaction`) and the owner lookup.
 
-use cqrs_core::{AppendResult, ExpectedVersion, KeyChanges, NewEvent, StoreError};
+use cqrs_core::{KeyChanges, StoreError};
 use sqlx::{PgConnection, Row};
 
-use super::append::{AppendFailure, validate_stream_id};
-use super::{NotifyMode, PostgresEventStore};
+use super::PostgresEventStore;
 use crate::error::database;
 use crate::sql;
 
 impl PostgresEventStore {
-    /// `EventStore::append_with_keys` with key changes: a transaction of its own around the
-    /// append and [`sql::CHANGE_UNIQUE_KEYS`], retried like `append` when the stream's last
-    /// writer had a later transaction id.
-    pub(super) async fn append_keyed(
-        &self,
-        stream_id: &str,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-        keys: &KeyChanges,
-    ) -> Result<AppendResult, StoreError> {
-        validate_stream_id(stream_id)?;
-        let notify_in_tx = self.notify == NotifyMode::InTransaction;
-        // As `append`: a first try, and when the stream's order refuses it, a second that
-        // queues on the stream's advisory lock first and so cannot be refused.
-        let mut in_order = false;
-        loop {
-            let mut tx = self.pool.begin().await.map_err(database)?;
-            if in_order
-                && let Err(error) = sqlx::query(sql::LOCK_STREAM)
-                    .bind(stream_id)
-                    .execute(&mut *tx)
-                    .await
-            {
-                let _ = tx.rollback().await;
-                return Err(database(error));
-            }
-            let appended = match self
-                .append_on(
-                    &mut tx,
-                    stream_id,
-                    expected,
-                    &events,
-                    notify_in_tx,
-                    in_order,
-                )
-                .await
-            {
-                Ok(appended) => appended,
-                Err(AppendFailure::OutOfOrder { .. }) if !in_order => {
-                    in_order = true;
-                    tx.rollback().await.map_err(database)?;
-                    continue;
-                }
-                Err(failure) => {
-                    // A failed rollback closes the connection, which rolls back as well.
-                    let _ = tx.rollback().await;
-                    return Err(self
-                        .explain(failure, stream_id, expected, &events, true)
-                        .await);
-                }
-            };
-            if let Err(error) = change_keys(&mut tx, stream_id, keys).await {
-                let _ = tx.rollback().await;
-                return Err(error);
-            }
-            tx.commit().await.map_err(database)?;
-            if self.notify == NotifyMode::AfterCommit {
-                self.after_commit.committed(appended.last_position());
-            }
-            return Ok(appended);
-        }
-    }
-
     /// `EventStore::unique_key_owner`.
     pub(super) async fn key_owner(
         &self,

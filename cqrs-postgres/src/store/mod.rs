@@ -226,7 +226,10 @@ impl EventStore for PostgresEventStore {
         if keys.is_empty() {
             return Box::pin(self.append_owned(stream_id, expected, events));
         }
-        Box::pin(async move { self.append_keyed(stream_id, expected, events, &keys).await })
+        Box::pin(async move {
+            self.append_in_own_transaction(stream_id, expected, events, &keys, None)
+                .await
+        })
     }
 
     /// The append, the key changes and the record of `cqrs_idempotency` run in one
@@ -240,7 +243,7 @@ impl EventStore for PostgresEventStore {
         write: IdempotentWrite,
     ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
         Box::pin(async move {
-            self.append_idempotent_owned(stream_id, expected, events, &keys, write)
+            self.append_in_own_transaction(stream_id, expected, events, &keys, Some(write))
                 .await
         })
     }
