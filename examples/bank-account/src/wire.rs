@@ -2,7 +2,7 @@
 //!
 //! The buses carry their aggregates, handlers and middleware in their types, so that executing
 //! a command or query nothing handles is a compile error. `CommandBusOf!` and `QueryBusOf!`
-//! name those types from the same lists, in the same order, as the builders in [`assemble`];
+//! name those types from the same lists, in the same order, as the builders in `assemble`;
 //! the dispatchers' types follow from the buses'. Every part of [`Service`] is a cheap clone,
 //! so it can be an HTTP framework's state as it is.
 //!
