@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use crate::list::{
     AnsweredQueries, Append, Contains, HoldsAggregate, Registration, Route, SharedQuery,
 };
@@ -311,7 +313,8 @@ impl Subscribers {
             };
             for &index in indexes {
                 let subscriber = &self.all[index];
-                if let Err(error) = subscriber.handle(event).await {
+                let span = crate::trace_context::event_span(subscriber.name(), event);
+                if let Err(error) = subscriber.handle(event).instrument(span).await {
                     tracing::error!(
                         projection = subscriber.name(),
                         position = event.position.0,

@@ -168,6 +168,7 @@ mod query;
 mod repository;
 pub mod store;
 pub mod testing;
+pub mod trace_context;
 mod unique;
 
 #[doc(hidden)]
@@ -197,6 +198,7 @@ pub use store::{
     AppendResult, EventStore, ExpectedVersion, InMemoryEventStore, Snapshot, StoreError,
     TransientReason,
 };
+pub use trace_context::{TraceParent, TraceParentError};
 pub use unique::{KeyChange, KeyChanges, UniqueKey, UniqueKeys};
 
 #[cfg(feature = "macros")]

@@ -98,6 +98,32 @@ impl Metadata {
             .and_then(Value::as_str)
     }
 
+    /// Sets the W3C `traceparent` (custom key
+    /// [`trace_context::METADATA_KEY`](crate::trace_context::METADATA_KEY), stored as its
+    /// header text); see [`trace_context`](crate::trace_context).
+    #[must_use]
+    pub fn with_traceparent(self, traceparent: crate::TraceParent) -> Self {
+        self.with(crate::trace_context::METADATA_KEY, traceparent.to_string())
+    }
+
+    /// The `traceparent`, if one was set and it parses.
+    pub fn traceparent(&self) -> Option<crate::TraceParent> {
+        self.try_traceparent().ok().flatten()
+    }
+
+    /// The `traceparent`: `Ok(None)` when none was set, an error when the value is not a
+    /// well-formed one.
+    pub fn try_traceparent(&self) -> Result<Option<crate::TraceParent>, crate::TraceParentError> {
+        if self.extra.is_empty() {
+            return Ok(None);
+        }
+        match self.extra.get(crate::trace_context::METADATA_KEY) {
+            None => Ok(None),
+            Some(Value::String(text)) => text.parse().map(Some),
+            Some(_) => Err(crate::TraceParentError::NotAString),
+        }
+    }
+
     /// Adds a user-defined key/value.
     #[must_use]
     pub fn with(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
@@ -161,6 +187,12 @@ pub struct RecordedEvent {
 }
 
 impl RecordedEvent {
+    /// The W3C `traceparent` the event was recorded with (the one of the command that
+    /// produced it), if any; see [`trace_context`](crate::trace_context).
+    pub fn traceparent(&self) -> Option<crate::TraceParent> {
+        self.metadata.traceparent()
+    }
+
     /// Decodes the payload as event enum `E`.
     pub fn decode<E: crate::Event>(&self) -> Result<E, crate::EventDecodeError> {
         E::from_payload(&self.event_type, self.schema_version, &self.payload)

@@ -3,14 +3,81 @@ use std::time::Instant;
 use tracing::Instrument;
 
 use super::{CommandMiddleware, CommandResult, Next, QueryMiddleware, QueryNext};
-use crate::{Command, CommandContext, Query, QueryError};
+use crate::trace_context::METADATA_KEY;
+use crate::{Command, CommandContext, Query, QueryError, TraceParent};
 
-/// A `tracing` span per command or query.
+/// A `tracing` span per command or query, and W3C trace context propagation.
 ///
-/// Commands get a `command` span with `command`, `aggregate_id`, `correlation_id` and
-/// `command_id`; the outcome (`ok`, `rejected`, `conflict`, ...) and `duration_us` are
-/// recorded on it when the command ends. Queries get a `query` span with `query`, `outcome`
-/// and `duration_us`.
+/// Commands get a `command` span with `command`, `aggregate_id`, `correlation_id`,
+/// `command_id`, `trace_id` and `span_id`; the outcome (`ok`, `rejected`, `conflict`, ...)
+/// and `duration_us` are recorded on it when the command ends. Queries get a `query` span
+/// with `query`, `outcome` and `duration_us`.
+///
+/// The trace: the caller's `traceparent` is read from its metadata
+/// ([`Metadata::traceparent`](crate::Metadata::traceparent)); without one, or with a
+/// malformed one (logged as a warning, never failing the command), the command starts a new
+/// trace. The command's own traceparent — the caller's trace id, the command's span id as
+/// parent id — replaces the caller's in the context metadata, so every event the command
+/// records carries it and projections continue the trace from there
+/// ([`trace_context`](crate::trace_context)).
+///
+/// ```
+/// use cqrs_core::middleware::Tracing;
+/// use cqrs_core::prelude::*;
+/// use cqrs_core::{EventStore, TraceParent};
+///
+/// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// pub struct Opened;
+///
+/// #[derive(Debug, Clone, PartialEq, Event)]
+/// pub enum AccountEvent {
+///     #[event(name = "account.opened")]
+///     Opened(Opened),
+/// }
+///
+/// #[derive(Debug, Deserialize, Command)]
+/// #[command(aggregate = Account, id = account_id)]
+/// pub struct Open { pub account_id: u32 }
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("never")]
+/// pub struct Never;
+///
+/// #[derive(Debug, Default)]
+/// pub struct Account;
+///
+/// #[aggregate(event = AccountEvent, error = Never)]
+/// impl Account {
+///     #[command_handler]
+///     fn open(&self, _: &Open) -> Result<Opened, Never> {
+///         Ok(Opened)
+///     }
+///
+///     #[event_handler]
+///     fn on_opened(&mut self, _: &Opened) {}
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store = InMemoryEventStore::new();
+/// let bus = CommandBus::builder(store.clone())
+///     .aggregate::<Account>(())
+///     .middleware(Tracing)
+///     .build();
+///
+/// let caller: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+///     .parse()
+///     .unwrap();
+/// bus.execute_with(Open { account_id: 1 }, Metadata::default().with_traceparent(caller))
+///     .await
+///     .unwrap();
+///
+/// let events = store.load_stream("Account-1", 1).await.unwrap();
+/// let recorded = events[0].traceparent().unwrap();
+/// assert_eq!(recorded.trace_id(), caller.trace_id());
+/// assert_ne!(recorded.parent_id(), caller.parent_id());
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Tracing;
 
@@ -18,18 +85,35 @@ impl CommandMiddleware for Tracing {
     async fn handle<C: Command, N: Next<C>>(
         &self,
         command: C,
-        ctx: CommandContext,
+        mut ctx: CommandContext,
         next: N,
     ) -> CommandResult<C> {
+        let own = match ctx.metadata.try_traceparent() {
+            Ok(Some(caller)) => caller.child(),
+            Ok(None) => TraceParent::new_root(),
+            Err(error) => {
+                tracing::warn!(
+                    command = C::NAME,
+                    %error,
+                    "malformed traceparent in the command metadata; starting a new trace"
+                );
+                TraceParent::new_root()
+            }
+        };
         let span = tracing::info_span!(
             "command",
             command = C::NAME,
             aggregate_id = %ctx.aggregate_id,
             correlation_id = %ctx.correlation_id(),
             command_id = %ctx.command_id,
+            trace_id = %own.trace_id(),
+            span_id = %own.parent_id(),
             outcome = tracing::field::Empty,
             duration_us = tracing::field::Empty,
         );
+        ctx.metadata
+            .extra
+            .insert(METADATA_KEY.to_owned(), own.to_string().into());
         let started = Instant::now();
         let result = next.run(command, ctx).instrument(span.clone()).await;
         let outcome = match &result {

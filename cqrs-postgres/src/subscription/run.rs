@@ -3,11 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cqrs_core::trace_context::event_span;
 use cqrs_core::{BoxFuture, Projection, ReadModel, StateLocation, Subscriber};
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::checkpoint::{self, Checkpoint};
 use super::read::{self, Batch};
@@ -79,6 +81,7 @@ impl<P: Projection<Context = PgConnection>> Deliver for Transactional<P> {
             for (_, event) in &batch.events {
                 self.0
                     .project(event, &mut tx)
+                    .instrument(event_span(P::NAME, event))
                     .await
                     .map_err(|e| SubscriptionError::Projection(Arc::new(e)))?;
             }
@@ -135,7 +138,12 @@ impl<S: Subscriber> Deliver for AtLeastOnce<S> {
             let database = |source| SubscriptionError::database(name, source);
             let mut done = from;
             for (at, event) in &batch.events {
-                if let Err(error) = self.0.handle(event).await {
+                if let Err(error) = self
+                    .0
+                    .handle(event)
+                    .instrument(event_span(name, event))
+                    .await
+                {
                     // Keep what succeeded so the retry starts at the failed event.
                     if done > from {
                         let mut conn = pool.acquire().await.map_err(database)?;
@@ -199,6 +207,7 @@ impl<P: Projection<Context = ()>> Deliver for InMemory<P> {
             for (at, event) in &batch.events {
                 self.model
                     .project(event)
+                    .instrument(event_span(P::NAME, event))
                     .await
                     .map_err(|e| SubscriptionError::Projection(Arc::new(e)))?;
                 // Kept per event, so a retry starts at the failed one.

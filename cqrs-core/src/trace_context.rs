@@ -1,0 +1,263 @@
+//! W3C trace context: the `traceparent` header a command carries in and its events carry on.
+//!
+//! A [`TraceParent`] is `00-<trace id>-<parent id>-<flags>` in lowercase hex
+//! (32, 16 and 2 digits). The [`Tracing`](crate::middleware::Tracing) middleware reads the
+//! caller's from [`Metadata::traceparent`](crate::Metadata::traceparent) (custom key
+//! [`METADATA_KEY`], a string), starts a trace when there is none, and records the command's
+//! own on every event it produces; projections fed those events continue the trace
+//! ([`RecordedEvent::traceparent`](crate::RecordedEvent::traceparent), [`event_span`]).
+//!
+//! ```
+//! use cqrs_core::trace_context::{TraceParent, TraceParentError};
+//!
+//! let caller: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+//!     .parse()
+//!     .unwrap();
+//! assert_eq!(caller.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+//! assert_eq!(
+//!     caller.to_string(),
+//!     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+//! );
+//!
+//! let child = caller.child();
+//! assert_eq!(child.trace_id(), caller.trace_id());
+//! assert_ne!(child.parent_id(), caller.parent_id());
+//!
+//! let zero = "00-00000000000000000000000000000000-00f067aa0ba902b7-01".parse::<TraceParent>();
+//! assert_eq!(zero, Err(TraceParentError::ZeroTraceId));
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use uuid::Uuid;
+
+use crate::RecordedEvent;
+
+/// The custom metadata key ([`Metadata::extra`](crate::Metadata::extra)) holding the
+/// `traceparent`, as its header text.
+pub const METADATA_KEY: &str = "traceparent";
+
+/// A 16-byte trace id; displays as 32 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceId(pub [u8; 16]);
+
+/// An 8-byte span id (a `traceparent`'s parent id); displays as 16 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SpanId(pub [u8; 8]);
+
+fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    for byte in bytes {
+        write!(f, "{byte:02x}")?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+
+impl fmt::Display for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+
+impl SpanId {
+    /// A fresh, non-zero span id.
+    ///
+    /// Folds a v7 UUID (time, counter and random bits) into 64 bits: no new dependency, and
+    /// two ids made one after the other differ.
+    pub fn random() -> Self {
+        let bits = Uuid::now_v7().as_u128();
+        #[allow(clippy::cast_possible_truncation)] // the fold keeps 64 bits on purpose
+        let folded = ((bits >> 64) as u64) ^ (bits as u64);
+        Self(if folded == 0 { 1 } else { folded }.to_be_bytes())
+    }
+}
+
+impl TraceId {
+    /// A fresh, non-zero trace id: the bytes of a v7 UUID (time-ordered, random tail).
+    pub fn random() -> Self {
+        Self(*Uuid::now_v7().as_bytes())
+    }
+}
+
+/// Why a `traceparent` was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TraceParentError {
+    /// Not 55 characters (`00-` + 32 + `-` + 16 + `-` + 2).
+    #[error("a traceparent has 55 characters, this one {0}")]
+    Length(usize),
+    /// The fields are not separated by `-` where they should be.
+    #[error("a traceparent separates its fields with `-`")]
+    Separator,
+    /// A field holds something else than lowercase hex digits.
+    #[error("the {0} of a traceparent is not lowercase hex")]
+    Hex(&'static str),
+    /// A version other than `00` (only version 00 is understood; `ff` is forbidden).
+    #[error("unsupported traceparent version {0:02x}")]
+    Version(u8),
+    /// The trace id is all zeros.
+    #[error("a traceparent's trace id must not be all zeros")]
+    ZeroTraceId,
+    /// The parent id is all zeros.
+    #[error("a traceparent's parent id must not be all zeros")]
+    ZeroParentId,
+    /// The metadata value under [`METADATA_KEY`] is not a string.
+    #[error("the traceparent metadata value is not a string")]
+    NotAString,
+}
+
+/// A W3C `traceparent`: trace id, parent (span) id and trace flags.
+///
+/// Parse one with [`str::parse`], format it with `to_string`; start a trace with
+/// [`TraceParent::new_root`], hand a trace on with [`TraceParent::child`]. See the
+/// [module documentation](self).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceParent {
+    trace_id: TraceId,
+    parent_id: SpanId,
+    flags: u8,
+}
+
+impl TraceParent {
+    /// The `sampled` trace flag.
+    pub const SAMPLED: u8 = 0x01;
+
+    /// A traceparent from its parts; refuses all-zero ids.
+    pub fn new(trace_id: TraceId, parent_id: SpanId, flags: u8) -> Result<Self, TraceParentError> {
+        if trace_id.0 == [0; 16] {
+            return Err(TraceParentError::ZeroTraceId);
+        }
+        if parent_id.0 == [0; 8] {
+            return Err(TraceParentError::ZeroParentId);
+        }
+        Ok(Self {
+            trace_id,
+            parent_id,
+            flags,
+        })
+    }
+
+    /// Starts a new trace: a fresh trace id and span id, flagged sampled.
+    pub fn new_root() -> Self {
+        Self {
+            trace_id: TraceId::random(),
+            parent_id: SpanId::random(),
+            flags: Self::SAMPLED,
+        }
+    }
+
+    /// The traceparent a child span hands on: the same trace id and flags, a fresh parent id
+    /// (the child's span id).
+    #[must_use]
+    pub fn child(&self) -> Self {
+        Self {
+            trace_id: self.trace_id,
+            parent_id: SpanId::random(),
+            flags: self.flags,
+        }
+    }
+
+    /// The trace id.
+    pub fn trace_id(&self) -> TraceId {
+        self.trace_id
+    }
+
+    /// The parent id: the span id of whoever handed this traceparent on.
+    pub fn parent_id(&self) -> SpanId {
+        self.parent_id
+    }
+
+    /// The trace flags.
+    pub fn flags(&self) -> u8 {
+        self.flags
+    }
+
+    /// Whether the `sampled` flag is set.
+    pub fn sampled(&self) -> bool {
+        self.flags & Self::SAMPLED != 0
+    }
+}
+
+fn hex_field<const N: usize>(
+    bytes: &[u8],
+    field: &'static str,
+) -> Result<[u8; N], TraceParentError> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        _ => Err(TraceParentError::Hex(field)),
+    };
+    let mut out = [0; N];
+    for (byte, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        *byte = (digit(pair[0])? << 4) | digit(pair[1])?;
+    }
+    Ok(out)
+}
+
+impl FromStr for TraceParent {
+    type Err = TraceParentError;
+
+    /// Parses the header text; works on bytes, so a non-ASCII character is refused as a bad
+    /// hex digit (or a misplaced separator).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 55 {
+            return Err(TraceParentError::Length(bytes.len()));
+        }
+        if bytes[2] != b'-' || bytes[35] != b'-' || bytes[52] != b'-' {
+            return Err(TraceParentError::Separator);
+        }
+        let [version] = hex_field::<1>(&bytes[0..2], "version")?;
+        if version != 0 {
+            return Err(TraceParentError::Version(version));
+        }
+        let trace_id = TraceId(hex_field(&bytes[3..35], "trace id")?);
+        let parent_id = SpanId(hex_field(&bytes[36..52], "parent id")?);
+        let [flags] = hex_field::<1>(&bytes[53..55], "flags")?;
+        Self::new(trace_id, parent_id, flags)
+    }
+}
+
+impl fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "00-{}-{}-{:02x}",
+            self.trace_id, self.parent_id, self.flags
+        )
+    }
+}
+
+/// The `event_handled` span of one event delivered to projection (or subscriber)
+/// `projection`, a child of the span that recorded the event.
+///
+/// Fields: `projection`, `event_type`, `position`, and, when the event carries a
+/// traceparent, `trace_id`, `parent_span_id` (the event's parent id) and a fresh `span_id`.
+/// Nothing is read from the event when the span is disabled.
+pub fn event_span(projection: &'static str, event: &RecordedEvent) -> tracing::Span {
+    let span = tracing::info_span!(
+        "event_handled",
+        projection,
+        event_type = %event.event_type,
+        position = event.position.0,
+        trace_id = tracing::field::Empty,
+        parent_span_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    if !span.is_disabled()
+        && let Some(parent) = event.traceparent()
+    {
+        span.record("trace_id", tracing::field::display(parent.trace_id()));
+        span.record(
+            "parent_span_id",
+            tracing::field::display(parent.parent_id()),
+        );
+        span.record("span_id", tracing::field::display(SpanId::random()));
+    }
+    span
+}
