@@ -68,8 +68,8 @@ impl fmt::Display for SpanId {
 impl SpanId {
     /// A fresh, non-zero span id.
     ///
-    /// Folds a v7 UUID (time, counter and random bits) into 64 bits: no new dependency, and
-    /// two ids made one after the other differ.
+    /// Folds a v7 UUID (time, counter and random bits) into 64 bits, which needs no random
+    /// number generator beyond the one `uuid` already has.
     pub fn random() -> Self {
         let bits = Uuid::now_v7().as_u128();
         #[allow(clippy::cast_possible_truncation)] // the fold keeps 64 bits on purpose
@@ -79,7 +79,8 @@ impl SpanId {
 }
 
 impl TraceId {
-    /// A fresh, non-zero trace id: the bytes of a v7 UUID (time-ordered, random tail).
+    /// A fresh, non-zero trace id: the bytes of a v7 UUID (the time, then counter and random
+    /// bits), unique without a new random number generator.
     pub fn random() -> Self {
         Self(*Uuid::now_v7().as_bytes())
     }
