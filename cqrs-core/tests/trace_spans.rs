@@ -5,89 +5,19 @@
 //! test running on another thread while this one installs its collector can cache "no".
 #![allow(missing_docs)]
 
+#[path = "support/shop.rs"]
+mod shop;
+
+use shop::{CALLER, Open, Seen, Shop};
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cqrs_core::middleware::Tracing;
 use cqrs_core::prelude::*;
-use cqrs_core::{BoxFuture, ProjectionError, RecordedEvent, Subscriber, TraceParent};
+use cqrs_core::{RecordedEvent, TraceParent};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
-
-const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Opened;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Named {
-    pub name: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Event)]
-pub enum ShopEvent {
-    #[event(name = "shop.opened")]
-    Opened(Opened),
-    #[event(name = "shop.named")]
-    Named(Named),
-}
-
-#[derive(Debug, Deserialize, Command)]
-#[command(aggregate = Shop, id = id)]
-pub struct Open {
-    pub id: u32,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("never")]
-pub struct Never;
-
-#[derive(Debug, Default)]
-pub struct Shop;
-
-#[aggregate(event = ShopEvent, error = Never)]
-impl Shop {
-    #[command_handler]
-    fn open(&self, _: &Open) -> Result<Vec<ShopEvent>, Never> {
-        Ok(vec![
-            ShopEvent::Opened(Opened),
-            ShopEvent::Named(Named {
-                name: "corner".into(),
-            }),
-        ])
-    }
-
-    #[event_handler]
-    fn on_opened(&mut self, _: &Opened) {}
-
-    #[event_handler]
-    fn on_named(&mut self, _: &Named) {}
-}
-
-/// A subscriber that keeps the traceparent of each event it is fed.
-#[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<Option<TraceParent>>>>);
-
-impl Subscriber for Seen {
-    fn name(&self) -> &'static str {
-        "seen"
-    }
-
-    fn event_types(&self) -> &'static [&'static str] {
-        &["shop.opened", "shop.named"]
-    }
-
-    fn handle<'a>(
-        &'a self,
-        event: &'a RecordedEvent,
-    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(async move {
-            self.0.lock().unwrap().push(event.traceparent());
-            tracing::info!("handled");
-            Ok(())
-        })
-    }
-}
 
 async fn run(
     metadata: Metadata,
@@ -165,7 +95,7 @@ impl tracing::Subscriber for Spans {
 
     fn event(&self, event: &tracing::Event<'_>) {
         // Only the events of this test's projection.
-        if event.metadata().target() != module_path!() {
+        if !event.metadata().target().starts_with(module_path!()) {
             return;
         }
         let mut captured = self.0.lock().unwrap();
