@@ -5,40 +5,11 @@
 #[path = "support/shop.rs"]
 mod shop;
 
-use shop::{CALLER, Open, Seen, Shop};
+use shop::{CALLER, run};
 
-use cqrs_core::middleware::Tracing;
 use cqrs_core::prelude::*;
 use cqrs_core::trace_context::{SpanId, TraceId};
-use cqrs_core::{RecordedEvent, TraceParent, TraceParentError};
-
-async fn run(
-    metadata: Metadata,
-    with_tracing: bool,
-) -> (Vec<RecordedEvent>, Vec<Option<TraceParent>>) {
-    let store = InMemoryEventStore::new();
-    let seen = Seen::default();
-    let builder = CommandBus::builder(store.clone())
-        .aggregate::<Shop>(())
-        .subscribe(seen.clone());
-    if with_tracing {
-        builder
-            .middleware(Tracing)
-            .build()
-            .execute_with(Open { id: 1 }, metadata)
-            .await
-            .unwrap();
-    } else {
-        builder
-            .build()
-            .execute_with(Open { id: 1 }, metadata)
-            .await
-            .unwrap();
-    }
-    let events = store.load_stream("Shop-1", 1).await.unwrap();
-    let seen = seen.0.lock().unwrap().clone();
-    (events, seen)
-}
+use cqrs_core::{TraceParent, TraceParentError};
 
 #[test]
 fn parse_and_format_round_trip() {

@@ -8,44 +8,15 @@
 #[path = "support/shop.rs"]
 mod shop;
 
-use shop::{CALLER, Open, Seen, Shop};
+use shop::{CALLER, run};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cqrs_core::middleware::Tracing;
+use cqrs_core::TraceParent;
 use cqrs_core::prelude::*;
-use cqrs_core::{RecordedEvent, TraceParent};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
-
-async fn run(
-    metadata: Metadata,
-    with_tracing: bool,
-) -> (Vec<RecordedEvent>, Vec<Option<TraceParent>>) {
-    let store = InMemoryEventStore::new();
-    let seen = Seen::default();
-    let builder = CommandBus::builder(store.clone())
-        .aggregate::<Shop>(())
-        .subscribe(seen.clone());
-    if with_tracing {
-        builder
-            .middleware(Tracing)
-            .build()
-            .execute_with(Open { id: 1 }, metadata)
-            .await
-            .unwrap();
-    } else {
-        builder
-            .build()
-            .execute_with(Open { id: 1 }, metadata)
-            .await
-            .unwrap();
-    }
-    let events = store.load_stream("Shop-1", 1).await.unwrap();
-    let seen = seen.0.lock().unwrap().clone();
-    (events, seen)
-}
 
 /// The spans opened on this thread, with their recorded fields as text (span id `n` is at
 /// index `n - 1`), the stack of entered spans, and for each `tracing` event of this file the

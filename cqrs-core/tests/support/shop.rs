@@ -5,6 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use cqrs_core::middleware::Tracing;
 use cqrs_core::prelude::*;
 use cqrs_core::{BoxFuture, ProjectionError, RecordedEvent, Subscriber, TraceParent};
 
@@ -82,4 +83,34 @@ impl Subscriber for Seen {
             Ok(())
         })
     }
+}
+
+/// Opens shop 1 with `metadata`, through the `Tracing` middleware or not; returns the stored
+/// events and the traceparents the in-process subscriber saw.
+pub async fn run(
+    metadata: Metadata,
+    with_tracing: bool,
+) -> (Vec<RecordedEvent>, Vec<Option<TraceParent>>) {
+    let store = InMemoryEventStore::new();
+    let seen = Seen::default();
+    let builder = CommandBus::builder(store.clone())
+        .aggregate::<Shop>(())
+        .subscribe(seen.clone());
+    if with_tracing {
+        builder
+            .middleware(Tracing)
+            .build()
+            .execute_with(Open { id: 1 }, metadata)
+            .await
+            .unwrap();
+    } else {
+        builder
+            .build()
+            .execute_with(Open { id: 1 }, metadata)
+            .await
+            .unwrap();
+    }
+    let events = store.load_stream("Shop-1", 1).await.unwrap();
+    let seen = seen.0.lock().unwrap().clone();
+    (events, seen)
 }
