@@ -36,7 +36,7 @@ pub enum NotifyMode {
     /// listeners wake exactly when the events commit. PostgreSQL serializes the commits of
     /// all transactions that notify (one lock, held through the commit's disk flush), so
     /// concurrent appends no longer share flushes. `cargo bench -p cqrs-postgres --bench
-    /// postgres` runs the modes side by side; with several clients this one is the slowest.
+    /// postgres` runs the modes side by side.
     InTransaction,
     /// The default. After the append commits, a background task of this store sends one
     /// notification for all the appends that committed since its last one. Appends commit
