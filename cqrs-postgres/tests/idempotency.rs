@@ -390,3 +390,17 @@ async fn purging_deletes_records_older_than_the_cutoff() {
     bus.execute(credit("r-1", 5)).await.unwrap();
     assert_eq!(count(&db.pool, "cqrs_events").await, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_store_passes_the_idempotency_checks() {
+    let (db, store) = migrated(20).await;
+    cqrs_core::testing::idempotency::run_all(&store).await;
+    // The checks hold whichever way appends notify.
+    cqrs_core::testing::idempotency::run_all(
+        &store
+            .clone()
+            .with_notify(cqrs_postgres::NotifyMode::InTransaction),
+    )
+    .await;
+    drop(db);
+}

@@ -1,6 +1,7 @@
 //! Test support: the given/when/then [`Fixture`] for aggregates, and (feature `testing`) the
 //! `conformance` kit any [`EventStore`](crate::EventStore) implementation can run, plus the
-//! `unique_keys` checks for stores that reserve unique keys.
+//! `unique_keys` checks for stores that reserve unique keys and the `idempotency` checks for
+//! stores that record idempotency keys.
 
 use std::fmt::Debug;
 
@@ -228,5 +229,7 @@ impl<A: Aggregate> Outcome<A> {
 
 #[cfg(feature = "testing")]
 pub mod conformance;
+#[cfg(feature = "testing")]
+pub mod idempotency;
 #[cfg(feature = "testing")]
 pub mod unique_keys;
