@@ -1,12 +1,13 @@
-//! The idempotency checks catch broken stores: each [`Fault`] wraps the in-memory store and
-//! breaks one point of the idempotency contract, and the check for that point must fail on
-//! it, for that reason. The unbroken in-memory store passes every check.
+//! The unique-key and idempotency checks catch broken stores: each [`Fault`] wraps the
+//! in-memory store and breaks one point of those contracts, and the check for that point must
+//! fail on it, for that reason. The unbroken in-memory store passes every check of both kits.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use cqrs_core::testing::idempotency::checks;
+use cqrs_core::testing::{idempotency, unique_keys};
 use cqrs_core::{
     AppendResult, BoxFuture, EventStore, ExpectedVersion, GlobalPosition, IdempotencyRecord,
-    IdempotentWrite, InMemoryEventStore, KeyChanges, NewEvent, RecordedEvent, Snapshot, StoreError,
+    IdempotentWrite, InMemoryEventStore, KeyChange, KeyChanges, NewEvent, RecordedEvent, Snapshot,
+    StoreError, UniqueKey,
 };
 
 /// One way to break the contract.
@@ -23,6 +24,15 @@ enum Fault {
     IgnoresTheCommandName,
     /// A purge deletes every record, whatever the cutoff.
     PurgesEverything,
+    /// A claim of a key another stream holds is dropped and the events are appended anyway.
+    DropsTakenClaims,
+    /// Key changes are made in a step of their own before the events are appended, so an
+    /// append refused for its version keeps them.
+    ChangesKeysBesideTheAppend,
+    /// A release frees the key whichever stream holds it.
+    ReleasesAnyHoldersKey,
+    /// Every key lands in one namespace.
+    IgnoresNamespaces,
 }
 
 #[derive(Clone)]
@@ -39,6 +49,47 @@ impl Broken {
             inner: InMemoryEventStore::new(),
             fault,
         }
+    }
+
+    async fn append_with_keys_broken(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        keys: KeyChanges,
+    ) -> Result<AppendResult, StoreError> {
+        let mut kept = KeyChanges::new();
+        for (key, change) in keys.iter() {
+            let owner = self
+                .inner
+                .unique_key_owner(&key.namespace, &key.value)
+                .await?;
+            let foreign = owner.as_deref().is_some_and(|owner| owner != stream_id);
+            match (self.fault, change) {
+                (Fault::DropsTakenClaims, KeyChange::Claim) if foreign => {}
+                (Fault::ReleasesAnyHoldersKey, KeyChange::Release) if foreign => {
+                    let mut release = KeyChanges::new();
+                    release.push(key.clone(), KeyChange::Release);
+                    let holder = owner.unwrap_or_default();
+                    self.inner
+                        .append_with_keys(&holder, ExpectedVersion::Any, Vec::new(), release)
+                        .await?;
+                }
+                (Fault::IgnoresNamespaces, _) => {
+                    kept.push(UniqueKey::new(ONE_NAME, key.value.clone()), change);
+                }
+                _ => kept.push(key.clone(), change),
+            }
+        }
+        if self.fault == Fault::ChangesKeysBesideTheAppend {
+            self.inner
+                .append_with_keys(stream_id, ExpectedVersion::Any, Vec::new(), kept)
+                .await?;
+            return self.inner.append(stream_id, expected, events).await;
+        }
+        self.inner
+            .append_with_keys(stream_id, expected, events, kept)
+            .await
     }
 
     async fn append_idempotent_broken(
@@ -91,7 +142,7 @@ impl Broken {
                     .append_idempotent(stream_id, expected, events, keys, write)
                     .await
             }
-            Fault::ForgetsRejections | Fault::PurgesEverything => {
+            _ => {
                 self.inner
                     .append_idempotent(stream_id, expected, events, keys, write)
                     .await
@@ -117,8 +168,7 @@ impl EventStore for Broken {
         events: Vec<NewEvent>,
         keys: KeyChanges,
     ) -> BoxFuture<'a, Result<AppendResult, StoreError>> {
-        self.inner
-            .append_with_keys(stream_id, expected, events, keys)
+        Box::pin(self.append_with_keys_broken(stream_id, expected, events, keys))
     }
 
     fn append_idempotent<'a>(
@@ -161,7 +211,11 @@ impl EventStore for Broken {
         namespace: &'a str,
         value: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
-        self.inner.unique_key_owner(namespace, value)
+        if self.fault == Fault::IgnoresNamespaces {
+            self.inner.unique_key_owner(ONE_NAME, value)
+        } else {
+            self.inner.unique_key_owner(namespace, value)
+        }
     }
 
     fn load_stream<'a>(
@@ -198,6 +252,16 @@ impl EventStore for Broken {
     fn delete_snapshot<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         self.inner.delete_snapshot(stream_id)
     }
+}
+
+/// A check of either kit: its name and the function that runs it.
+type Check<S> = (&'static str, fn(&S) -> BoxFuture<'_, ()>);
+
+/// Every check of both kits.
+fn checks<S: EventStore + Clone>() -> Vec<Check<S>> {
+    let mut all = unique_keys::checks::<S>();
+    all.extend(idempotency::checks::<S>());
+    all
 }
 
 /// Runs the check `name` against `store` in a task of its own; `Err` holds its panic message.
@@ -290,6 +354,46 @@ async fn a_store_purging_past_the_cutoff_fails() {
         Fault::PurgesEverything,
         "purging_frees_the_keys_recorded_before_the_cutoff",
         "created after its cutoff",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_store_dropping_claims_of_taken_keys_fails() {
+    assert_fails(
+        Fault::DropsTakenClaims,
+        "a_taken_key_is_refused_and_writes_nothing",
+        "to be taken by",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_store_changing_keys_beside_the_append_fails() {
+    assert_fails(
+        Fault::ChangesKeysBesideTheAppend,
+        "a_version_conflict_changes_no_key",
+        "left: None",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_store_releasing_another_streams_key_fails() {
+    assert_fails(
+        Fault::ReleasesAnyHoldersKey,
+        "releasing_a_key_of_another_stream_changes_nothing",
+        "assertion",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_store_ignoring_namespaces_fails() {
+    assert_fails(
+        Fault::IgnoresNamespaces,
+        "namespaces_keep_equal_values_apart",
+        "claim in another namespace",
     )
     .await;
 }
