@@ -150,13 +150,14 @@ impl Relay {
     /// `status` (its checkpoint counts acknowledged events only), and `wait_for` a position
     /// to be in JetStream.
     pub async fn start(self, pool: &PgPool) -> Result<SubscriptionHandle, RelayError> {
+        let client = self.client;
         let js = jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(5))
             .ack_timeout(self.ack_timeout)
             .max_ack_inflight(self.max_in_flight.saturating_mul(2))
             .backpressure_on_inflight(true)
-            .build(self.client);
-        ensure_stream(&js, &self.stream, &self.subjects.filter()).await?;
+            .build(client.clone());
+        ensure_stream(&client, &js, &self.stream, &self.subjects.filter()).await?;
         let forwarder = NatsForwarder {
             name: self.name,
             js,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::context::{AccountErrorKind, GetStreamErrorKind};
+use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::stream::{Config, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, Context};
@@ -90,27 +90,12 @@ pub enum SetupError {
 /// Creates the stream, or checks the existing one against `settings` and the subject filter
 /// the relay publishes under.
 pub(crate) async fn ensure_stream(
+    client: &async_nats::Client,
     js: &Context,
     settings: &StreamSettings,
     filter: &str,
 ) -> Result<jetstream::stream::Info, SetupError> {
-    match js.query_account().await {
-        Ok(_) => {}
-        Err(error) => {
-            return Err(match error.kind() {
-                AccountErrorKind::JetStreamUnavailable => {
-                    SetupError::JetStreamUnavailable(error.to_string())
-                }
-                AccountErrorKind::JetStream(ref inner)
-                    if inner.error_code() == ErrorCode::JETSTREAM_NOT_ENABLED
-                        || inner.error_code() == ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT =>
-                {
-                    SetupError::JetStreamUnavailable(error.to_string())
-                }
-                _ => SetupError::Request(error.to_string()),
-            });
-        }
-    }
+    jetstream_available(client).await?;
     match js.get_stream(&settings.name).await {
         Ok(mut stream) => {
             let info = stream
@@ -148,6 +133,43 @@ pub(crate) async fn ensure_stream(
             _ => Err(SetupError::Request(error.to_string())),
         },
     }
+}
+
+/// Asks the server's JetStream API for the account's information: no responder, or an error
+/// saying JetStream is off, means JetStream is unavailable. (The answer is read loosely: its
+/// fields differ between server versions.)
+async fn jetstream_available(client: &async_nats::Client) -> Result<(), SetupError> {
+    let unavailable = |reason: String| SetupError::JetStreamUnavailable(reason);
+    let request = client.request("$JS.API.INFO", bytes::Bytes::new());
+    let response = match tokio::time::timeout(Duration::from_secs(5), request).await {
+        Err(_) => return Err(SetupError::Request("JetStream API request timed out".to_owned())),
+        Ok(Err(error)) if error.kind() == async_nats::RequestErrorKind::NoResponders => {
+            return Err(unavailable("no responder on the JetStream API".to_owned()));
+        }
+        Ok(Err(error)) => return Err(SetupError::Request(error.to_string())),
+        Ok(Ok(response)) => response,
+    };
+    let answer: serde_json::Value = serde_json::from_slice(&response.payload)
+        .map_err(|e| SetupError::Request(format!("unreadable JetStream API answer: {e}")))?;
+    if let Some(error) = answer.get("error") {
+        let code = error.get("err_code").and_then(serde_json::Value::as_u64);
+        let description = error
+            .get("description")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("no description")
+            .to_owned();
+        return Err(
+            if code == Some(ErrorCode::JETSTREAM_NOT_ENABLED.0)
+                || code == Some(ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT.0)
+                || error.get("code").and_then(serde_json::Value::as_u64) == Some(503)
+            {
+                unavailable(description)
+            } else {
+                SetupError::Request(description)
+            },
+        );
+    }
+    Ok(())
 }
 
 /// Every way `config` falls short of what the relay needs.
