@@ -127,8 +127,11 @@ pub trait EventSink: Send + 'static {
 
     /// Records `message.sequence` as applied without applying it; with `park`, also keeps the
     /// message for a later look.
-    fn pass<'a>(&'a mut self, message: &'a Passed, park: bool)
-    -> BoxFuture<'a, Result<(), SinkError>>;
+    fn pass<'a>(
+        &'a mut self,
+        message: &'a Passed,
+        park: bool,
+    ) -> BoxFuture<'a, Result<(), SinkError>>;
 }
 
 /// A `#[projection(context = PgConnection)]` read model fed from JetStream: rows and offset in
@@ -297,10 +300,9 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
     )
     .execute(&mut *tx)
     .await?;
-    let recorded: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM cqrs_nats_schema_migrations")
-            .fetch_all(&mut *tx)
-            .await?;
+    let recorded: Vec<i64> = sqlx::query_scalar("SELECT version FROM cqrs_nats_schema_migrations")
+        .fetch_all(&mut *tx)
+        .await?;
     let mut applied = Vec::new();
     for &(version, name, sql) in MIGRATIONS {
         if recorded.contains(&version) {
@@ -471,13 +473,10 @@ impl Consumer {
     pub async fn start<S: EventSink>(self, mut sink: S) -> Result<ConsumerHandle, ConsumerError> {
         let name = sink.name();
         let jetstream_error = |reason: String| ConsumerError::JetStream { name, reason };
-        let applied = sink
-            .applied()
-            .await
-            .map_err(|e| ConsumerError::Database {
-                name,
-                reason: e.to_string(),
-            })?;
+        let applied = sink.applied().await.map_err(|e| ConsumerError::Database {
+            name,
+            reason: e.to_string(),
+        })?;
         let js = jetstream::new(self.client);
         let stream = js
             .get_stream(&self.stream)

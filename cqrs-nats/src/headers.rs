@@ -3,6 +3,7 @@
 //! [`RecordedEvent`] the store recorded.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use async_nats::HeaderMap;
 use chrono::{DateTime, Utc};
@@ -84,8 +85,7 @@ pub fn encode(event: &RecordedEvent) -> HeaderMap {
         headers.insert(USER_ID, escape(user));
     }
     let mut extra = metadata.extra.clone();
-    if let Some(Value::String(traceparent)) = extra.get(cqrs_core::trace_context::METADATA_KEY)
-    {
+    if let Some(Value::String(traceparent)) = extra.get(cqrs_core::trace_context::METADATA_KEY) {
         headers.insert(TRACEPARENT, escape(traceparent));
         extra.remove(cqrs_core::trace_context::METADATA_KEY);
     }
@@ -107,14 +107,17 @@ pub fn decode(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<RecordedEve
             .ok_or(DecodeError::Missing(name))
     };
     let optional = |name: &'static str| headers.get(name).map(async_nats::HeaderValue::as_str);
-    let malformed = |header: &'static str, reason: String| DecodeError::Malformed { header, reason };
+    let malformed =
+        |header: &'static str, reason: String| DecodeError::Malformed { header, reason };
     let number = |name: &'static str| -> Result<u64, DecodeError> {
         text(name)?
             .parse::<u64>()
             .map_err(|e| malformed(name, e.to_string()))
     };
     let uuid = |name: &'static str, value: &str| -> Result<Uuid, DecodeError> {
-        value.parse().map_err(|e: uuid::Error| malformed(name, e.to_string()))
+        value
+            .parse()
+            .map_err(|e: uuid::Error| malformed(name, e.to_string()))
     };
 
     let mut metadata = Metadata {
@@ -174,7 +177,7 @@ fn escape(text: &str) -> String {
         if c == '%' || c.is_whitespace() || c.is_control() {
             let mut buffer = [0u8; 4];
             for byte in c.encode_utf8(&mut buffer).bytes() {
-                out.push_str(&format!("%{byte:02X}"));
+                let _ = write!(out, "%{byte:02X}");
             }
         } else {
             out.push(c);

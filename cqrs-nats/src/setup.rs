@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream::{Config, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, Context};
 
@@ -127,7 +127,7 @@ pub(crate) async fn ensure_stream(
                 created
                     .info()
                     .await
-                    .map(Clone::clone)
+                    .cloned()
                     .map_err(|e| SetupError::Request(e.to_string()))
             }
             _ => Err(SetupError::Request(error.to_string())),
@@ -142,7 +142,11 @@ async fn jetstream_available(client: &async_nats::Client) -> Result<(), SetupErr
     let unavailable = |reason: String| SetupError::JetStreamUnavailable(reason);
     let request = client.request("$JS.API.INFO", bytes::Bytes::new());
     let response = match tokio::time::timeout(Duration::from_secs(5), request).await {
-        Err(_) => return Err(SetupError::Request("JetStream API request timed out".to_owned())),
+        Err(_) => {
+            return Err(SetupError::Request(
+                "JetStream API request timed out".to_owned(),
+            ));
+        }
         Ok(Err(error)) if error.kind() == async_nats::RequestErrorKind::NoResponders => {
             return Err(unavailable("no responder on the JetStream API".to_owned()));
         }
@@ -175,7 +179,11 @@ async fn jetstream_available(client: &async_nats::Client) -> Result<(), SetupErr
 /// Every way `config` falls short of what the relay needs.
 fn problems(config: &Config, settings: &StreamSettings, filter: &str) -> Vec<String> {
     let mut problems = Vec::new();
-    if !config.subjects.iter().any(|subject| covers(subject, filter)) {
+    if !config
+        .subjects
+        .iter()
+        .any(|subject| covers(subject, filter))
+    {
         problems.push(format!(
             "its subjects {:?} do not capture `{filter}`, where the relay publishes",
             config.subjects

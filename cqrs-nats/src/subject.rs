@@ -105,7 +105,9 @@ impl Subjects {
 
 /// The category of a stream: its id up to the first `-`.
 pub fn category(stream_id: &str) -> &str {
-    stream_id.split_once('-').map_or(stream_id, |(head, _)| head)
+    stream_id
+        .split_once('-')
+        .map_or(stream_id, |(head, _)| head)
 }
 
 fn push_token(subject: &mut String, token: &str) {
@@ -141,10 +143,9 @@ pub(crate) fn covers(pattern: &str, filter: &str) -> bool {
     let mut filter = filter.split('.');
     loop {
         match (pattern.next(), filter.next()) {
-            (Some(">"), Some(_)) => return true,
+            (Some(">"), Some(_)) | (None, None) => return true,
             (Some("*"), Some(f)) if f != ">" => {}
             (Some(p), Some(f)) if p == f => {}
-            (None, None) => return true,
             _ => return false,
         }
     }

@@ -283,7 +283,11 @@ async fn crashes_at_random_points_apply_every_event_exactly_once_in_order() {
     .await
     .expect("every redelivered message acknowledged");
     consumer.shutdown().await.expect("no failure");
-    assert_eq!(balances(&report.pool).await, expected, "redeliveries skipped");
+    assert_eq!(
+        balances(&report.pool).await,
+        expected,
+        "redeliveries skipped"
+    );
 }
 
 /// Publishes, on the relay's subjects, a message that is not a relay event, and one whose

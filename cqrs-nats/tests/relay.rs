@@ -30,6 +30,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 const PATIENCE: Duration = Duration::from_secs(60);
+/// The kill/restart test: writers, events each, streams each.
+const WRITERS: usize = 2;
+const PER_WRITER: usize = 2_000;
+const STREAMS: usize = 25;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Deposited {
@@ -141,7 +145,10 @@ async fn publishes_each_event_with_its_subject_and_headers() {
         first.get(headers::TRACEPARENT).unwrap().as_str(),
         traceparent.to_string()
     );
-    assert_eq!(first.get(headers::STREAM_ID).unwrap().as_str(), "BankAccount-1");
+    assert_eq!(
+        first.get(headers::STREAM_ID).unwrap().as_str(),
+        "BankAccount-1"
+    );
     assert_eq!(first.get(headers::STREAM_VERSION).unwrap().as_str(), "1");
     assert_eq!(first.get(headers::SCHEMA_VERSION).unwrap().as_str(), "1");
     assert_eq!(
@@ -150,8 +157,7 @@ async fn publishes_each_event_with_its_subject_and_headers() {
     );
     // The consumer's view: the very event the store recorded.
     for (message, recorded) in messages.iter().zip(&stored) {
-        let decoded =
-            headers::decode(message.headers.as_ref(), &message.payload).expect("decodes");
+        let decoded = headers::decode(message.headers.as_ref(), &message.payload).expect("decodes");
         assert_eq!(&decoded, recorded);
     }
 }
@@ -160,6 +166,7 @@ async fn publishes_each_event_with_its_subject_and_headers() {
 /// restarted at random points while two writers append; afterwards JetStream holds every
 /// event exactly once, and each stream's events in version order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[allow(clippy::too_many_lines)] // one scenario: write, kill and restart, check
 async fn killed_and_restarted_at_random_points_it_delivers_every_event_once_in_order() {
     let test = "killed_and_restarted_at_random_points_it_delivers_every_event_once_in_order";
     if common::connect(test).await.is_none() {
@@ -168,9 +175,6 @@ async fn killed_and_restarted_at_random_points_it_delivers_every_event_once_in_o
     let db = TestDb::create(10).await;
     let store = Arc::new(store_on(&db).await);
     let stream = TestStream::new();
-    const WRITERS: usize = 2;
-    const PER_WRITER: usize = 2_000;
-    const STREAMS: usize = 25;
 
     let writing = Arc::new(AtomicBool::new(true));
     let mut writers = Vec::new();
@@ -191,8 +195,7 @@ async fn killed_and_restarted_at_random_points_it_delivers_every_event_once_in_o
                     })
                     .collect();
                 // Each writer has streams of its own, so `Any` keeps versions dense.
-                let stream_id =
-                    format!("Account-w{writer}s{}", rng.random_range(0..STREAMS));
+                let stream_id = format!("Account-w{writer}s{}", rng.random_range(0..STREAMS));
                 appended.extend(events.iter().map(|e| e.event_id));
                 store
                     .append(&stream_id, ExpectedVersion::Any, events)
@@ -333,7 +336,10 @@ async fn an_incompatible_stream_is_refused_with_every_problem_named() {
 
     let started = relay(client.clone(), &stream).start(&db.pool).await;
     match started {
-        Err(RelayError::Setup(SetupError::IncompatibleStream { stream: name, problems })) => {
+        Err(RelayError::Setup(SetupError::IncompatibleStream {
+            stream: name,
+            problems,
+        })) => {
             assert_eq!(name, stream.name);
             assert_eq!(problems.len(), 3, "{problems:?}");
             assert!(problems[0].contains("subjects"), "{problems:?}");
@@ -399,14 +405,18 @@ struct PlainServer {
 
 impl PlainServer {
     fn start() -> Option<Self> {
-        let binary = ["nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|b| {
-                std::process::Command::new(b)
-                    .arg("--version")
-                    .output()
-                    .is_ok_and(|o| o.status.success())
-            })?;
+        let binary = [
+            "nats-server",
+            "/usr/sbin/nats-server",
+            "/usr/bin/nats-server",
+        ]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .ok()?
             .local_addr()
