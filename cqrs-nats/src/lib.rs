@@ -46,14 +46,20 @@
 //!
 //! # Delivery
 //!
-//! At least once into JetStream, exactly once in effect for a consumer that deduplicates:
-//! after a crash the relay re-publishes the events it had not seen acknowledged, and
-//! JetStream drops each one whose `Nats-Msg-Id` it stored within the stream's duplicate
-//! window ([`StreamSettings::duplicate_window`], checked at start). A relay kept down longer
-//! than that window can store a copy of the last unacknowledged events (at most
-//! [`Relay::max_in_flight`] of them); consumers that key their effects on the event id, as
-//! [`consumer::PgProjection`] does with the stream sequence and the event id, are not
-//! affected.
+//! At least once into JetStream, and no duplicate stored: after a crash the relay
+//! re-publishes the events it had not seen acknowledged, and JetStream drops each one whose
+//! `Nats-Msg-Id` it stored within the stream's duplicate window
+//! ([`StreamSettings::duplicate_window`], checked at start). A relay kept down longer than
+//! that window may store a second copy of its last unacknowledged events (at most
+//! [`Relay::max_in_flight`] of them) under a new stream sequence; a consumer that must be
+//! immune to that as well keys its effects on [`RecordedEvent::event_id`](cqrs_core::RecordedEvent::event_id).
+//! [`consumer::PgProjection`] recognises redeliveries of a message by its stream sequence.
+//!
+//! # Tests
+//!
+//! The crate's tests run against a real NATS server with JetStream (`NATS_URL`, default
+//! `127.0.0.1:4222`, started by `scripts/ensure-nats` when installed) and PostgreSQL; without
+//! a NATS server they are skipped, each printing a banner saying so.
 
 pub mod consumer;
 pub mod headers;
