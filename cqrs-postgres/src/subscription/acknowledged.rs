@@ -191,6 +191,11 @@ impl<F: Forwarder> Deliver for Acknowledged<F> {
         self.forwarder.event_types()
     }
 
+    /// The next read always starts at the batch's end, so it can run beside the delivery.
+    fn reads_ahead(&self) -> bool {
+        true
+    }
+
     fn resume<'a>(
         &'a mut self,
         pool: &'a PgPool,

@@ -510,8 +510,8 @@ impl Subscription {
     /// forwarded again, and the receiver drops a repeat by
     /// [`RecordedEvent::event_id`](cqrs_core::RecordedEvent::event_id).
     ///
-    /// The window spans batches: the next batch is read while the previous one's
-    /// confirmations are still arriving, and once caught up the subscription awaits every
+    /// The window spans batches: the next batch is read while this one is forwarded and
+    /// while its confirmations are still arriving, and once caught up the subscription awaits every
     /// outstanding confirmation before it waits for new events. Its progress
     /// ([`SubscriptionHandle::wait_for`], [`SubscriptionStatus::checkpoint`]) counts only
     /// confirmed events.

@@ -61,6 +61,12 @@ pub(super) trait Deliver: Send + 'static {
         Box::pin(std::future::ready(Ok(None)))
     }
 
+    /// Whether the next batch may be read while this one is delivered: only for a delivery
+    /// whose next read always starts at the batch's end.
+    fn reads_ahead(&self) -> bool {
+        false
+    }
+
     /// Whether `start` returns only once the consumer holds every event committed before it.
     fn waits_for_replay(&self) -> bool {
         false
@@ -333,16 +339,34 @@ async fn run(
     status.send_modify(|s| s.checkpoint = checkpoint);
 
     let mut pending_delay = PENDING_DELAY_MIN;
+    let mut ahead: Option<Batch> = None;
     loop {
         if *shutdown.borrow() {
             // Whatever is in flight is finished, so that the next start need not redo it.
             delivery.settle(pool).await?;
             return Ok(());
         }
-        let batch = read::next_batch(pool, name, checkpoint, types, options.batch_size).await?;
+        let batch = match ahead.take() {
+            Some(batch) => batch,
+            None => read::next_batch(pool, name, checkpoint, types, options.batch_size).await?,
+        };
         let moved = batch.next != checkpoint;
         if moved {
-            let delivered = delivery.deliver(pool, checkpoint, &batch).await?;
+            let delivered = if batch.full && delivery.reads_ahead() {
+                // More is waiting: read it while this batch is delivered. The read is the
+                // one the next turn would make, only earlier.
+                let (delivered, next) = tokio::join!(
+                    delivery.deliver(pool, checkpoint, &batch),
+                    read::next_batch(pool, name, batch.next, types, options.batch_size),
+                );
+                let delivered = delivered?;
+                if delivered.read == batch.next {
+                    ahead = Some(next?);
+                }
+                delivered
+            } else {
+                delivery.deliver(pool, checkpoint, &batch).await?
+            };
             checkpoint = delivered.read;
             recovered(failures, status, delivered.done);
             pending_delay = PENDING_DELAY_MIN;
