@@ -15,6 +15,9 @@
 //! `127.0.0.1:4222`). `NATS_BENCH_EVENTS` sizes it (default 50 000); `NATS_BENCH_ROUNDS` is
 //! how many times each side runs (default 3, best kept).
 
+// Event counts become `f64` only to print rates: 52 bits of mantissa are plenty.
+#![allow(clippy::cast_precision_loss)]
+
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -83,6 +86,7 @@ fn main() {
     runtime.block_on(run());
 }
 
+#[allow(clippy::too_many_lines)] // one script: set up, relay against the plain loop, consumer
 async fn run() {
     let events = env_usize("NATS_BENCH_EVENTS", 50_000);
     let rounds = env_usize("NATS_BENCH_ROUNDS", 3).max(1);
