@@ -213,6 +213,7 @@
 //! # Ok(()) }
 //! ```
 
+mod acknowledged;
 mod checkpoint;
 mod consistency;
 mod handle;
@@ -226,6 +227,7 @@ use cqrs_core::{GlobalPosition, Projection, ProjectionError, ReadModel, Subscrib
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
+pub use acknowledged::{Confirmation, ForwardError, Forwarder};
 pub use checkpoint::{Checkpoint, Checkpoints};
 pub use consistency::{AfterPosition, Consistency, ReadYourWrites, ReadYourWritesError};
 pub use handle::{Progress, SubscriptionHandle, SubscriptionStatus};
@@ -273,6 +275,18 @@ pub enum SubscriptionError {
         /// The stored checkpoint.
         checkpoint: Checkpoint,
     },
+    /// A [`Forwarder`] failed to send an event, or the receiver did not confirm it. The
+    /// checkpoint stays behind the first event not confirmed.
+    #[error("subscription `{name}`: forwarding event {event_id} failed: {source}")]
+    Forward {
+        /// The subscription.
+        name: &'static str,
+        /// The event that was not sent or not confirmed.
+        event_id: uuid::Uuid,
+        /// What the forwarder reported.
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
     /// A handler panicked; the subscription stopped.
     #[error("subscription `{name}` panicked: {message}")]
     Panicked {
@@ -290,6 +304,15 @@ impl SubscriptionError {
             source: Arc::new(source),
         }
     }
+}
+
+/// Which event types a subscription reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventTypes {
+    /// Every event, whatever its type: a relay to another system.
+    All,
+    /// Only these types: a projection's [`Projection::EVENT_TYPES`].
+    Only(&'static [&'static str]),
 }
 
 /// Why waiting for a projection's progress did not succeed.
@@ -480,6 +503,25 @@ impl Subscription {
         }
     }
 
+    /// A [`Forwarder`] to a system that confirms each event later (a broker's
+    /// acknowledgement): events are forwarded in order with up to `max_in_flight` (at least 1)
+    /// confirmations outstanding, and the stored checkpoint moves only behind events confirmed
+    /// together with every earlier one. At least once: after a crash the unconfirmed tail is
+    /// forwarded again, and the receiver drops a repeat by
+    /// [`RecordedEvent::event_id`](cqrs_core::RecordedEvent::event_id).
+    ///
+    /// The window spans batches: the next batch is read while this one is forwarded and
+    /// while its confirmations are still arriving, and once caught up the subscription awaits every
+    /// outstanding confirmation before it waits for new events. Its progress
+    /// ([`SubscriptionHandle::wait_for`], [`SubscriptionStatus::checkpoint`]) counts only
+    /// confirmed events.
+    pub fn acknowledged<F: Forwarder>(forwarder: F, max_in_flight: usize) -> Self {
+        Self {
+            delivery: Box::new(acknowledged::Acknowledged::new(forwarder, max_in_flight)),
+            options: SubscriptionOptions::default(),
+        }
+    }
+
     /// The subscription's name: the projection's, and for a durable subscription its
     /// checkpoint key.
     pub fn name(&self) -> &'static str {
@@ -536,7 +578,7 @@ impl Subscription {
     /// stored checkpoint, and, in memory, with the error that stopped the replay (after
     /// [`max_consecutive_failures`](Self::max_consecutive_failures); by default a failing
     /// replay is retried and `start` waits).
-    pub async fn start(self, pool: &PgPool) -> Result<SubscriptionHandle, SubscriptionError> {
+    pub async fn start(mut self, pool: &PgPool) -> Result<SubscriptionHandle, SubscriptionError> {
         let name = self.delivery.name();
         let database = |e| SubscriptionError::database(name, e);
         let checkpoint = self.delivery.resume(pool).await.map_err(database)?;

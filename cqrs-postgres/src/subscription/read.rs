@@ -7,8 +7,8 @@ use cqrs_core::{GlobalPosition, Metadata, RecordedEvent};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::SubscriptionError;
 use super::checkpoint::{self, Checkpoint, position_to_sql};
+use super::{EventTypes, SubscriptionError};
 
 /// What one read returned.
 #[derive(Debug)]
@@ -57,7 +57,7 @@ batch AS (
     FROM cqrs_events e
     WHERE (e.tx, e.position) > ($1::text::xid8, $2)
       AND e.tx < (SELECT xmin FROM horizon)
-      AND e.event_type = ANY($3)
+{type_test}
     ORDER BY e.tx, e.position
     LIMIT $4
 )
@@ -79,29 +79,47 @@ FROM (SELECT 1) AS always_one_row
 LEFT JOIN head ON true
 LEFT JOIN batch ON true
 ORDER BY batch.tx, batch.position",
-        horizon = crate::sql::READ_HORIZON
+        horizon = crate::sql::READ_HORIZON,
+        type_test = TYPE_TEST,
     )
 });
+
+/// The batch's type filter: left out of the statement for a subscription to every type.
+const TYPE_TEST: &str = "      AND e.event_type = ANY($3)";
 
 /// Reads up to `limit` events of `types` after `after`.
 pub(super) async fn next_batch(
     pool: &PgPool,
     name: &'static str,
     after: Checkpoint,
-    types: &[&str],
+    types: EventTypes,
     limit: usize,
 ) -> Result<Batch, SubscriptionError> {
     let database = |source| SubscriptionError::database(name, source);
     // The batch size is written into the statement, as `sql::READ_ALL_FROM` does with its
     // page size, so that the plan cache settles on a generic plan.
-    let statement = NEXT_BATCH.replace("$4", &i64::try_from(limit).unwrap_or(i64::MAX).to_string());
-    let rows = sqlx::query(&statement)
-        .bind(after.tx.to_string())
-        .bind(position_to_sql(after.position))
-        .bind(types)
-        .fetch_all(pool)
-        .await
-        .map_err(database)?;
+    let limit_text = i64::try_from(limit).unwrap_or(i64::MAX).to_string();
+    let query = match types {
+        EventTypes::Only(types) => {
+            let statement = NEXT_BATCH.replace("$4", &limit_text);
+            sqlx::query(&statement)
+                .bind(after.tx.to_string())
+                .bind(position_to_sql(after.position))
+                .bind(types)
+                .fetch_all(pool)
+                .await
+        }
+        // Every type: the same statement without the type test.
+        EventTypes::All => {
+            let statement = NEXT_BATCH.replace(TYPE_TEST, "").replace("$4", &limit_text);
+            sqlx::query(&statement)
+                .bind(after.tx.to_string())
+                .bind(position_to_sql(after.position))
+                .fetch_all(pool)
+                .await
+        }
+    };
+    let rows = query.map_err(database)?;
 
     let first = rows
         .first()

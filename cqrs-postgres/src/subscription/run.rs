@@ -13,16 +13,58 @@ use tracing::Instrument;
 
 use super::checkpoint::{self, Checkpoint};
 use super::read::{self, Batch};
-use super::{NOTIFY_CHANNEL, SubscriptionError, SubscriptionOptions, SubscriptionStatus};
+use super::{
+    EventTypes, NOTIFY_CHANNEL, SubscriptionError, SubscriptionOptions, SubscriptionStatus,
+};
+
+/// What a delivery reached: where the next read starts, and how far the consumer is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Delivered {
+    /// The next read starts after this point.
+    pub read: Checkpoint,
+    /// Every event at or before this point is done (and, for a durable subscription, so
+    /// stored). Behind `read` while deliveries are still being confirmed.
+    pub done: Checkpoint,
+}
+
+impl Delivered {
+    /// Read and done alike: a delivery that finishes each batch before returning.
+    pub(super) fn at(checkpoint: Checkpoint) -> Self {
+        Self {
+            read: checkpoint,
+            done: checkpoint,
+        }
+    }
+}
 
 /// How a batch reaches its consumer and how the checkpoint follows.
 pub(super) trait Deliver: Send + 'static {
     fn name(&self) -> &'static str;
-    fn event_types(&self) -> &'static [&'static str];
+    fn event_types(&self) -> EventTypes;
 
     /// Where this attempt starts: the stored checkpoint, created at the start if missing.
-    fn resume<'a>(&'a self, pool: &'a PgPool) -> BoxFuture<'a, Result<Checkpoint, sqlx::Error>> {
+    /// Anything a failed attempt left unfinished is dropped here.
+    fn resume<'a>(
+        &'a mut self,
+        pool: &'a PgPool,
+    ) -> BoxFuture<'a, Result<Checkpoint, sqlx::Error>> {
         Box::pin(checkpoint::ensure(pool, self.name()))
+    }
+
+    /// Finishes what earlier deliveries left in flight and returns how far the consumer is
+    /// done; called once the subscription has caught up, before it waits. `None`: nothing is
+    /// ever left in flight.
+    fn settle<'a>(
+        &'a mut self,
+        _pool: &'a PgPool,
+    ) -> BoxFuture<'a, Result<Option<Checkpoint>, SubscriptionError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// Whether the next batch may be read while this one is delivered: only for a delivery
+    /// whose next read always starts at the batch's end.
+    fn reads_ahead(&self) -> bool {
+        false
     }
 
     /// Whether `start` returns only once the consumer holds every event committed before it.
@@ -35,13 +77,14 @@ pub(super) trait Deliver: Send + 'static {
         Ok(())
     }
 
-    /// Delivers `batch`, read after checkpoint `from`, and returns the new checkpoint.
+    /// Delivers `batch`, read after checkpoint `from`, and returns where the next read
+    /// starts and how far the consumer is done.
     fn deliver<'a>(
         &'a mut self,
         pool: &'a PgPool,
         from: Checkpoint,
         batch: &'a Batch,
-    ) -> BoxFuture<'a, Result<Checkpoint, SubscriptionError>>;
+    ) -> BoxFuture<'a, Result<Delivered, SubscriptionError>>;
 }
 
 /// Read-model rows and checkpoint in one transaction per batch: exactly once.
@@ -52,8 +95,8 @@ impl<P: Projection<Context = PgConnection>> Deliver for Transactional<P> {
         P::NAME
     }
 
-    fn event_types(&self) -> &'static [&'static str] {
-        P::EVENT_TYPES
+    fn event_types(&self) -> EventTypes {
+        EventTypes::Only(P::EVENT_TYPES)
     }
 
     fn deliver<'a>(
@@ -61,7 +104,7 @@ impl<P: Projection<Context = PgConnection>> Deliver for Transactional<P> {
         pool: &'a PgPool,
         from: Checkpoint,
         batch: &'a Batch,
-    ) -> BoxFuture<'a, Result<Checkpoint, SubscriptionError>> {
+    ) -> BoxFuture<'a, Result<Delivered, SubscriptionError>> {
         Box::pin(async move {
             let database = |source| SubscriptionError::database(P::NAME, source);
             let mut tx = pool.begin().await.map_err(database)?;
@@ -76,7 +119,7 @@ impl<P: Projection<Context = PgConnection>> Deliver for Transactional<P> {
                     expected = %from,
                     "checkpoint moved under this subscription; continuing from the stored one"
                 );
-                return Ok(stored);
+                return Ok(Delivered::at(stored));
             }
             for (_, event) in &batch.events {
                 self.0
@@ -89,7 +132,7 @@ impl<P: Projection<Context = PgConnection>> Deliver for Transactional<P> {
                 .await
                 .map_err(database)?;
             tx.commit().await.map_err(database)?;
-            Ok(batch.next)
+            Ok(Delivered::at(batch.next))
         })
     }
 }
@@ -102,8 +145,8 @@ impl<S: Subscriber> Deliver for AtLeastOnce<S> {
         self.0.name()
     }
 
-    fn event_types(&self) -> &'static [&'static str] {
-        self.0.event_types()
+    fn event_types(&self) -> EventTypes {
+        EventTypes::Only(self.0.event_types())
     }
 
     /// A subscriber whose state lives in process memory starts empty: resuming it from a
@@ -132,7 +175,7 @@ impl<S: Subscriber> Deliver for AtLeastOnce<S> {
         pool: &'a PgPool,
         from: Checkpoint,
         batch: &'a Batch,
-    ) -> BoxFuture<'a, Result<Checkpoint, SubscriptionError>> {
+    ) -> BoxFuture<'a, Result<Delivered, SubscriptionError>> {
         Box::pin(async move {
             let name = self.0.name();
             let database = |source| SubscriptionError::database(name, source);
@@ -159,7 +202,7 @@ impl<S: Subscriber> Deliver for AtLeastOnce<S> {
             checkpoint::advance(&mut conn, name, batch.next)
                 .await
                 .map_err(database)?;
-            Ok(batch.next)
+            Ok(Delivered::at(batch.next))
         })
     }
 }
@@ -185,11 +228,11 @@ impl<P: Projection<Context = ()>> Deliver for InMemory<P> {
         P::NAME
     }
 
-    fn event_types(&self) -> &'static [&'static str] {
-        P::EVENT_TYPES
+    fn event_types(&self) -> EventTypes {
+        EventTypes::Only(P::EVENT_TYPES)
     }
 
-    fn resume<'a>(&'a self, _: &'a PgPool) -> BoxFuture<'a, Result<Checkpoint, sqlx::Error>> {
+    fn resume<'a>(&'a mut self, _: &'a PgPool) -> BoxFuture<'a, Result<Checkpoint, sqlx::Error>> {
         Box::pin(std::future::ready(Ok(self.done)))
     }
 
@@ -202,7 +245,7 @@ impl<P: Projection<Context = ()>> Deliver for InMemory<P> {
         _: &'a PgPool,
         _: Checkpoint,
         batch: &'a Batch,
-    ) -> BoxFuture<'a, Result<Checkpoint, SubscriptionError>> {
+    ) -> BoxFuture<'a, Result<Delivered, SubscriptionError>> {
         Box::pin(async move {
             for (at, event) in &batch.events {
                 self.model
@@ -214,7 +257,7 @@ impl<P: Projection<Context = ()>> Deliver for InMemory<P> {
                 self.done = *at;
             }
             self.done = batch.next;
-            Ok(self.done)
+            Ok(Delivered::at(self.done))
         })
     }
 }
@@ -296,25 +339,52 @@ async fn run(
     status.send_modify(|s| s.checkpoint = checkpoint);
 
     let mut pending_delay = PENDING_DELAY_MIN;
+    let mut ahead: Option<Batch> = None;
     loop {
         if *shutdown.borrow() {
+            // Whatever is in flight is finished, so that the next start need not redo it.
+            delivery.settle(pool).await?;
             return Ok(());
         }
-        let batch = read::next_batch(pool, name, checkpoint, types, options.batch_size).await?;
-        if batch.next != checkpoint {
-            checkpoint = delivery.deliver(pool, checkpoint, &batch).await?;
-            recovered(failures, status, checkpoint);
+        let batch = match ahead.take() {
+            Some(batch) => batch,
+            None => read::next_batch(pool, name, checkpoint, types, options.batch_size).await?,
+        };
+        let moved = batch.next != checkpoint;
+        if moved {
+            let delivered = if batch.full && delivery.reads_ahead() {
+                // More is waiting: read it while this batch is delivered. The read is the
+                // one the next turn would make, only earlier.
+                let (delivered, next) = tokio::join!(
+                    delivery.deliver(pool, checkpoint, &batch),
+                    read::next_batch(pool, name, batch.next, types, options.batch_size),
+                );
+                let delivered = delivered?;
+                if delivered.read == batch.next {
+                    ahead = Some(next?);
+                }
+                delivered
+            } else {
+                delivery.deliver(pool, checkpoint, &batch).await?
+            };
+            checkpoint = delivered.read;
+            recovered(failures, status, delivered.done);
             pending_delay = PENDING_DELAY_MIN;
             if batch.full || checkpoint != batch.next {
                 continue;
             }
-        } else if *failures > 0 {
+        }
+        // Caught up: deliveries still in flight are finished before waiting.
+        if let Some(done) = delivery.settle(pool).await? {
+            status.send_modify(|s| s.checkpoint = done);
+        }
+        if !moved && *failures > 0 {
             // Nothing to deliver, and the read worked: the outage is over. Counting on until
             // the next event would add up separate outages of a quiet store. (A batch that
             // fails to deliver is not a recovery: a failing handler keeps counting.)
             recovered(failures, status, checkpoint);
         }
-        // Caught up. Events committed behind a still-open older transaction settle when it
+        // Events committed behind a still-open older transaction settle when it
         // ends, which nobody announces: look again soon, backing off while it stays open.
         let delay = if batch.pending {
             let delay = pending_delay;

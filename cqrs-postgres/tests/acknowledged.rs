@@ -1,0 +1,392 @@
+//! `Subscription::acknowledged` against a real PostgreSQL server, each test in a fresh
+//! database: events are forwarded in the global order with a bounded window of confirmations
+//! outstanding, and the stored checkpoint never passes an event that is not confirmed.
+#![allow(missing_docs)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::TestDb;
+use cqrs_core::{BoxFuture, Event, EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent};
+use cqrs_postgres::PostgresEventStore;
+use cqrs_postgres::subscription::{
+    Checkpoint, Checkpoints, Confirmation, EventTypes, ForwardError, Forwarder, Subscription,
+    SubscriptionError,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+const NAME: &str = "forward-test";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Noted {
+    pub n: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Event)]
+pub enum TestEvent {
+    #[event(name = "test.noted")]
+    Noted(Noted),
+    #[event(name = "test.other")]
+    Other,
+}
+
+/// What the receiving side saw, shared with the test.
+#[derive(Default)]
+struct Receiver {
+    /// Every forward, in order: (event id, stream id, stream version).
+    sent: Mutex<Vec<(Uuid, String, u64)>>,
+    /// Confirmations outstanding right now, and the most ever.
+    outstanding: AtomicUsize,
+    most_outstanding: AtomicUsize,
+    /// Confirmations that failed once: an event id here fails its first confirmation.
+    fail_once: Mutex<HashSet<Uuid>>,
+}
+
+/// Confirms each event once `open` is true, after a short delay.
+struct TestForwarder {
+    receiver: Arc<Receiver>,
+    open: watch::Receiver<bool>,
+    types: EventTypes,
+}
+
+impl Forwarder for TestForwarder {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn event_types(&self) -> EventTypes {
+        self.types
+    }
+
+    fn forward<'a>(
+        &'a mut self,
+        event: &'a RecordedEvent,
+    ) -> BoxFuture<'a, Result<Confirmation, ForwardError>> {
+        let receiver = Arc::clone(&self.receiver);
+        receiver.sent.lock().unwrap().push((
+            event.event_id,
+            event.stream_id.clone(),
+            event.stream_version,
+        ));
+        let now = receiver.outstanding.fetch_add(1, Ordering::SeqCst) + 1;
+        receiver.most_outstanding.fetch_max(now, Ordering::SeqCst);
+        let mut open = self.open.clone();
+        let event_id = event.event_id;
+        let confirmation: Confirmation = Box::pin(async move {
+            let _ = open.wait_for(|open| *open).await;
+            tokio::time::sleep(Duration::from_micros(200)).await;
+            receiver.outstanding.fetch_sub(1, Ordering::SeqCst);
+            if receiver.fail_once.lock().unwrap().remove(&event_id) {
+                return Err(ForwardError::from(format!("receiver refused {event_id}")));
+            }
+            Ok(())
+        });
+        Box::pin(std::future::ready(Ok(confirmation)))
+    }
+}
+
+async fn store_on(db: &TestDb) -> PostgresEventStore {
+    PostgresEventStore::migrate(&db.pool)
+        .await
+        .expect("migrations");
+    PostgresEventStore::new(db.pool.clone())
+}
+
+/// Appends `count` events over `streams` streams, one event per append; returns their ids in
+/// append order.
+async fn append_many(store: &PostgresEventStore, streams: usize, count: usize) -> Vec<Uuid> {
+    let mut ids = Vec::with_capacity(count);
+    for i in 0..count {
+        let event = if i % 5 == 4 {
+            TestEvent::Other
+        } else {
+            TestEvent::Noted(Noted { n: i as u64 })
+        };
+        let new = NewEvent::from_event(&event, Metadata::default()).expect("serialize");
+        ids.push(new.event_id);
+        store
+            .append(
+                &format!("Thing-{}", i % streams),
+                ExpectedVersion::Any,
+                vec![new],
+            )
+            .await
+            .expect("append");
+    }
+    ids
+}
+
+async fn stored_checkpoint(db: &TestDb) -> Checkpoint {
+    Checkpoints::new(db.pool.clone())
+        .load(NAME)
+        .await
+        .expect("load checkpoint")
+        .unwrap_or(Checkpoint::START)
+}
+
+async fn head(db: &TestDb) -> Checkpoint {
+    let (tx, position): (String, i64) = sqlx::query_as(
+        "SELECT tx::text, position FROM cqrs_events ORDER BY tx DESC, position DESC LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("head");
+    Checkpoint {
+        tx: tx.parse().unwrap(),
+        position: cqrs_core::GlobalPosition(u64::try_from(position).unwrap()),
+    }
+}
+
+/// Waits until the stored checkpoint reaches `target`.
+async fn stored_reaches(db: &TestDb, target: Checkpoint) {
+    tokio::time::timeout(PATIENCE, async {
+        while stored_checkpoint(db).await < target {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the stored checkpoint reaches the head");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_every_event_in_order_within_the_window() {
+    let db = TestDb::create(5).await;
+    let store = store_on(&db).await;
+    let ids = append_many(&store, 7, 600).await;
+    let receiver = Arc::new(Receiver::default());
+    let (_open, open) = watch::channel(true);
+
+    let handle = Subscription::acknowledged(
+        TestForwarder {
+            receiver: Arc::clone(&receiver),
+            open,
+            types: EventTypes::All,
+        },
+        16,
+    )
+    .batch_size(100)
+    .start(&db.pool)
+    .await
+    .expect("start");
+    stored_reaches(&db, head(&db).await).await;
+    handle.shutdown().await.expect("shutdown");
+
+    let sent = receiver.sent.lock().unwrap().clone();
+    let sent_ids: Vec<Uuid> = sent.iter().map(|(id, _, _)| *id).collect();
+    if sent_ids != ids {
+        let differ = sent_ids.iter().zip(&ids).position(|(a, b)| a != b);
+        panic!(
+            "every event, once, in the global order: sent {} of {}, first difference at {differ:?}; sent[d]={:?} ids[d]={:?} ids.pos(sent[d])={:?}",
+            sent_ids.len(),
+            ids.len(),
+            differ.map(|d| sent_ids[d]),
+            differ.map(|d| ids[d]),
+            differ.map(|d| ids.iter().position(|i| *i == sent_ids[d])),
+        );
+    }
+    let most = receiver.most_outstanding.load(Ordering::SeqCst);
+    assert!(most <= 16, "{most} confirmations outstanding, window 16");
+    assert!(
+        most > 1,
+        "confirmations overlap (at most {most} were outstanding)"
+    );
+
+    // A restart forwards nothing again.
+    let (_open, open) = watch::channel(true);
+    let again = Arc::new(Receiver::default());
+    let handle = Subscription::acknowledged(
+        TestForwarder {
+            receiver: Arc::clone(&again),
+            open,
+            types: EventTypes::All,
+        },
+        16,
+    )
+    .start(&db.pool)
+    .await
+    .expect("restart");
+    handle
+        .wait_for(
+            store
+                .read_all_from(cqrs_core::GlobalPosition::START, 10_000)
+                .await
+                .unwrap()
+                .last()
+                .unwrap()
+                .position,
+            PATIENCE,
+        )
+        .await
+        .expect("caught up");
+    handle.shutdown().await.expect("shutdown");
+    assert!(
+        again.sent.lock().unwrap().is_empty(),
+        "nothing forwarded twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpoint_stays_behind_unconfirmed_events() {
+    let db = TestDb::create(5).await;
+    let store = store_on(&db).await;
+    append_many(&store, 3, 50).await;
+    let receiver = Arc::new(Receiver::default());
+    let (gate, open) = watch::channel(false);
+
+    let handle = Subscription::acknowledged(
+        TestForwarder {
+            receiver: Arc::clone(&receiver),
+            open,
+            types: EventTypes::All,
+        },
+        8,
+    )
+    .start(&db.pool)
+    .await
+    .expect("start");
+    // The window fills and no confirmation arrives: nothing is stored, nothing reported.
+    tokio::time::timeout(PATIENCE, async {
+        while receiver.sent.lock().unwrap().len() < 8 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the window fills");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        receiver.sent.lock().unwrap().len(),
+        8,
+        "no more than the window is sent"
+    );
+    assert_eq!(stored_checkpoint(&db).await, Checkpoint::START);
+    assert_eq!(handle.status().checkpoint, Checkpoint::START);
+
+    gate.send_replace(true);
+    stored_reaches(&db, head(&db).await).await;
+    handle
+        .wait_for(head(&db).await.position, PATIENCE)
+        .await
+        .expect("the progress reaches the head once confirmed");
+    handle.shutdown().await.expect("shutdown");
+    assert_eq!(receiver.sent.lock().unwrap().len(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_confirmation_resends_from_the_first_unconfirmed_event() {
+    let db = TestDb::create(5).await;
+    let store = store_on(&db).await;
+    let ids = append_many(&store, 4, 200).await;
+    let receiver = Arc::new(Receiver::default());
+    let failing = ids[120];
+    receiver.fail_once.lock().unwrap().insert(failing);
+    let (_open, open) = watch::channel(true);
+
+    let handle = Subscription::acknowledged(
+        TestForwarder {
+            receiver: Arc::clone(&receiver),
+            open,
+            types: EventTypes::All,
+        },
+        32,
+    )
+    .batch_size(50)
+    .retry_backoff(Duration::from_millis(10), Duration::from_millis(50))
+    .start(&db.pool)
+    .await
+    .expect("start");
+    stored_reaches(&db, head(&db).await).await;
+    handle.shutdown().await.expect("shutdown");
+
+    let sent: Vec<Uuid> = receiver
+        .sent
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, _, _)| *id)
+        .collect();
+    let count = |id: &Uuid| sent.iter().filter(|s| *s == id).count();
+    // Before the failed one: confirmed, so sent once. The failed one: twice. After it, at most
+    // the window was sent before the failure and is sent again.
+    assert!(
+        receiver.fail_once.lock().unwrap().is_empty(),
+        "the failing confirmation ran"
+    );
+    assert!(ids[..120].iter().all(|id| count(id) == 1));
+    assert_eq!(count(&failing), 2);
+    assert!(ids[121..].iter().all(|id| (1..=2).contains(&count(id))));
+    let resent = ids[121..].iter().filter(|id| count(id) == 2).count();
+    assert!(
+        resent < 32,
+        "{resent} events after the failed one were resent"
+    );
+    // The second attempt starts exactly at the failed event.
+    let second = sent.iter().rposition(|id| *id == failing).unwrap();
+    assert_eq!(
+        sent[second..],
+        ids[120..],
+        "the retry resends from the failed event on"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_forwarder_passes_other_types_and_stops_loudly_when_told() {
+    let db = TestDb::create(5).await;
+    let store = store_on(&db).await;
+    let ids = append_many(&store, 2, 25).await;
+    let receiver = Arc::new(Receiver::default());
+    let (_open, open) = watch::channel(true);
+    let handle = Subscription::acknowledged(
+        TestForwarder {
+            receiver: Arc::clone(&receiver),
+            open,
+            types: EventTypes::Only(&["test.noted"]),
+        },
+        4,
+    )
+    .start(&db.pool)
+    .await
+    .expect("start");
+    stored_reaches(&db, head(&db).await).await;
+    handle.shutdown().await.expect("shutdown");
+    let sent = receiver.sent.lock().unwrap().len();
+    assert_eq!(sent, 20, "only `test.noted` (20 of 25) is forwarded");
+
+    // A receiver that never confirms one event: after the allowed failures, the
+    // subscription stops with the forwarder's error, naming the event.
+    let receiver = Arc::new(Receiver::default());
+    let db = TestDb::create(5).await;
+    let store = store_on(&db).await;
+    let ids2 = append_many(&store, 2, 10).await;
+    for id in &ids2 {
+        receiver.fail_once.lock().unwrap().insert(*id);
+    }
+    let (_open, open) = watch::channel(true);
+    let handle = Subscription::acknowledged(
+        TestForwarder {
+            receiver: Arc::clone(&receiver),
+            open,
+            types: EventTypes::All,
+        },
+        4,
+    )
+    .max_consecutive_failures(1)
+    .start(&db.pool)
+    .await
+    .expect("start");
+    match handle.join().await {
+        Err(SubscriptionError::Forward { name, event_id, .. }) => {
+            assert_eq!(name, NAME);
+            assert_eq!(event_id, ids2[0]);
+        }
+        other => panic!("expected a forward error, got {other:?}"),
+    }
+    assert_eq!(stored_checkpoint(&db).await, Checkpoint::START);
+    drop(ids);
+}
