@@ -302,6 +302,7 @@ async fn a_failed_confirmation_resends_from_the_first_unconfirmed_event() {
     .await
     .expect("start");
     stored_reaches(&db, head(&db).await).await;
+    let handle_status = handle.status();
     handle.shutdown().await.expect("shutdown");
 
     let sent: Vec<Uuid> = receiver
@@ -316,9 +317,20 @@ async fn a_failed_confirmation_resends_from_the_first_unconfirmed_event() {
     // the window was sent before the failure and is sent again.
     assert!(
         receiver.fail_once.lock().unwrap().is_empty(),
-        "the failing confirmation ran"
+        "the failing confirmation did not run; order sent: {:?}; status: {:?}",
+        sent.iter()
+            .map(|s| ids.iter().position(|id| id == s).unwrap())
+            .collect::<Vec<_>>(),
+        handle_status,
     );
-    assert!(ids[..120].iter().all(|id| count(id) == 1));
+    let twice: Vec<usize> = (0..120).filter(|&i| count(&ids[i]) != 1).collect();
+    assert!(
+        twice.is_empty(),
+        "events before the failed one were sent again: {twice:?}; order sent: {:?}",
+        sent.iter()
+            .map(|s| ids.iter().position(|id| id == s).unwrap())
+            .collect::<Vec<_>>()
+    );
     assert_eq!(count(&failing), 2);
     assert!(ids[121..].iter().all(|id| (1..=2).contains(&count(id))));
     let resent = ids[121..].iter().filter(|id| count(id) == 2).count();
