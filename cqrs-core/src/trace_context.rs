@@ -240,6 +240,10 @@ impl fmt::Display for TraceParent {
 /// Fields: `projection`, `event_type`, `position`, and, when the event carries a
 /// traceparent, `trace_id`, `parent_span_id` (the event's parent id) and a fresh `span_id`.
 /// Nothing is read from the event when the span is disabled.
+///
+/// With feature `otel`, the span's OpenTelemetry parent is the event's traceparent, so the
+/// exported span joins the trace of the command that recorded the event (see
+/// [`adopt`]); `span_id` is then the exported span's id.
 pub fn event_span(projection: &'static str, event: &RecordedEvent) -> tracing::Span {
     let span = tracing::info_span!(
         "event_handled",
@@ -253,12 +257,61 @@ pub fn event_span(projection: &'static str, event: &RecordedEvent) -> tracing::S
     if !span.is_disabled()
         && let Some(parent) = event.traceparent()
     {
+        let own = adopt(&span, Some(parent)).unwrap_or_else(|| parent.child());
         span.record("trace_id", tracing::field::display(parent.trace_id()));
         span.record(
             "parent_span_id",
             tracing::field::display(parent.parent_id()),
         );
-        span.record("span_id", tracing::field::display(SpanId::random()));
+        span.record("span_id", tracing::field::display(own.parent_id()));
     }
     span
+}
+
+/// Makes `parent` the OpenTelemetry parent of `span` and returns the traceparent that `span`
+/// hands on: its trace id and its own OpenTelemetry span id (feature `otel`).
+///
+/// `None` when no OpenTelemetry layer records the span (none is installed, or the span is
+/// disabled): the caller then keeps to the ids of this module. Without `parent` the span
+/// keeps the parent `tracing` gives it (the current span's, or a new trace).
+///
+/// `parent` must be set before anything reads the span's OpenTelemetry context: the
+/// OpenTelemetry span is built then, and its parent cannot change afterwards.
+#[cfg(feature = "otel")]
+pub fn adopt(span: &tracing::Span, parent: Option<TraceParent>) -> Option<TraceParent> {
+    use opentelemetry::trace::{self as otel, TraceContextExt as _};
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    if span.is_disabled() {
+        return None;
+    }
+    if let Some(parent) = parent {
+        let remote = otel::SpanContext::new(
+            otel::TraceId::from_bytes(parent.trace_id().0),
+            otel::SpanId::from_bytes(parent.parent_id().0),
+            otel::TraceFlags::new(parent.flags()),
+            true,
+            otel::TraceState::default(),
+        );
+        // Fails only when no OpenTelemetry layer is installed; `context` then says so too.
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+    }
+    let context = span.context();
+    let own = context.span().span_context().clone();
+    if !own.is_valid() {
+        return None;
+    }
+    TraceParent::new(
+        TraceId(own.trace_id().to_bytes()),
+        SpanId(own.span_id().to_bytes()),
+        own.trace_flags().to_u8(),
+    )
+    .ok()
+}
+
+/// Without feature `otel` there is no OpenTelemetry span to adopt: always `None`.
+#[cfg(not(feature = "otel"))]
+#[inline(always)]
+pub fn adopt(_span: &tracing::Span, _parent: Option<TraceParent>) -> Option<TraceParent> {
+    None
 }

@@ -3,7 +3,7 @@ use std::time::Instant;
 use tracing::Instrument;
 
 use super::{CommandMiddleware, CommandResult, Next, QueryMiddleware, QueryNext};
-use crate::trace_context::METADATA_KEY;
+use crate::trace_context::{self, METADATA_KEY};
 use crate::{Command, CommandContext, Query, QueryError, TraceParent};
 
 /// A `tracing` span per command or query, and W3C trace context propagation.
@@ -88,29 +88,32 @@ impl CommandMiddleware for Tracing {
         mut ctx: CommandContext,
         next: N,
     ) -> CommandResult<C> {
-        let own = match ctx.metadata.try_traceparent() {
-            Ok(Some(caller)) => caller.child(),
-            Ok(None) => TraceParent::new_root(),
-            Err(error) => {
-                tracing::warn!(
-                    command = C::NAME,
-                    %error,
-                    "malformed traceparent in the command metadata; starting a new trace"
-                );
-                TraceParent::new_root()
-            }
-        };
+        let caller = ctx.metadata.try_traceparent().unwrap_or_else(|error| {
+            tracing::warn!(
+                command = C::NAME,
+                %error,
+                "malformed traceparent in the command metadata; starting a new trace"
+            );
+            None
+        });
         let span = tracing::info_span!(
             "command",
             command = C::NAME,
             aggregate_id = %ctx.aggregate_id,
             correlation_id = %ctx.correlation_id(),
             command_id = %ctx.command_id,
-            trace_id = %own.trace_id(),
-            span_id = %own.parent_id(),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
             outcome = tracing::field::Empty,
             duration_us = tracing::field::Empty,
         );
+        // With OpenTelemetry, the exported span's ids are the ones handed on.
+        let own = trace_context::adopt(&span, caller)
+            .unwrap_or_else(|| caller.map_or_else(TraceParent::new_root, |caller| caller.child()));
+        if !span.is_disabled() {
+            span.record("trace_id", tracing::field::display(own.trace_id()));
+            span.record("span_id", tracing::field::display(own.parent_id()));
+        }
         ctx.metadata
             .extra
             .insert(METADATA_KEY.to_owned(), own.to_string().into());
