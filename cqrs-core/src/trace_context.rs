@@ -7,6 +7,30 @@
 //! own on every event it produces; projections fed those events continue the trace
 //! ([`RecordedEvent::traceparent`](crate::RecordedEvent::traceparent), [`event_span`]).
 //!
+//! # OpenTelemetry export (feature `otel`)
+//!
+//! The spans stay `tracing` spans; the application installs the `tracing-opentelemetry`
+//! layer with the SDK, exporter and sampler of its choice. The framework sets each span's
+//! OpenTelemetry parent from the trace context it carries ([`adopt`]):
+//!
+//! - the `command` span's parent is the caller's traceparent (from the metadata); without
+//!   one, the span keeps the parent `tracing` gives it (the current span, for instance an
+//!   HTTP request's, or a new trace);
+//! - the traceparent recorded on the command's events is the exported command span's own
+//!   (its trace id and span id), not an id of this module's;
+//! - each `event_handled` span (in-process fan-out, PostgreSQL subscriptions) has the
+//!   event's traceparent as parent, whichever span is current where the event is handled.
+//!
+//! So a projection's span, in this process or another, is a child of the span of the command
+//! that recorded its event, in the caller's trace. Without an OpenTelemetry layer, the ids
+//! are those of [`TraceParent::new_root`] and [`TraceParent::child`], as without the feature.
+//!
+//! Why `tracing-opentelemetry`: the framework already describes its work with `tracing`
+//! spans, and that bridge (kept by the tokio and OpenTelemetry projects) exports them as they
+//! are; the only thing it cannot know is a parent that arrives as text in a command's
+//! metadata or an event's, which is what this module supplies. The `opentelemetry` API crate
+//! (trace part only) gives the span-context types; the SDK stays the application's choice.
+//!
 //! ```
 //! use cqrs_core::trace_context::{TraceParent, TraceParentError};
 //!

@@ -21,6 +21,11 @@ use crate::{Command, CommandContext, Query, QueryError, TraceParent};
 /// records carries it and projections continue the trace from there
 /// ([`trace_context`](crate::trace_context)).
 ///
+/// With feature `otel` and a `tracing-opentelemetry` layer installed, the exported `command`
+/// span's parent is the caller's traceparent and the traceparent recorded on the events is
+/// the exported span's own, so the spans of the projections that handle them are its
+/// children ([OpenTelemetry export](crate::trace_context#opentelemetry-export-feature-otel)).
+///
 /// ```
 /// use cqrs_core::middleware::Tracing;
 /// use cqrs_core::prelude::*;
