@@ -51,10 +51,10 @@
 //! assert_eq!(zero, Err(TraceParentError::ZeroTraceId));
 //! ```
 
+use std::cell::Cell;
 use std::fmt;
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::str::FromStr;
-
-use uuid::Uuid;
 
 use crate::RecordedEvent;
 
@@ -70,43 +70,79 @@ pub struct TraceId(pub [u8; 16]);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SpanId(pub [u8; 8]);
 
-fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
-    for byte in bytes {
-        write!(f, "{byte:02x}")?;
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes `bytes` as lowercase hex into `out` (twice as long).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0x0f)];
     }
-    Ok(())
+}
+
+/// Formats `bytes` as lowercase hex in one write (a tracing field, a header: this runs per
+/// command, so not a `write!` per byte).
+fn write_hex<const N: usize>(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    let mut out = [0; N];
+    hex_into(&mut out, bytes);
+    f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
 }
 
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_hex(f, &self.0)
+        write_hex::<32>(f, &self.0)
     }
 }
 
 impl fmt::Display for SpanId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_hex(f, &self.0)
+        write_hex::<16>(f, &self.0)
     }
 }
 
-impl SpanId {
-    /// A fresh, non-zero span id.
-    ///
-    /// Folds a v7 UUID (time, counter and random bits) into 64 bits, which needs no random
-    /// number generator beyond the one `uuid` already has.
-    pub fn random() -> Self {
-        let bits = Uuid::now_v7().as_u128();
+/// 64 random bits from a generator of this thread (wyrand), seeded from the random keys the
+/// standard library draws from the operating system for its hash maps.
+///
+/// Fast (a multiplication) and, across threads and processes, distinct with overwhelming
+/// probability; not for secrets. Trace and span ids need no more, and a command needs up to
+/// two.
+fn random_u64() -> u64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut hasher = RandomState::new().build_hasher();
+            hasher.write_u64(u64::from(std::process::id()));
+            hasher.finish()
+        });
+    }
+    STATE.with(|state| {
+        let next = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+        state.set(next);
+        let product = u128::from(next) * u128::from(next ^ 0xe703_7ed1_a0b4_28db);
         #[allow(clippy::cast_possible_truncation)] // the fold keeps 64 bits on purpose
-        let folded = ((bits >> 64) as u64) ^ (bits as u64);
-        Self(if folded == 0 { 1 } else { folded }.to_be_bytes())
+        let folded = ((product >> 64) as u64) ^ (product as u64);
+        folded
+    })
+}
+
+impl SpanId {
+    /// A fresh, non-zero span id, from a fast per-thread random generator (see
+    /// [`TraceId::random`]).
+    pub fn random() -> Self {
+        Self(random_u64().max(1).to_be_bytes())
     }
 }
 
 impl TraceId {
-    /// A fresh, non-zero trace id: the bytes of a v7 UUID (the time, then counter and random
-    /// bits), unique without a new random number generator.
+    /// A fresh, non-zero trace id: 128 bits from a per-thread random generator seeded from
+    /// the operating system's randomness (through the standard library's hash-map keys).
+    /// Distinct across threads and processes with overwhelming probability; not for secrets.
     pub fn random() -> Self {
-        Self(*Uuid::now_v7().as_bytes())
+        let high = random_u64();
+        let low = random_u64().max(1);
+        let mut bytes = [0; 16];
+        bytes[..8].copy_from_slice(&high.to_be_bytes());
+        bytes[8..].copy_from_slice(&low.to_be_bytes());
+        Self(bytes)
     }
 }
 
@@ -249,12 +285,13 @@ impl FromStr for TraceParent {
 }
 
 impl fmt::Display for TraceParent {
+    /// The header text, `00-<trace id>-<parent id>-<flags>`, in one write.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            self.trace_id, self.parent_id, self.flags
-        )
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex_into(&mut out[3..35], &self.trace_id.0);
+        hex_into(&mut out[36..52], &self.parent_id.0);
+        hex_into(&mut out[53..55], &[self.flags]);
+        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -338,4 +375,57 @@ pub fn adopt(span: &tracing::Span, parent: Option<TraceParent>) -> Option<TraceP
 #[inline(always)]
 pub fn adopt(_span: &tracing::Span, _parent: Option<TraceParent>) -> Option<TraceParent> {
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::fmt::Write as _;
+
+    use super::*;
+
+    #[test]
+    fn the_header_is_the_fields_in_lowercase_hex() {
+        for _ in 0..100 {
+            let traceparent = TraceParent::new(TraceId::random(), SpanId::random(), 0x01).unwrap();
+            let mut expected = String::from("00-");
+            for byte in traceparent.trace_id().0 {
+                write!(expected, "{byte:02x}").unwrap();
+            }
+            expected.push('-');
+            for byte in traceparent.parent_id().0 {
+                write!(expected, "{byte:02x}").unwrap();
+            }
+            expected.push_str("-01");
+            assert_eq!(traceparent.to_string(), expected);
+            assert_eq!(expected.parse::<TraceParent>(), Ok(traceparent));
+            assert_eq!(traceparent.trace_id().to_string(), expected[3..35]);
+            assert_eq!(traceparent.parent_id().to_string(), expected[36..52]);
+        }
+    }
+
+    #[test]
+    fn random_ids_are_distinct_and_not_zero_across_threads() {
+        let ids: Vec<(TraceId, SpanId)> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..10_000)
+                            .map(|_| (TraceId::random(), SpanId::random()))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .flat_map(|thread| thread.join().unwrap())
+                .collect()
+        });
+        let traces: HashSet<_> = ids.iter().map(|(trace, _)| *trace).collect();
+        let spans: HashSet<_> = ids.iter().map(|(_, span)| *span).collect();
+        assert_eq!(traces.len(), ids.len());
+        assert_eq!(spans.len(), ids.len());
+        assert!(!traces.contains(&TraceId([0; 16])));
+        assert!(!spans.contains(&SpanId([0; 8])));
+    }
 }

@@ -49,8 +49,7 @@ fn otel_ids(traceparent: TraceParent) -> (TraceId, SpanId) {
 }
 
 #[tokio::test]
-async fn the_projection_spans_are_exported_as_children_of_the_command_span_in_the_callers_trace()
-{
+async fn the_projection_spans_are_exported_as_children_of_the_command_span_in_the_callers_trace() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let caller: TraceParent = CALLER.parse().unwrap();
     let ((events, seen), spans) =

@@ -125,10 +125,7 @@ async fn a_subscription_exports_its_event_spans_as_children_of_the_command_span(
         SpanId::from_bytes(caller.parent_id().0)
     );
 
-    let handled: Vec<_> = spans
-        .iter()
-        .filter(|s| s.name == "event_handled")
-        .collect();
+    let handled: Vec<_> = spans.iter().filter(|s| s.name == "event_handled").collect();
     assert_eq!(handled.len(), 2);
     for span in &handled {
         assert_eq!(span.span_context.trace_id(), trace);

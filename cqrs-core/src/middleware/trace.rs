@@ -119,26 +119,34 @@ impl CommandMiddleware for Tracing {
             span.record("trace_id", tracing::field::display(own.trace_id()));
             span.record("span_id", tracing::field::display(own.parent_id()));
         }
-        ctx.metadata
-            .extra
-            .insert(METADATA_KEY.to_owned(), own.to_string().into());
-        let started = Instant::now();
+        let own = serde_json::Value::String(own.to_string());
+        match ctx.metadata.extra.get_mut(METADATA_KEY) {
+            // The caller's, replaced in place: no new key to allocate.
+            Some(value) => *value = own,
+            None => {
+                ctx.metadata.extra.insert(METADATA_KEY.to_owned(), own);
+            }
+        }
+        // Only a span someone listens to records the duration: no clock read otherwise.
+        let started = (!span.is_disabled()).then(Instant::now);
         let result = next.run(command, ctx).instrument(span.clone()).await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(crate::CommandError::Rejected(_)) => "rejected",
-            Err(crate::CommandError::Invalid(_)) => "invalid",
-            Err(crate::CommandError::Conflict { .. }) => "conflict",
-            Err(crate::CommandError::UniqueKeyTaken { .. }) => "key_taken",
-            Err(crate::CommandError::Timeout { .. }) => "timeout",
-            Err(crate::CommandError::Refused { .. }) => "refused",
-            Err(_) => "error",
-        };
-        span.record("outcome", outcome);
-        span.record(
-            "duration_us",
-            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        );
+        if let Some(started) = started {
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(crate::CommandError::Rejected(_)) => "rejected",
+                Err(crate::CommandError::Invalid(_)) => "invalid",
+                Err(crate::CommandError::Conflict { .. }) => "conflict",
+                Err(crate::CommandError::UniqueKeyTaken { .. }) => "key_taken",
+                Err(crate::CommandError::Timeout { .. }) => "timeout",
+                Err(crate::CommandError::Refused { .. }) => "refused",
+                Err(_) => "error",
+            };
+            span.record("outcome", outcome);
+            span.record(
+                "duration_us",
+                u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            );
+        }
         span.in_scope(|| match &result {
             Ok(committed) => tracing::debug!(
                 events = committed.events,
@@ -163,13 +171,15 @@ impl QueryMiddleware for Tracing {
             outcome = tracing::field::Empty,
             duration_us = tracing::field::Empty,
         );
-        let started = Instant::now();
+        let started = (!span.is_disabled()).then(Instant::now);
         let result = next.run(query).instrument(span.clone()).await;
-        span.record("outcome", if result.is_ok() { "ok" } else { "error" });
-        span.record(
-            "duration_us",
-            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        );
+        if let Some(started) = started {
+            span.record("outcome", if result.is_ok() { "ok" } else { "error" });
+            span.record(
+                "duration_us",
+                u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            );
+        }
         result
     }
 }
