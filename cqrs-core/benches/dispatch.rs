@@ -198,6 +198,29 @@ impl Next<Deposit> for Done {
     }
 }
 
+/// Every middleware, in the order a service would stack them.
+fn all_middleware() -> impl CommandChain {
+    (
+        Tracing,
+        (
+            Metrics::new(),
+            (
+                Authorize::new(allow_tellers),
+                (
+                    RateLimit::new("bench", Quota::per_second(u32::MAX)).scope(Scope::PerUser),
+                    (
+                        ConcurrencyLimit::new("bench", 1_000).scope(Scope::PerUser),
+                        (
+                            CircuitBreaker::new("bench"),
+                            (Timeout::new(Duration::from_secs(10)), (Validation, ())),
+                        ),
+                    ),
+                ),
+            ),
+        ),
+    )
+}
+
 /// Runs `chain` around [`Done`] as benchmark `name`.
 fn bench_chain<M: CommandChain>(
     group: &mut BenchmarkGroup<'_, WallTime>,
@@ -297,25 +320,7 @@ fn chains(c: &mut Criterion) {
         &(Metrics::new(), ()),
         &ctx,
     );
-    let all = (
-        Tracing,
-        (
-            Metrics::new(),
-            (
-                Authorize::new(allow_tellers),
-                (
-                    rate_limit(),
-                    (
-                        concurrency(),
-                        (
-                            CircuitBreaker::new("bench"),
-                            (Timeout::new(Duration::from_secs(10)), (Validation, ())),
-                        ),
-                    ),
-                ),
-            ),
-        ),
-    );
+    let all = all_middleware();
     bench_chain(&mut group, &runtime, "chain:all", &all, &ctx);
     group.finish();
 }
@@ -546,25 +551,7 @@ fn interleaved() {
     let ctx = CommandContext::for_command(&Deposit { id: 1, amount: 1 }, metadata);
     let rate_limit = || RateLimit::new("bench", Quota::per_second(u32::MAX)).scope(Scope::PerUser);
     let concurrency = || ConcurrencyLimit::new("bench", 1_000).scope(Scope::PerUser);
-    let all = (
-        Tracing,
-        (
-            Metrics::new(),
-            (
-                Authorize::new(allow_tellers),
-                (
-                    rate_limit(),
-                    (
-                        concurrency(),
-                        (
-                            CircuitBreaker::new("bench"),
-                            (Timeout::new(Duration::from_secs(10)), (Validation, ())),
-                        ),
-                    ),
-                ),
-            ),
-        ),
-    );
+    let all = all_middleware();
     let variants: Vec<(&str, Runner<'_>)> = vec![
         ("none", chain_runner(&runtime, (), &ctx)),
         ("tracing", chain_runner(&runtime, (Tracing, ()), &ctx)),

@@ -534,6 +534,7 @@ impl<E> CommandError<E> {
     }
 
     /// [`unkeyed`](Self::unkeyed), by value.
+    #[must_use]
     pub fn into_unkeyed(self) -> CommandError<E> {
         match self {
             CommandError::Keyed(keyed) => keyed.error,

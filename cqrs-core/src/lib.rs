@@ -148,7 +148,7 @@
 //! malformed payload, `uuid` (v7) for ids, `chrono` for timestamps, `thiserror` for the error
 //! enums, `tracing` for the tracing middleware, `tokio` (sync and time only) for the read-model
 //! lock and the timeout middleware, `sha2` to hash the bodies of commands with idempotency keys.
-//! Optional: `validator`; `metrics` (the facade Prometheus, StatsD and OpenTelemetry
+//! Optional: `validator`; `metrics` (the facade Prometheus, `StatsD` and OpenTelemetry
 //! exporters implement); `tower-service` (the trait alone, not tower); `opentelemetry` (the
 //! API crate, trace part only) and `tracing-opentelemetry` (the bridge from `tracing` spans
 //! to OpenTelemetry spans that the OpenTelemetry project and tokio maintain): with them the

@@ -372,7 +372,7 @@ pub fn adopt(span: &tracing::Span, parent: Option<TraceParent>) -> Option<TraceP
 
 /// Without feature `otel` there is no OpenTelemetry span to adopt: always `None`.
 #[cfg(not(feature = "otel"))]
-#[inline(always)]
+#[inline]
 pub fn adopt(_span: &tracing::Span, _parent: Option<TraceParent>) -> Option<TraceParent> {
     None
 }

@@ -9,7 +9,6 @@
 #[path = "support/shop.rs"]
 mod shop;
 
-use std::sync::Mutex;
 
 use cqrs_core::TraceParent;
 use cqrs_core::prelude::*;
@@ -19,7 +18,7 @@ use shop::{CALLER, run};
 use tracing::Instrument;
 use tracing_subscriber::layer::SubscriberExt as _;
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Runs `body` with an OpenTelemetry layer exporting to memory; returns its result and the
 /// exported spans.
@@ -50,7 +49,7 @@ fn otel_ids(traceparent: TraceParent) -> (TraceId, SpanId) {
 
 #[tokio::test]
 async fn the_projection_spans_are_exported_as_children_of_the_command_span_in_the_callers_trace() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let caller: TraceParent = CALLER.parse().unwrap();
     let ((events, seen), spans) =
         exported(run(Metadata::default().with_traceparent(caller), true)).await;
@@ -83,7 +82,7 @@ async fn the_projection_spans_are_exported_as_children_of_the_command_span_in_th
 
 #[tokio::test]
 async fn without_a_callers_traceparent_the_command_continues_the_current_span() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let ((events, _), spans) = exported(async {
         let request = tracing::info_span!("http_request");
         run(Metadata::default(), true).instrument(request).await
@@ -107,7 +106,7 @@ async fn without_a_callers_traceparent_the_command_continues_the_current_span() 
 
 #[tokio::test]
 async fn an_event_handled_later_joins_the_trace_it_carries() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_AT_A_TIME.lock().await;
     // Recorded without any collector, as by another process.
     let caller: TraceParent = CALLER.parse().unwrap();
     let (events, _) = run(Metadata::default().with_traceparent(caller), true).await;
@@ -133,7 +132,7 @@ async fn an_event_handled_later_joins_the_trace_it_carries() {
 
 #[tokio::test]
 async fn without_an_opentelemetry_layer_the_ids_of_the_trace_context_are_used() {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let caller: TraceParent = CALLER.parse().unwrap();
     let (events, _) = run(Metadata::default().with_traceparent(caller), true).await;
     let recorded = events[0].traceparent().unwrap();

@@ -8,7 +8,7 @@
 //! breaker. The concurrency limit is `tokio::sync::Semaphore`.
 //!
 //! Keyed tables hash with `foldhash` (the default hasher of `hashbrown`, randomly seeded per
-//! table): a key costs a few nanoseconds to hash where the standard library's SipHash costs
+//! table): a key costs a few nanoseconds to hash where the standard library's `SipHash` costs
 //! several times that, which is most of what a per-user limit adds to a command.
 
 use std::collections::HashMap;

@@ -126,13 +126,11 @@ impl Metrics {
             Ok(_) => &handles.ok,
             Err(error) => {
                 let kind = kind(error);
-                match handles.failed::<N>(kind) {
-                    Some(handles) => handles,
-                    None => {
-                        record_uncached::<N>(kind.code(), seconds);
-                        return result;
-                    }
-                }
+                let Some(handles) = handles.failed::<N>(kind) else {
+                    record_uncached::<N>(kind.code(), seconds);
+                    return result;
+                };
+                handles
             }
         };
         total.increment(1);
