@@ -9,7 +9,6 @@
 #[path = "support/shop.rs"]
 mod shop;
 
-
 use cqrs_core::TraceParent;
 use cqrs_core::prelude::*;
 use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};

@@ -9,7 +9,6 @@ use std::marker::PhantomData;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, counter, histogram};
 
 use super::{CommandMiddleware, CommandResult, Next, QueryMiddleware, QueryNext};
@@ -30,10 +29,6 @@ use crate::{
 /// | `cqrs_queries_in_flight` | gauge | `query` |
 /// | `cqrs_events_appended_total` | counter | `event_type` ([`EventMetrics`]) |
 /// | `cqrs_circuit_transitions_total` | counter | `circuit`, `state` ([`CircuitBreaker`](super::CircuitBreaker)) |
-///
-/// A command's duration runs from the moment the bus accepted it
-/// ([`CommandContext::now`], so the middleware before this one count too) to its reply; a
-/// query's from the moment it entered this middleware.
 ///
 /// `outcome` is `ok` or the error's stable code ([`ErrorKind::code`](crate::ErrorKind::code):
 /// `rejected`, `conflict`, `rate_limited`, ...), so the label set is small and fixed. The
@@ -108,19 +103,19 @@ impl Metrics {
         })
     }
 
-    /// Measures `run` as one command or query of type `N`, begun at `since`.
+    /// Measures `run` as one command or query of type `N`.
     async fn measure<N: Named, T, E>(
         &self,
-        since: Since,
         run: impl Future<Output = Result<T, E>>,
         kind: impl FnOnce(&E) -> ErrorKind,
     ) -> Result<T, E> {
         let Some(handles) = self.handles::<N>() else {
-            return measure_uncached::<N, T, E>(since, run, kind).await;
+            return measure_uncached::<N, T, E>(run, kind).await;
         };
         let in_flight = InFlight::enter(&handles.in_flight);
+        let started = Instant::now();
         let result = run.await;
-        let seconds = since.seconds();
+        let seconds = started.elapsed().as_secs_f64();
         drop(in_flight);
         let (total, duration) = match &result {
             Ok(_) => &handles.ok,
@@ -258,32 +253,8 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Where a duration starts.
-#[derive(Clone, Copy)]
-enum Since {
-    /// When the bus accepted the command ([`CommandContext::now`]): the clock is then read
-    /// once per command, not twice (a clock read is a good part of what this middleware
-    /// costs).
-    Accepted(DateTime<Utc>),
-    /// A monotonic instant read when the query entered the middleware.
-    Started(Instant),
-}
-
-impl Since {
-    /// Seconds from then to now; 0 if the wall clock stepped back in between.
-    fn seconds(self) -> f64 {
-        match self {
-            Since::Accepted(at) => (Utc::now() - at)
-                .to_std()
-                .map_or(0.0, |elapsed| elapsed.as_secs_f64()),
-            Since::Started(at) => at.elapsed().as_secs_f64(),
-        }
-    }
-}
-
 /// [`Metrics::measure`] for a type the table has no room for: registers each metric anew.
 async fn measure_uncached<N: Named, T, E>(
-    since: Since,
     run: impl Future<Output = Result<T, E>>,
     kind: impl FnOnce(&E) -> ErrorKind,
 ) -> Result<T, E> {
@@ -291,8 +262,9 @@ async fn measure_uncached<N: Named, T, E>(
         recorder.register_gauge(&Keys::<N>::IN_FLIGHT, &METADATA)
     });
     let in_flight = InFlight::enter(&gauge);
+    let started = Instant::now();
     let result = run.await;
-    let seconds = since.seconds();
+    let seconds = started.elapsed().as_secs_f64();
     drop(in_flight);
     let outcome = result
         .as_ref()
@@ -358,12 +330,7 @@ impl CommandMiddleware for Metrics {
         ctx: CommandContext,
         next: N,
     ) -> impl Future<Output = CommandResult<C>> + Send {
-        let since = Since::Accepted(ctx.now);
-        self.measure::<CommandName<C>, _, _>(
-            since,
-            next.run(command, ctx),
-            crate::CommandError::kind,
-        )
+        self.measure::<CommandName<C>, _, _>(next.run(command, ctx), crate::CommandError::kind)
     }
 }
 
@@ -373,8 +340,7 @@ impl QueryMiddleware for Metrics {
         query: Q,
         next: N,
     ) -> impl Future<Output = Result<Q::Output, QueryError<E>>> + Send {
-        let since = Since::Started(Instant::now());
-        self.measure::<QueryName<Q>, _, _>(since, next.run(query), QueryError::kind)
+        self.measure::<QueryName<Q>, _, _>(next.run(query), QueryError::kind)
     }
 }
 
