@@ -69,13 +69,14 @@ pub struct Metrics {
     table: [OnceLock<Box<Handles>>; SLOTS],
 }
 
-/// A fresh [`Metrics`] middleware, with no handles registered yet: `.middleware(Metrics)`.
+/// A fresh [`Metrics`](struct@Metrics) middleware, with no handles registered yet:
+/// `.middleware(Metrics)`.
 #[allow(non_upper_case_globals)]
 // Each use of the constant is a new value with its own empty table, which is the intent.
 #[allow(clippy::declare_interior_mutable_const)]
 pub const Metrics: Metrics = Metrics::new();
 
-/// Command and query types a [`Metrics`] keeps handles for; those past it (an application
+/// Command and query types a [`Metrics`](struct@Metrics) keeps handles for; those past it (an application
 /// with more than this many command and query types through one bus) are recorded with a
 /// registry lookup per metric.
 const SLOTS: usize = 256;
@@ -253,7 +254,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// [`Metrics::measure`] for a type the table has no room for: registers each metric anew.
+/// `Metrics::measure` for a type the table has no room for: registers each metric anew.
 async fn measure_uncached<N: Named, T, E>(
     run: impl Future<Output = Result<T, E>>,
     kind: impl FnOnce(&E) -> ErrorKind,
