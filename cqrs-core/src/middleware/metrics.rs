@@ -349,20 +349,25 @@ impl QueryMiddleware for Metrics {
 /// subscribe one per event enum with [`CommandBusBuilder::subscribe`](crate::CommandBusBuilder::subscribe).
 ///
 /// It counts what this process commits; events appended by other processes are theirs to
-/// count.
+/// count. Like [`Metrics`](struct@Metrics), it registers each type's counter once (at the
+/// first event of the type) and keeps it.
 #[derive(Debug, Clone, Copy)]
 pub struct EventMetrics {
     types: &'static [&'static str],
+    /// The counter of each of `types`, in the same order.
+    counters: &'static [OnceLock<Counter>],
 }
 
 impl EventMetrics {
     /// Counts the events of enum `E`.
     pub fn of<E: Event>() -> Self {
         // Built once per bus at start-up: a few names leaked for the life of the process is
-        // what `Subscriber::event_types`' `'static` list asks for.
+        // what `Subscriber::event_types`' `'static` list asks for (and the counters with them).
         let names: Vec<&'static str> = E::TYPES.iter().map(|t| t.name).collect();
+        let counters: Vec<OnceLock<Counter>> = names.iter().map(|_| OnceLock::new()).collect();
         Self {
             types: Box::leak(names.into_boxed_slice()),
+            counters: Box::leak(counters.into_boxed_slice()),
         }
     }
 }
@@ -380,13 +385,11 @@ impl Subscriber for EventMetrics {
         &'a self,
         event: &'a RecordedEvent,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        let name = self
-            .types
-            .iter()
-            .find(|name| **name == event.event_type)
-            .copied();
-        if let Some(name) = name {
-            counter!("cqrs_events_appended_total", "event_type" => name).increment(1);
+        if let Some(index) = self.types.iter().position(|name| *name == event.event_type) {
+            let name = self.types[index];
+            self.counters[index]
+                .get_or_init(|| counter!("cqrs_events_appended_total", "event_type" => name))
+                .increment(1);
         }
         Box::pin(std::future::ready(Ok(())))
     }
