@@ -14,15 +14,25 @@
 //! middleware around a terminal that does nothing, which isolates their cost from the noise
 //! of the store and repository (a few microseconds that vary more than a middleware costs).
 //!
-//! `cargo bench -p cqrs-core --bench dispatch --features metrics`
+//! `Metrics` is measured with a real recorder installed (the Prometheus exporter's, drained
+//! between batches, outside the timed loops): the no-op recorder a program without an
+//! exporter has would flatter it. `Tracing` is measured without a `tracing` collector, so
+//! its spans are disabled: what it costs itself, not what a log or an exporter costs.
+//!
+//! At the end the chain variants run again, interleaved round by round (see [`interleaved`]):
+//! on a shared machine those are the figures to read.
+//!
+//! `cargo bench -p cqrs-core --bench dispatch` (the crate's dev-dependencies turn on
+//! feature `metrics`); `-- 'chain|middleware'` runs the middleware variants only, and
+//! `-- interleaved` (a filter no criterion benchmark matches) the interleaved part alone.
 
 use std::borrow::Cow;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cqrs_core::middleware::{
-    Authorize, CircuitBreaker, CommandChain, CommandResult, ConcurrencyLimit, Next, QueryCache,
-    Quota, RateLimit, Request, Scope,
+    Authorize, CircuitBreaker, CommandChain, CommandResult, ConcurrencyLimit, Metrics, Next,
+    QueryCache, Quota, RateLimit, Request, Retry, Scope, Timeout, Tracing, Validation,
 };
 use cqrs_core::prelude::*;
 use cqrs_core::{CommandContext, ExpectedVersion, Handles, NewEvent};
@@ -105,6 +115,7 @@ fn record(slot: usize, elapsed: Duration, iters: u64) {
 static VARIANTS: Mutex<Vec<(&'static str, Duration, u64)>> = Mutex::new(Vec::new());
 
 fn record_variant(name: &'static str, elapsed: Duration, iters: u64) {
+    drain_metrics();
     let mut variants = VARIANTS.lock().unwrap();
     if let Some(slot) = variants.iter_mut().find(|(n, ..)| *n == name) {
         slot.1 += elapsed;
@@ -112,6 +123,33 @@ fn record_variant(name: &'static str, elapsed: Duration, iters: u64) {
     } else {
         variants.push((name, elapsed, iters));
     }
+}
+
+/// The installed Prometheus recorder's handle.
+static PROMETHEUS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+    std::sync::OnceLock::new();
+
+/// Installs a Prometheus recorder, as a service exposing `/metrics` would.
+fn install_recorder() {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("no recorder installed yet");
+    PROMETHEUS.set(handle).ok();
+}
+
+/// Folds the samples recorded since the last call into the histograms (the exporter's
+/// periodic upkeep), so that memory does not grow with the iterations; outside timed loops.
+fn drain_metrics() {
+    if let Some(handle) = PROMETHEUS.get() {
+        handle.run_upkeep();
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
 }
 
 fn allow_tellers(request: &Request<'_>) -> Result<(), Cow<'static, str>> {
@@ -160,6 +198,29 @@ impl Next<Deposit> for Done {
     }
 }
 
+/// Every middleware, in the order a service would stack them.
+fn all_middleware() -> impl CommandChain {
+    (
+        Tracing,
+        (
+            Metrics::new(),
+            (
+                Authorize::new(allow_tellers),
+                (
+                    RateLimit::new("bench", Quota::per_second(u32::MAX)).scope(Scope::PerUser),
+                    (
+                        ConcurrencyLimit::new("bench", 1_000).scope(Scope::PerUser),
+                        (
+                            CircuitBreaker::new("bench"),
+                            (Timeout::new(Duration::from_secs(10)), (Validation, ())),
+                        ),
+                    ),
+                ),
+            ),
+        ),
+    )
+}
+
 /// Runs `chain` around [`Done`] as benchmark `name`.
 fn bench_chain<M: CommandChain>(
     group: &mut BenchmarkGroup<'_, WallTime>,
@@ -186,9 +247,7 @@ fn bench_chain<M: CommandChain>(
 }
 
 fn chains(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let mut group = c.benchmark_group("chain");
     let metadata = Metadata::default()
         .with_user_id("ada")
@@ -197,6 +256,21 @@ fn chains(c: &mut Criterion) {
     let rate_limit = || RateLimit::new("bench", Quota::per_second(u32::MAX)).scope(Scope::PerUser);
     let concurrency = || ConcurrencyLimit::new("bench", 1_000).scope(Scope::PerUser);
     bench_chain(&mut group, &runtime, "chain:none", &(), &ctx);
+    bench_chain(&mut group, &runtime, "chain:tracing", &(Tracing, ()), &ctx);
+    bench_chain(
+        &mut group,
+        &runtime,
+        "chain:validation",
+        &(Validation, ()),
+        &ctx,
+    );
+    bench_chain(
+        &mut group,
+        &runtime,
+        "chain:timeout",
+        &(Timeout::new(Duration::from_secs(10)), ()),
+        &ctx,
+    );
     bench_chain(
         &mut group,
         &runtime,
@@ -239,29 +313,20 @@ fn chains(c: &mut Criterion) {
         &(Authorize::new(allow_tellers), ()),
         &ctx,
     );
-    #[cfg(feature = "metrics")]
     bench_chain(
         &mut group,
         &runtime,
         "chain:metrics",
-        &(cqrs_core::middleware::Metrics, ()),
+        &(Metrics::new(), ()),
         &ctx,
     );
-    let all = (
-        Authorize::new(allow_tellers),
-        (
-            rate_limit(),
-            (concurrency(), (CircuitBreaker::new("bench"), ())),
-        ),
-    );
+    let all = all_middleware();
     bench_chain(&mut group, &runtime, "chain:all", &all, &ctx);
     group.finish();
 }
 
 fn middleware(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let mut group = c.benchmark_group("middleware");
     let metadata = Metadata::default()
         .with_user_id("ada")
@@ -271,6 +336,36 @@ fn middleware(c: &mut Criterion) {
     let concurrency = || ConcurrencyLimit::new("bench", 1_000).scope(Scope::PerUser);
 
     bench_commands!(group, runtime, "none", builder().build(), &metadata);
+    bench_commands!(
+        group,
+        runtime,
+        "tracing",
+        builder().middleware(Tracing).build(),
+        &metadata
+    );
+    bench_commands!(
+        group,
+        runtime,
+        "validation",
+        builder().middleware(Validation).build(),
+        &metadata
+    );
+    bench_commands!(
+        group,
+        runtime,
+        "timeout",
+        builder()
+            .middleware(Timeout::new(Duration::from_secs(10)))
+            .build(),
+        &metadata
+    );
+    bench_commands!(
+        group,
+        runtime,
+        "retry",
+        builder().retry(Retry::new()).build(),
+        &metadata
+    );
     bench_commands!(
         group,
         runtime,
@@ -299,21 +394,23 @@ fn middleware(c: &mut Criterion) {
         builder().middleware(Authorize::new(allow_tellers)).build(),
         &metadata
     );
-    #[cfg(feature = "metrics")]
     bench_commands!(
         group,
         runtime,
         "metrics",
-        builder().middleware(cqrs_core::middleware::Metrics).build(),
+        builder().middleware(Metrics::new()).build(),
         &metadata
     );
     let all = builder()
+        .middleware(Tracing)
+        .middleware(Metrics::new())
         .middleware(Authorize::new(allow_tellers))
         .middleware(rate_limit())
         .middleware(concurrency())
-        .middleware(CircuitBreaker::new("bench"));
-    #[cfg(feature = "metrics")]
-    let all = all.middleware(cqrs_core::middleware::Metrics);
+        .middleware(CircuitBreaker::new("bench"))
+        .middleware(Timeout::new(Duration::from_secs(10)))
+        .middleware(Validation)
+        .retry(Retry::new());
     bench_commands!(group, runtime, "all", all.build(), &metadata);
 
     let totals = ReadModel::new(Totals::default());
@@ -350,9 +447,7 @@ fn bench_queries<M: cqrs_core::middleware::QueryChain>(
 }
 
 fn dispatch(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let mut group = c.benchmark_group("dispatch");
 
     let bus = CommandBus::builder(InMemoryEventStore::new())
@@ -410,9 +505,146 @@ fn dispatch(c: &mut Criterion) {
 
 criterion_group!(benches, dispatch, middleware, chains);
 
+/// Runs a chain `iters` times around [`Done`]; returns the time taken.
+type Runner<'a> = Box<dyn Fn(u64) -> Duration + 'a>;
+
+fn chain_runner<'a, M: CommandChain>(
+    runtime: &'a tokio::runtime::Runtime,
+    chain: M,
+    ctx: &'a CommandContext,
+) -> Runner<'a> {
+    Box::new(move |iters| {
+        runtime.block_on(async {
+            let start = Instant::now();
+            for _ in 0..iters {
+                let deposit = Deposit { id: 1, amount: 1 };
+                let committed = chain.run(deposit, ctx.clone(), Done).await.unwrap();
+                std::hint::black_box(committed);
+            }
+            start.elapsed()
+        })
+    })
+}
+
+/// Nanoseconds this thread has spent on a CPU: unlike wall time, it leaves out the time
+/// other processes had the CPU, which on a shared machine is most of the noise.
+fn thread_cpu_nanos() -> f64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    // Far below 2^52 ns of CPU time, where the cast would round.
+    #[allow(clippy::cast_precision_loss)]
+    let nanos = now.tv_sec as f64 * 1e9 + now.tv_nsec as f64;
+    nanos
+}
+
+/// The chain variants again, interleaved: each round runs every variant for `DISPATCH_CHUNK`
+/// commands (default 50000), in an order that rotates from round to round, and a variant's
+/// cost in a round is its on-CPU time per command minus the empty chain's in that round.
+/// Printed: the median (min–max) over `DISPATCH_ROUNDS` rounds (default 40), which a busy
+/// shared machine moves much less than the wall-clock runs above.
+fn interleaved() {
+    let rounds: usize = env_or("DISPATCH_ROUNDS", 40);
+    let chunk: u64 = env_or("DISPATCH_CHUNK", 50_000);
+    let runtime = runtime();
+    let metadata = Metadata::default()
+        .with_user_id("ada")
+        .with("roles", serde_json::json!(["teller"]));
+    let ctx = CommandContext::for_command(&Deposit { id: 1, amount: 1 }, metadata);
+    let rate_limit = || RateLimit::new("bench", Quota::per_second(u32::MAX)).scope(Scope::PerUser);
+    let concurrency = || ConcurrencyLimit::new("bench", 1_000).scope(Scope::PerUser);
+    let all = all_middleware();
+    let variants: Vec<(&str, Runner<'_>)> = vec![
+        ("none", chain_runner(&runtime, (), &ctx)),
+        ("tracing", chain_runner(&runtime, (Tracing, ()), &ctx)),
+        ("validation", chain_runner(&runtime, (Validation, ()), &ctx)),
+        (
+            "timeout",
+            chain_runner(&runtime, (Timeout::new(Duration::from_secs(10)), ()), &ctx),
+        ),
+        (
+            "circuit",
+            chain_runner(&runtime, (CircuitBreaker::new("bench"), ()), &ctx),
+        ),
+        (
+            "rate_limit (per user)",
+            chain_runner(&runtime, (rate_limit(), ()), &ctx),
+        ),
+        (
+            "rate_limit (global)",
+            chain_runner(
+                &runtime,
+                (RateLimit::new("bench", Quota::per_second(u32::MAX)), ()),
+                &ctx,
+            ),
+        ),
+        (
+            "concurrency (per user)",
+            chain_runner(&runtime, (concurrency(), ()), &ctx),
+        ),
+        (
+            "concurrency (global)",
+            chain_runner(&runtime, (ConcurrencyLimit::new("bench", 1_000), ()), &ctx),
+        ),
+        (
+            "authorize",
+            chain_runner(&runtime, (Authorize::new(allow_tellers), ()), &ctx),
+        ),
+        (
+            "metrics",
+            chain_runner(&runtime, (Metrics::new(), ()), &ctx),
+        ),
+        ("all", chain_runner(&runtime, all, &ctx)),
+    ];
+    for (_, run) in &variants {
+        run(chunk);
+    }
+    drain_metrics();
+    let mut per_op = vec![Vec::with_capacity(rounds); variants.len()];
+    for round in 0..rounds {
+        for turn in 0..variants.len() {
+            let index = (turn + round) % variants.len();
+            let started = thread_cpu_nanos();
+            std::hint::black_box((variants[index].1)(chunk));
+            let on_cpu = thread_cpu_nanos() - started;
+            drain_metrics();
+            // Chunks are far below 2^52 commands, where the cast would round.
+            #[allow(clippy::cast_precision_loss)]
+            per_op[index].push(on_cpu / chunk as f64);
+        }
+    }
+    println!(
+        "chain, interleaved: {rounds} rounds of {chunk} commands per variant; on-CPU ns/command, and over the empty chain, median (min–max) of the rounds"
+    );
+    for (index, (name, _)) in variants.iter().enumerate() {
+        let mut over: Vec<f64> = per_op[index]
+            .iter()
+            .zip(&per_op[0])
+            .map(|(variant, none)| variant - none)
+            .collect();
+        over.sort_by(f64::total_cmp);
+        let mut own = per_op[index].clone();
+        own.sort_by(f64::total_cmp);
+        println!(
+            "interleaved: {name:<24} {:>7.0} ns/command, {:>+6.0} ns ({:+.0} – {:+.0}) over none",
+            own[own.len() / 2],
+            over[over.len() / 2],
+            over[0],
+            over[over.len() - 1],
+        );
+    }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
 fn main() {
+    install_recorder();
     benches();
     Criterion::default().configure_from_args().final_summary();
+    interleaved();
     let totals = *TOTALS.lock().unwrap();
     // Iteration counts stay far below 2^52, where the cast would round.
     #[allow(clippy::cast_precision_loss)]

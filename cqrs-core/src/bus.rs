@@ -203,6 +203,9 @@ impl<R: Send + Sync + 'static, M: CommandChain> CommandBus<R, M> {
     }
 
     /// Executes a command with caller metadata (correlation id, user, custom keys).
+    ///
+    /// An error of a command with an idempotency key that leaves the outcome open carries
+    /// the key ([`CommandError::idempotency_key`]).
     pub async fn execute_with<C, I>(&self, command: C, metadata: Metadata) -> CommandResult<C>
     where
         C: Command,
@@ -210,6 +213,9 @@ impl<R: Send + Sync + 'static, M: CommandChain> CommandBus<R, M> {
         R: Contains<C::Aggregate, I>,
     {
         let ctx = CommandContext::for_command(&command, metadata);
+        // Kept aside: a middleware may change the context's metadata, and the caller's key
+        // is the one its error must name.
+        let key = ctx.idempotency_key().map(Box::<str>::from);
         let terminal = Terminal {
             repository: self.inner.aggregates.repository(),
             subscribers: &self.inner.subscribers,
@@ -217,7 +223,11 @@ impl<R: Send + Sync + 'static, M: CommandChain> CommandBus<R, M> {
             retry: self.inner.retry.as_ref(),
             validate: !M::VALIDATES,
         };
-        self.inner.middleware.run(command, ctx, terminal).await
+        let result = self.inner.middleware.run(command, ctx, terminal).await;
+        match key {
+            None => result,
+            Some(key) => result.map_err(|error| error.with_idempotency_key(&key)),
+        }
     }
 
     /// The store this bus appends to.

@@ -390,6 +390,36 @@ pub enum CommandError<E> {
     /// The authorization policy denied the command; nothing was loaded or written.
     #[error(transparent)]
     Forbidden(Forbidden),
+    /// A command with an idempotency key failed for a reason that leaves its outcome open or
+    /// may pass (a timeout, a store failure, a conflict, a refusal, ...): the error, with the
+    /// key, so that the caller can ask [`CommandBus::outcome_of`](crate::CommandBus::outcome_of)
+    /// what happened or execute the key again. Displays, sources and classifies
+    /// ([`kind`](Self::kind)) as the error it carries; match on [`unkeyed`](Self::unkeyed).
+    /// See [`idempotency_key`](Self::idempotency_key).
+    #[error(transparent)]
+    Keyed(Box<KeyedError<E>>),
+}
+
+/// The error of a command with an idempotency key, and the key
+/// ([`CommandError::Keyed`]).
+#[derive(Debug)]
+pub struct KeyedError<E> {
+    /// The command's idempotency key.
+    pub key: String,
+    /// The error.
+    pub error: CommandError<E>,
+}
+
+impl<E: fmt::Display> fmt::Display for KeyedError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for KeyedError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
 }
 
 impl<E> From<StoreError> for CommandError<E> {
@@ -422,6 +452,7 @@ impl<E> CommandError<E> {
     /// What kind of failure this is; see [`ErrorKind`] for the stable codes.
     pub fn kind(&self) -> ErrorKind {
         match self {
+            CommandError::Keyed(keyed) => keyed.error.kind(),
             CommandError::Rejected(_) | CommandError::AlreadyRejected { .. } => ErrorKind::Rejected,
             CommandError::Invalid(_) => ErrorKind::Validation,
             CommandError::Conflict { .. } => ErrorKind::Conflict,
@@ -456,15 +487,81 @@ impl<E> CommandError<E> {
 
     /// Whether retrying the same command after reloading could succeed.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, CommandError::Conflict { .. })
+        matches!(self.unkeyed(), CommandError::Conflict { .. })
     }
 
     /// The domain error, if the aggregate rejected the command.
     pub fn rejection(&self) -> Option<&E> {
-        match self {
+        match self.unkeyed() {
             CommandError::Rejected(e) => Some(e),
             _ => None,
         }
+    }
+
+    /// The idempotency key of the command that failed, when it had one (from its field or
+    /// the caller's metadata): ask [`CommandBus::outcome_of`](crate::CommandBus::outcome_of)
+    /// with it what became of a command whose reply was lost to a timeout or a dropped
+    /// connection.
+    ///
+    /// The bus sets it on every error of a keyed command that leaves the outcome open or
+    /// may pass, as [`CommandError::Keyed`]: a timeout, a store failure, a conflict, retries
+    /// exhausted, a refusal by a middleware (open circuit, rate or concurrency limit,
+    /// authorization), an event that cannot be decoded or serialized. The errors whose
+    /// outcome is settled keep their own variant, so that a `match` on them works alike with
+    /// and without a key: [`AlreadyRejected`](Self::AlreadyRejected) and
+    /// [`IdempotencyKeyReused`](Self::IdempotencyKeyReused) carry the key themselves, while
+    /// [`Rejected`](Self::Rejected) (recorded under the key), [`Invalid`](Self::Invalid),
+    /// [`UniqueKeyTaken`](Self::UniqueKeyTaken), [`NotIdempotent`](Self::NotIdempotent) and
+    /// the store's refusals of kind [`Unsupported`](ErrorKind::Unsupported) or
+    /// [`InvalidStreamId`](ErrorKind::InvalidStreamId) (the same call fails the same way
+    /// every time) have none here.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        match self {
+            CommandError::Keyed(keyed) => Some(&keyed.key),
+            CommandError::AlreadyRejected { key, .. }
+            | CommandError::IdempotencyKeyReused { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The error without the idempotency key of [`CommandError::Keyed`]; other errors as
+    /// they are. Match on this one.
+    pub fn unkeyed(&self) -> &CommandError<E> {
+        match self {
+            CommandError::Keyed(keyed) => &keyed.error,
+            other => other,
+        }
+    }
+
+    /// [`unkeyed`](Self::unkeyed), by value.
+    #[must_use]
+    pub fn into_unkeyed(self) -> CommandError<E> {
+        match self {
+            CommandError::Keyed(keyed) => keyed.error,
+            other => other,
+        }
+    }
+
+    /// Attaches the idempotency key of the command to an error that leaves its outcome
+    /// open or may pass; the command's own outcomes are returned as they are (see
+    /// [`idempotency_key`](Self::idempotency_key)).
+    pub(crate) fn with_idempotency_key(self, key: &str) -> Self {
+        let settled = matches!(
+            self.kind(),
+            ErrorKind::Rejected
+                | ErrorKind::Validation
+                | ErrorKind::UniqueKeyTaken
+                | ErrorKind::IdempotencyKeyReused
+                | ErrorKind::Unsupported
+                | ErrorKind::InvalidStreamId
+        );
+        if settled || matches!(self, CommandError::Keyed(_)) {
+            return self;
+        }
+        CommandError::Keyed(Box::new(KeyedError {
+            key: key.to_owned(),
+            error: self,
+        }))
     }
 }
 

@@ -31,7 +31,12 @@
 //!   its append undone), and the repository then returns the recorded outcome.
 //! - **Lost replies.** A caller that saw a timeout or a dropped connection asks what happened
 //!   with [`CommandBus::outcome_of`](crate::CommandBus::outcome_of), or simply executes the
-//!   same key again.
+//!   same key again. The error names the key
+//!   ([`CommandError::idempotency_key`](crate::CommandError::idempotency_key)), also where it
+//!   came from the caller's metadata: every failure that leaves the outcome open (a timeout,
+//!   a store failure, a conflict, a refusal by a middleware) comes as
+//!   [`CommandError::Keyed`](crate::CommandError::Keyed), which classifies and displays as
+//!   the error it carries; match on [`CommandError::unkeyed`](crate::CommandError::unkeyed).
 //! - **Retention.** Records stay until purged:
 //!   [`CommandBus::purge_idempotency_keys`](crate::CommandBus::purge_idempotency_keys)
 //!   deletes those older than the bus's retention

@@ -140,6 +140,7 @@
 //! | `testing` | no | `testing::conformance`: the checks every [`EventStore`] must pass |
 //! | `metrics` | no | `middleware::Metrics` and `middleware::EventMetrics`: counters, latency histograms and in-flight gauges per command and query through the `metrics` facade (the one most Rust exporters implement) |
 //! | `tower` | no | `tower::Service` for the JSON dispatchers and for typed commands and queries (`middleware::CommandService`, `middleware::QueryService`), to wrap them in tower layers and mount them in axum |
+//! | `otel` | no | OpenTelemetry export of the trace context: the `command` span of [`middleware::Tracing`] and the `event_handled` spans of projections and subscriptions take their OpenTelemetry parent from the W3C traceparent the command carries in or its events carry on, so exported spans join the caller's trace ([`trace_context`]) |
 //!
 //! # Dependencies
 //!
@@ -147,7 +148,12 @@
 //! malformed payload, `uuid` (v7) for ids, `chrono` for timestamps, `thiserror` for the error
 //! enums, `tracing` for the tracing middleware, `tokio` (sync and time only) for the read-model
 //! lock and the timeout middleware, `sha2` to hash the bodies of commands with idempotency keys.
-//! Optional: `validator`.
+//! Optional: `validator`; `metrics` (the facade Prometheus, `StatsD` and OpenTelemetry
+//! exporters implement); `tower-service` (the trait alone, not tower); `opentelemetry` (the
+//! API crate, trace part only) and `tracing-opentelemetry` (the bridge from `tracing` spans
+//! to OpenTelemetry spans that the OpenTelemetry project and tokio maintain): with them the
+//! spans the crate already opens with `tracing` are exported, and only their parents are set,
+//! so the application keeps the choice of SDK, exporter and sampler.
 
 // Lets the crate's own tests and docs use the derives, whose output names `::cqrs_core`.
 #[allow(unused_extern_crates)]
@@ -182,6 +188,7 @@ pub use aggregate::{Aggregate, aggregate_id, stream_id};
 pub use bus::{CommandBus, CommandBusBuilder, HandlerError, QueryBus, QueryBusBuilder};
 pub use command::{Command, CommandContext, Committed, Handles};
 pub use dispatch::{CommandDispatcher, DispatchCommands, DispatchQueries, QueryDispatcher};
+pub use error::KeyedError;
 pub use error::{CircuitOpen, ConcurrencyLimited, Forbidden, RateLimited};
 pub use error::{
     CommandError, DispatchError, DomainError, DuplicateName, ErrorKind, FieldError, QueryError,

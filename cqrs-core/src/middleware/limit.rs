@@ -3,11 +3,17 @@
 //! The rate limit is a small keyed GCRA (a token bucket kept as one timestamp per key) of our
 //! own rather than `governor`: its keyed limiter wants an owned key per check (a `String` per
 //! command when keyed by user), and brings its own clock abstraction and `dashmap`; ours looks
-//! keys up by `&str` under one short lock, shares the middleware [`Clock`] with the circuit
-//! breaker, and adds no dependency. The concurrency limit is `tokio::sync::Semaphore`.
+//! keys up by `&str` under a short lock (one of 16, by the key's hash, so callers with other
+//! keys rarely wait for each other) and shares the middleware [`Clock`] with the circuit
+//! breaker. The concurrency limit is `tokio::sync::Semaphore`.
+//!
+//! Keyed tables hash with `foldhash` (the default hasher of `hashbrown`, randomly seeded per
+//! table): a key costs a few nanoseconds to hash where the standard library's `SipHash` costs
+//! several times that, which is most of what a per-user limit adds to a command.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -128,7 +134,43 @@ struct RateInner {
     base: Instant,
     /// Theoretical arrival time of the next call, in nanoseconds since `base`.
     shared: AtomicU64,
-    keyed: Mutex<HashMap<Box<str>, u64>>,
+    /// The same per key, in shards picked by the key's hash.
+    keyed: Shards<u64>,
+}
+
+/// Keyed state behind [`SHARDS`] locks, picked by the key's hash.
+struct Shards<V> {
+    pick: foldhash::quality::RandomState,
+    shards: Box<[Mutex<KeyMap<V>>]>,
+}
+
+type KeyMap<V> = HashMap<Box<str>, V, foldhash::quality::RandomState>;
+
+/// Locks a keyed table is split into.
+const SHARDS: usize = 16;
+
+impl<V> Shards<V> {
+    fn new() -> Self {
+        Self {
+            pick: foldhash::quality::RandomState::default(),
+            shards: (0..SHARDS).map(|_| Mutex::new(KeyMap::default())).collect(),
+        }
+    }
+
+    /// The locked shard of `key`.
+    fn lock(&self, key: &str) -> std::sync::MutexGuard<'_, KeyMap<V>> {
+        // The high bits: the shard's map probes with the low ones of its own hash.
+        #[allow(clippy::cast_possible_truncation)] // 4 bits are kept
+        let shard = (self.pick.hash_one(key) >> 60) as usize % SHARDS;
+        self.shards[shard]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The keys a shard keeps before forgetting idle ones, for `max_keys` in all.
+fn per_shard(max_keys: usize) -> usize {
+    max_keys.div_ceil(SHARDS).max(1)
 }
 
 fn nanos(duration: Duration) -> u64 {
@@ -146,11 +188,11 @@ impl RateLimit {
                 scope: Scope::Global,
                 interval,
                 tolerance: interval * u64::from(quota.burst - 1),
-                max_keys: 100_000,
+                max_keys: per_shard(100_000),
                 base: clock.now(),
                 clock: Arc::new(clock),
                 shared: AtomicU64::new(0),
-                keyed: Mutex::new(HashMap::new()),
+                keyed: Shards::new(),
             }),
         }
     }
@@ -170,14 +212,15 @@ impl RateLimit {
         self.configure(|inner| inner.scope = scope)
     }
 
-    /// Past `max_keys` keys, keys whose budget is full again are forgotten (default 100 000).
+    /// Past about `max_keys` keys, keys whose budget is full again are forgotten (default
+    /// 100 000; counted per shard of the table, a sixteenth each).
     ///
     /// # Panics
     ///
     /// When called on a limit that was already cloned.
     #[must_use]
     pub fn max_keys(self, max_keys: usize) -> Self {
-        self.configure(|inner| inner.max_keys = max_keys.max(1))
+        self.configure(|inner| inner.max_keys = per_shard(max_keys))
     }
 
     /// Reads time from `clock` instead of the system clock.
@@ -228,7 +271,7 @@ impl RateLimit {
                 }
             }
             Some(key) => {
-                let mut keyed = inner.keyed.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut keyed = inner.keyed.lock(key);
                 if let Some(tat) = keyed.get_mut(key) {
                     *tat = admit(*tat).map_err(refused)?;
                     return Ok(());
@@ -318,7 +361,7 @@ struct ConcurrencyInner {
     max: usize,
     wait: Duration,
     shared: Arc<Semaphore>,
-    keyed: Mutex<HashMap<Box<str>, Arc<Semaphore>>>,
+    keyed: Shards<Arc<Semaphore>>,
     max_keys: usize,
 }
 
@@ -344,8 +387,8 @@ impl ConcurrencyLimit {
                 max,
                 wait: Duration::ZERO,
                 shared: Arc::new(Semaphore::new(max)),
-                keyed: Mutex::new(HashMap::new()),
-                max_keys: 10_000,
+                keyed: Shards::new(),
+                max_keys: per_shard(10_000),
             }),
         }
     }
@@ -400,11 +443,11 @@ impl ConcurrencyLimit {
             })
     }
 
-    /// The semaphore of `key`. Past `max_keys` keys, those nobody holds or waits for are
-    /// forgotten, so the table does not grow with every user ever seen.
+    /// The semaphore of `key`. Past `max_keys` keys (per shard), those nobody holds or waits
+    /// for are forgotten, so the table does not grow with every user ever seen.
     fn keyed_semaphore(&self, key: &str) -> Arc<Semaphore> {
         let inner = &*self.inner;
-        let mut keyed = inner.keyed.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut keyed = inner.keyed.lock(key);
         if let Some(semaphore) = keyed.get(key) {
             return Arc::clone(semaphore);
         }

@@ -48,11 +48,21 @@
 //! | [`CircuitBreaker`] | none in tower | failures classified as infrastructure vs domain | — |
 //! | [`Authorize`] | `tower_http::auth` | decisions by command or query name, aggregate and roles, typed `forbidden` | authenticating the request (tokens, sessions) |
 //! | `Metrics` (feature `metrics`) | `tower_http` metrics/trace layers | counts per command or query name and outcome code | counts per route and HTTP status |
+//! | [`Retry`] (a bus option) | `tower::retry::RetryLayer` (a cloneable request and a policy) | conflicts (the aggregate reloaded and the handler run again, no `Clone` needed), transient store failures, lost connections only for commands with an idempotency key | retrying an outgoing call a handler makes |
 //! | [`Validation`] | none | — | — |
 //! | [`QueryCache`] | none | answers invalidated by the read model's events | — (HTTP caching headers) |
 //!
 //! The usual arrangement: authenticate, trace and shed load with tower layers at the HTTP
 //! edge; authorize, limit per caller, break circuits and measure per command with ours.
+//! With feature `otel`, an HTTP layer's OpenTelemetry span and ours join one trace: the
+//! command span is a child of the current span, or of the caller's `traceparent` when the
+//! metadata carries one ([`trace_context`](crate::trace_context)).
+//!
+//! # Cost
+//!
+//! Each middleware that does no I/O is meant to add at most 100 ns per command; the
+//! `dispatch` benchmark of this crate measures each one, and all of them together, against
+//! the same bus without middleware in the same run (`BENCHMARKS.md` has the figures).
 
 mod retry;
 mod timeout;

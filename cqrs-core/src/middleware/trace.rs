@@ -3,7 +3,7 @@ use std::time::Instant;
 use tracing::Instrument;
 
 use super::{CommandMiddleware, CommandResult, Next, QueryMiddleware, QueryNext};
-use crate::trace_context::METADATA_KEY;
+use crate::trace_context::{self, METADATA_KEY};
 use crate::{Command, CommandContext, Query, QueryError, TraceParent};
 
 /// A `tracing` span per command or query, and W3C trace context propagation.
@@ -20,6 +20,11 @@ use crate::{Command, CommandContext, Query, QueryError, TraceParent};
 /// parent id — replaces the caller's in the context metadata, so every event the command
 /// records carries it and projections continue the trace from there
 /// ([`trace_context`](crate::trace_context)).
+///
+/// With feature `otel` and a `tracing-opentelemetry` layer installed, the exported `command`
+/// span's parent is the caller's traceparent and the traceparent recorded on the events is
+/// the exported span's own, so the spans of the projections that handle them are its
+/// children ([OpenTelemetry export](crate::trace_context#opentelemetry-export-feature-otel)).
 ///
 /// ```
 /// use cqrs_core::middleware::Tracing;
@@ -88,49 +93,60 @@ impl CommandMiddleware for Tracing {
         mut ctx: CommandContext,
         next: N,
     ) -> CommandResult<C> {
-        let own = match ctx.metadata.try_traceparent() {
-            Ok(Some(caller)) => caller.child(),
-            Ok(None) => TraceParent::new_root(),
-            Err(error) => {
-                tracing::warn!(
-                    command = C::NAME,
-                    %error,
-                    "malformed traceparent in the command metadata; starting a new trace"
-                );
-                TraceParent::new_root()
-            }
-        };
+        let caller = ctx.metadata.try_traceparent().unwrap_or_else(|error| {
+            tracing::warn!(
+                command = C::NAME,
+                %error,
+                "malformed traceparent in the command metadata; starting a new trace"
+            );
+            None
+        });
         let span = tracing::info_span!(
             "command",
             command = C::NAME,
             aggregate_id = %ctx.aggregate_id,
             correlation_id = %ctx.correlation_id(),
             command_id = %ctx.command_id,
-            trace_id = %own.trace_id(),
-            span_id = %own.parent_id(),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
             outcome = tracing::field::Empty,
             duration_us = tracing::field::Empty,
         );
-        ctx.metadata
-            .extra
-            .insert(METADATA_KEY.to_owned(), own.to_string().into());
-        let started = Instant::now();
+        // With OpenTelemetry, the exported span's ids are the ones handed on.
+        let own = trace_context::adopt(&span, caller)
+            .unwrap_or_else(|| caller.map_or_else(TraceParent::new_root, |caller| caller.child()));
+        if !span.is_disabled() {
+            span.record("trace_id", tracing::field::display(own.trace_id()));
+            span.record("span_id", tracing::field::display(own.parent_id()));
+        }
+        let own = serde_json::Value::String(own.to_string());
+        match ctx.metadata.extra.get_mut(METADATA_KEY) {
+            // The caller's, replaced in place: no new key to allocate.
+            Some(value) => *value = own,
+            None => {
+                ctx.metadata.extra.insert(METADATA_KEY.to_owned(), own);
+            }
+        }
+        // Only a span someone listens to records the duration: no clock read otherwise.
+        let started = (!span.is_disabled()).then(Instant::now);
         let result = next.run(command, ctx).instrument(span.clone()).await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(crate::CommandError::Rejected(_)) => "rejected",
-            Err(crate::CommandError::Invalid(_)) => "invalid",
-            Err(crate::CommandError::Conflict { .. }) => "conflict",
-            Err(crate::CommandError::UniqueKeyTaken { .. }) => "key_taken",
-            Err(crate::CommandError::Timeout { .. }) => "timeout",
-            Err(crate::CommandError::Refused { .. }) => "refused",
-            Err(_) => "error",
-        };
-        span.record("outcome", outcome);
-        span.record(
-            "duration_us",
-            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        );
+        if let Some(started) = started {
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(crate::CommandError::Rejected(_)) => "rejected",
+                Err(crate::CommandError::Invalid(_)) => "invalid",
+                Err(crate::CommandError::Conflict { .. }) => "conflict",
+                Err(crate::CommandError::UniqueKeyTaken { .. }) => "key_taken",
+                Err(crate::CommandError::Timeout { .. }) => "timeout",
+                Err(crate::CommandError::Refused { .. }) => "refused",
+                Err(_) => "error",
+            };
+            span.record("outcome", outcome);
+            span.record(
+                "duration_us",
+                u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            );
+        }
         span.in_scope(|| match &result {
             Ok(committed) => tracing::debug!(
                 events = committed.events,
@@ -155,13 +171,15 @@ impl QueryMiddleware for Tracing {
             outcome = tracing::field::Empty,
             duration_us = tracing::field::Empty,
         );
-        let started = Instant::now();
+        let started = (!span.is_disabled()).then(Instant::now);
         let result = next.run(query).instrument(span.clone()).await;
-        span.record("outcome", if result.is_ok() { "ok" } else { "error" });
-        span.record(
-            "duration_us",
-            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        );
+        if let Some(started) = started {
+            span.record("outcome", if result.is_ok() { "ok" } else { "error" });
+            span.record(
+                "duration_us",
+                u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            );
+        }
         result
     }
 }
