@@ -466,6 +466,27 @@ impl<E> CommandError<E> {
             _ => None,
         }
     }
+
+    /// How long to wait before trying again, when a rate limit or an open circuit refused
+    /// the command.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CommandError::RateLimited(limited) => Some(limited.retry_after),
+            CommandError::CircuitOpen(open) => Some(open.retry_after),
+            _ => None,
+        }
+    }
+
+    /// The idempotency key the failure concerns: reused with another body, or a replayed
+    /// rejection.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        match self {
+            CommandError::IdempotencyKeyReused { key, .. }
+            | CommandError::AlreadyRejected { key, .. } => Some(key),
+            CommandError::Store(StoreError::IdempotencyKeyTaken { key, .. }) => Some(key),
+            _ => None,
+        }
+    }
 }
 
 /// Why a query was not answered. `E` is the handler's error.
@@ -542,6 +563,16 @@ impl<E> QueryError<E> {
     {
         self.handler_error().map(DomainError::code)
     }
+
+    /// How long to wait before trying again, when a rate limit or an open circuit refused
+    /// the query.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            QueryError::RateLimited(limited) => Some(limited.retry_after),
+            QueryError::CircuitOpen(open) => Some(open.retry_after),
+            _ => None,
+        }
+    }
 }
 
 impl StoreError {
@@ -605,6 +636,12 @@ pub enum DispatchError {
         message: String,
         /// The invalid fields, when the kind is [`ErrorKind::Validation`].
         validation: Option<ValidationErrors>,
+        /// How long to wait before trying again, when a rate limit or an open circuit
+        /// refused it.
+        retry_after: Option<Duration>,
+        /// The idempotency key the failure concerns (reused with another body, a replayed
+        /// rejection).
+        idempotency_key: Option<String>,
         /// The typed error ([`CommandError`] or [`QueryError`]), for logs and error chains.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -654,6 +691,25 @@ impl DispatchError {
         }
     }
 
+    /// How long to wait before trying again, when a rate limit or an open circuit refused
+    /// the command or query.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            DispatchError::Failed { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The idempotency key the failure concerns, when there is one.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        match self {
+            DispatchError::Failed {
+                idempotency_key, ..
+            } => idempotency_key.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The failure of command `C` as the dispatcher reports it.
     pub(crate) fn command<C: Command>(error: CommandError<AggregateError<C>>) -> Self {
         let domain_code = error
@@ -674,6 +730,8 @@ impl DispatchError {
             domain_code,
             message,
             validation,
+            retry_after: error.retry_after(),
+            idempotency_key: error.idempotency_key().map(str::to_owned),
             source: Box::new(error),
         }
     }
@@ -695,6 +753,8 @@ impl DispatchError {
             domain_code,
             message,
             validation,
+            retry_after: error.retry_after(),
+            idempotency_key: None,
             source: Box::new(error),
         }
     }

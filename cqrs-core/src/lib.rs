@@ -163,6 +163,7 @@ pub mod idempotency;
 pub mod list;
 mod metadata;
 pub mod middleware;
+pub mod problem;
 mod projection;
 mod query;
 mod repository;
