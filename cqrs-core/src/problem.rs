@@ -457,6 +457,30 @@ impl Problems {
             .unwrap_or_else(|| default_status(kind))
     }
 
+    /// A problem the HTTP layer raises itself, before the framework is reached (a missing
+    /// token, a body too large): `code` is the layer's own (`"unauthorized"`), `type` is
+    /// `{type_base}{code}`.
+    pub fn http(
+        &self,
+        status: u16,
+        code: &str,
+        title: &str,
+        detail: impl Into<String>,
+    ) -> Problem {
+        Problem {
+            problem_type: format!("{}{code}", self.type_base),
+            title: title.to_owned(),
+            status,
+            detail: Some(detail.into()),
+            instance: None,
+            code: code.to_owned(),
+            domain_code: None,
+            errors: Vec::new(),
+            retry_after: None,
+            idempotency_key: None,
+        }
+    }
+
     /// The problem of `error`.
     pub fn problem(&self, error: &(impl AsProblem + ?Sized)) -> Problem {
         self.from_failure(error.failure())
