@@ -482,8 +482,8 @@ impl<E> CommandError<E> {
     pub fn idempotency_key(&self) -> Option<&str> {
         match self {
             CommandError::IdempotencyKeyReused { key, .. }
-            | CommandError::AlreadyRejected { key, .. } => Some(key),
-            CommandError::Store(StoreError::IdempotencyKeyTaken { key, .. }) => Some(key),
+            | CommandError::AlreadyRejected { key, .. }
+            | CommandError::Store(StoreError::IdempotencyKeyTaken { key, .. }) => Some(key),
             _ => None,
         }
     }
@@ -636,12 +636,9 @@ pub enum DispatchError {
         message: String,
         /// The invalid fields, when the kind is [`ErrorKind::Validation`].
         validation: Option<ValidationErrors>,
-        /// How long to wait before trying again, when a rate limit or an open circuit
-        /// refused it.
-        retry_after: Option<Duration>,
-        /// The idempotency key the failure concerns (reused with another body, a replayed
-        /// rejection).
-        idempotency_key: Option<String>,
+        /// When to try again and with which idempotency key, when the failure says
+        /// (boxed: most failures have none, and the error stays small).
+        hints: Option<Box<RetryHints>>,
         /// The typed error ([`CommandError`] or [`QueryError`]), for logs and error chains.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -695,7 +692,9 @@ impl DispatchError {
     /// the command or query.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            DispatchError::Failed { retry_after, .. } => *retry_after,
+            DispatchError::Failed {
+                hints: Some(hints), ..
+            } => hints.retry_after,
             _ => None,
         }
     }
@@ -704,8 +703,8 @@ impl DispatchError {
     pub fn idempotency_key(&self) -> Option<&str> {
         match self {
             DispatchError::Failed {
-                idempotency_key, ..
-            } => idempotency_key.as_deref(),
+                hints: Some(hints), ..
+            } => hints.idempotency_key.as_deref(),
             _ => None,
         }
     }
@@ -730,8 +729,7 @@ impl DispatchError {
             domain_code,
             message,
             validation,
-            retry_after: error.retry_after(),
-            idempotency_key: error.idempotency_key().map(str::to_owned),
+            hints: RetryHints::of(error.retry_after(), error.idempotency_key()),
             source: Box::new(error),
         }
     }
@@ -753,10 +751,32 @@ impl DispatchError {
             domain_code,
             message,
             validation,
-            retry_after: error.retry_after(),
-            idempotency_key: None,
+            hints: RetryHints::of(error.retry_after(), None),
             source: Box::new(error),
         }
+    }
+}
+
+/// What a failed command or query says about trying again: how long to wait (a rate limit,
+/// an open circuit) and the idempotency key concerned (reused with another body, a replayed
+/// rejection). Read them with [`DispatchError::retry_after`] and
+/// [`DispatchError::idempotency_key`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RetryHints {
+    /// How long to wait before trying again.
+    pub retry_after: Option<Duration>,
+    /// The idempotency key the failure concerns.
+    pub idempotency_key: Option<String>,
+}
+
+impl RetryHints {
+    fn of(retry_after: Option<Duration>, idempotency_key: Option<&str>) -> Option<Box<Self>> {
+        (retry_after.is_some() || idempotency_key.is_some()).then(|| {
+            Box::new(Self {
+                retry_after,
+                idempotency_key: idempotency_key.map(str::to_owned),
+            })
+        })
     }
 }
 

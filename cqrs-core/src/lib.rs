@@ -183,6 +183,7 @@ pub use aggregate::{Aggregate, aggregate_id, stream_id};
 pub use bus::{CommandBus, CommandBusBuilder, HandlerError, QueryBus, QueryBusBuilder};
 pub use command::{Command, CommandContext, Committed, Handles};
 pub use dispatch::{CommandDispatcher, DispatchCommands, DispatchQueries, QueryDispatcher};
+pub use error::RetryHints;
 pub use error::{CircuitOpen, ConcurrencyLimited, Forbidden, RateLimited};
 pub use error::{
     CommandError, DispatchError, DomainError, DuplicateName, ErrorKind, FieldError, QueryError,

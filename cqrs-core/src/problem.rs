@@ -150,6 +150,10 @@ impl Problem {
     }
 
     /// The body as JSON text.
+    ///
+    /// # Panics
+    ///
+    /// Never: a problem holds only strings and numbers.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a problem serializes: strings and numbers only")
     }
@@ -460,13 +464,7 @@ impl Problems {
     /// A problem the HTTP layer raises itself, before the framework is reached (a missing
     /// token, a body too large): `code` is the layer's own (`"unauthorized"`), `type` is
     /// `{type_base}{code}`.
-    pub fn http(
-        &self,
-        status: u16,
-        code: &str,
-        title: &str,
-        detail: impl Into<String>,
-    ) -> Problem {
+    pub fn http(&self, status: u16, code: &str, title: &str, detail: impl Into<String>) -> Problem {
         Problem {
             problem_type: format!("{}{code}", self.type_base),
             title: title.to_owned(),

@@ -73,7 +73,7 @@ async fn a_rejection_is_the_same_problem_on_both_paths_with_the_domain_status() 
     let bus = CommandBus::builder(store.clone())
         .aggregate::<Member>(())
         .build();
-    let dispatcher = CommandDispatcher::new(bus.clone()).unwrap();
+    let json_path = CommandDispatcher::new(bus.clone()).unwrap();
 
     let typed = bus
         .execute(Name {
@@ -82,7 +82,7 @@ async fn a_rejection_is_the_same_problem_on_both_paths_with_the_domain_status() 
         })
         .await
         .unwrap_err();
-    let dispatched = dispatcher
+    let dispatched = json_path
         .dispatch_json("member.name", br#"{"id": 1, "name": "root"}"#)
         .await
         .unwrap_err();
@@ -110,7 +110,7 @@ async fn invalid_fields_are_listed_by_name_on_both_paths() {
     let bus = CommandBus::builder(InMemoryEventStore::new())
         .aggregate::<Member>(())
         .build();
-    let dispatcher = CommandDispatcher::new(bus.clone()).unwrap();
+    let json_path = CommandDispatcher::new(bus.clone()).unwrap();
     let typed = bus
         .execute(Name {
             id: 1,
@@ -118,7 +118,7 @@ async fn invalid_fields_are_listed_by_name_on_both_paths() {
         })
         .await
         .unwrap_err();
-    let dispatched = dispatcher
+    let dispatched = json_path
         .dispatch_json("member.name", br#"{"id": 1, "name": "far too long"}"#)
         .await
         .unwrap_err();
@@ -136,17 +136,20 @@ async fn a_malformed_body_names_the_field_and_an_unknown_name_is_404() {
     let bus = CommandBus::builder(InMemoryEventStore::new())
         .aggregate::<Member>(())
         .build();
-    let dispatcher = CommandDispatcher::new(bus).unwrap();
-    let malformed = dispatcher
+    let json_path = CommandDispatcher::new(bus).unwrap();
+    let malformed = json_path
         .dispatch_json("member.name", br#"{"id": "one", "name": "ada"}"#)
         .await
         .unwrap_err();
     let problem = problems().problem(&malformed);
-    assert_eq!((problem.status, problem.code.as_str()), (400, "bad_request"));
+    assert_eq!(
+        (problem.status, problem.code.as_str()),
+        (400, "bad_request")
+    );
     assert_eq!(problem.errors[0].field, "id");
     assert_eq!(problem.errors[0].code, "malformed");
 
-    let unknown = dispatcher
+    let unknown = json_path
         .dispatch_json("member.rename", b"{}")
         .await
         .unwrap_err();
@@ -164,7 +167,7 @@ async fn a_rate_limit_says_when_to_retry_on_both_paths() {
         .aggregate::<Member>(())
         .middleware(RateLimit::new("api", Quota::per_second(1)).clock(clock))
         .build();
-    let dispatcher = CommandDispatcher::new(bus.clone()).unwrap();
+    let json_path = CommandDispatcher::new(bus.clone()).unwrap();
     bus.execute(Name {
         id: 1,
         name: "ada".into(),
@@ -178,7 +181,7 @@ async fn a_rate_limit_says_when_to_retry_on_both_paths() {
         })
         .await
         .unwrap_err();
-    let dispatched = dispatcher
+    let dispatched = json_path
         .dispatch_json("member.name", br#"{"id": 1, "name": "bob"}"#)
         .await
         .unwrap_err();
@@ -195,7 +198,7 @@ async fn an_idempotency_key_reused_with_another_body_carries_the_key_on_both_pat
     let bus = CommandBus::builder(store.clone())
         .aggregate::<Member>(())
         .build();
-    let dispatcher = CommandDispatcher::new(bus.clone()).unwrap();
+    let json_path = CommandDispatcher::new(bus.clone()).unwrap();
     let keyed = || Metadata::default().with_idempotency_key("req-7");
     bus.execute_with(
         Name {
@@ -216,7 +219,7 @@ async fn an_idempotency_key_reused_with_another_body_carries_the_key_on_both_pat
         )
         .await
         .unwrap_err();
-    let dispatched = dispatcher
+    let dispatched = json_path
         .dispatch_json_with("member.name", br#"{"id": 1, "name": "bob"}"#, keyed())
         .await
         .unwrap_err();

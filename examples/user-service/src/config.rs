@@ -99,10 +99,13 @@ where
 {
     lookup(name)
         .map(|value| {
-            value.trim().parse().map_err(|error: T::Err| ConfigError::Invalid {
-                name,
-                reason: format!("{value:?}: {error}"),
-            })
+            value
+                .trim()
+                .parse()
+                .map_err(|error: T::Err| ConfigError::Invalid {
+                    name,
+                    reason: format!("{value:?}: {error}"),
+                })
         })
         .transpose()
 }
@@ -133,14 +136,17 @@ mod tests {
         ));
         assert!(matches!(
             Config::from_lookup(env(&[("JWT_SECRET", "short")])),
-            Err(ConfigError::Invalid { name: "JWT_SECRET", .. })
+            Err(ConfigError::Invalid {
+                name: "JWT_SECRET",
+                ..
+            })
         ));
     }
 
     #[test]
     fn a_malformed_number_names_its_variable() {
-        let error = Config::from_lookup(env(&[("JWT_SECRET", SECRET), ("PORT", "eighty")]))
-            .unwrap_err();
+        let error =
+            Config::from_lookup(env(&[("JWT_SECRET", SECRET), ("PORT", "eighty")])).unwrap_err();
         assert!(error.to_string().starts_with("PORT: \"eighty\""), "{error}");
     }
 }

@@ -47,7 +47,9 @@ impl Email {
         }
         let labels: Vec<&str> = domain.split('.').collect();
         if labels.len() < 2 || labels.iter().any(|label| label.is_empty()) {
-            return Err(InvalidEmail("the domain needs a dot between non-empty labels"));
+            return Err(InvalidEmail(
+                "the domain needs a dot between non-empty labels",
+            ));
         }
         Ok(Self(text))
     }
@@ -324,7 +326,9 @@ async fn ensure_free(
     me: Option<&str>,
 ) -> Result<(), UserError> {
     match emails.holder(email).await {
-        Ok(Some(holder)) if Some(holder.as_str()) != me => Err(UserError::EmailTaken(email.clone())),
+        Ok(Some(holder)) if Some(holder.as_str()) != me => {
+            Err(UserError::EmailTaken(email.clone()))
+        }
         Ok(_) => Ok(()),
         Err(error) => Err(UserError::UniquenessUnavailable(error)),
     }
@@ -362,7 +366,16 @@ mod tests {
             Email::parse("  Ada@Example.COM ").unwrap().as_str(),
             "ada@example.com"
         );
-        for bad in ["", "ada", "@example.com", "ada@", "ada@example", "a b@x.io", "a@b@c.io", "a@x..io"] {
+        for bad in [
+            "",
+            "ada",
+            "@example.com",
+            "ada@",
+            "ada@example",
+            "a b@x.io",
+            "a@b@c.io",
+            "a@x..io",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} was accepted");
         }
     }

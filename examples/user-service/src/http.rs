@@ -28,8 +28,8 @@ use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use cqrs_core::problem::{AsProblem, Failure, Problem, Problems};
 use cqrs_core::{
-    Command, CommandError, Committed, DispatchError, DomainError, GlobalPosition, Metadata,
-    Query, QueryError, TraceParent,
+    Command, CommandError, Committed, DispatchError, DomainError, GlobalPosition, Metadata, Query,
+    QueryError, TraceParent,
 };
 use cqrs_postgres::subscription::{AfterPosition, ReadYourWritesError};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -87,10 +87,12 @@ impl IntoResponse for ProblemResponse {
             header::CONTENT_TYPE,
             HeaderValue::from_static(cqrs_core::problem::CONTENT_TYPE),
         );
-        if let Some(seconds) = self.0.retry_after_header() {
-            if let Ok(value) = HeaderValue::from_str(&seconds) {
-                headers.insert(header::RETRY_AFTER, value);
-            }
+        if let Some(value) = self
+            .0
+            .retry_after_header()
+            .and_then(|seconds| HeaderValue::from_str(&seconds).ok())
+        {
+            headers.insert(header::RETRY_AFTER, value);
         }
         if self.0.status == 401 {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -108,7 +110,13 @@ impl AppState {
         ProblemResponse(problem).into_response()
     }
 
-    fn http_problem(&self, status: u16, code: &str, title: &str, detail: impl Into<String>) -> Response {
+    fn http_problem(
+        &self,
+        status: u16,
+        code: &str,
+        title: &str,
+        detail: impl Into<String>,
+    ) -> Response {
         ProblemResponse(self.problems.http(status, code, title, detail)).into_response()
     }
 
@@ -142,7 +150,10 @@ fn parse_body<T: DeserializeOwned>(name: &'static str, body: &[u8]) -> Result<T,
     Ok(value)
 }
 
-fn parse_query<T: DeserializeOwned>(name: &'static str, query: Option<&str>) -> Result<T, DispatchError> {
+fn parse_query<T: DeserializeOwned>(
+    name: &'static str,
+    query: Option<&str>,
+) -> Result<T, DispatchError> {
     let deserializer =
         serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.unwrap_or("").as_bytes()));
     serde_path_to_error::deserialize(deserializer).map_err(|error| DispatchError::Malformed {
@@ -152,13 +163,13 @@ fn parse_query<T: DeserializeOwned>(name: &'static str, query: Option<&str>) -> 
     })
 }
 
-fn parse_id(state: &AppState, name: &'static str, id: &str) -> Result<Uuid, Response> {
+fn parse_id(state: &AppState, name: &'static str, id: &str) -> Result<Uuid, Box<Response>> {
     id.parse().map_err(|error: uuid::Error| {
-        state.fail(&DispatchError::Malformed {
+        Box::new(state.fail(&DispatchError::Malformed {
             name,
             path: "id".to_owned(),
             message: error.to_string(),
-        })
+        }))
     })
 }
 
@@ -210,6 +221,10 @@ impl Auth {
     }
 
     /// A token for `subject`, valid for `ttl` (expired `ttl` ago when `expired`).
+    ///
+    /// # Panics
+    ///
+    /// Never: HS256 signs any claims.
     pub fn token(&self, subject: &str, ttl: Duration, expired: bool) -> String {
         let now = jsonwebtoken::get_current_timestamp();
         let exp = if expired {
@@ -280,8 +295,9 @@ impl FromRequestParts<AppState> for Caller {
             // two users' keys never meet.
             metadata = metadata.with_idempotency_key(format!("{user}/{key}"));
         }
-        if let Some(traceparent) = header_text(&parts.headers, &HeaderName::from_static("traceparent"))
-            .and_then(|text| text.parse::<TraceParent>().ok())
+        if let Some(traceparent) =
+            header_text(&parts.headers, &HeaderName::from_static("traceparent"))
+                .and_then(|text| text.parse::<TraceParent>().ok())
         {
             metadata = metadata.with_traceparent(traceparent);
         }
@@ -369,7 +385,11 @@ fn user_id_for(metadata: &Metadata) -> Uuid {
     }
 }
 
-async fn create_user(State(state): State<AppState>, Caller(metadata): Caller, body: Bytes) -> Response {
+async fn create_user(
+    State(state): State<AppState>,
+    Caller(metadata): Caller,
+    body: Bytes,
+) -> Response {
     let body: CreateUserBody = match parse_body(RegisterUser::NAME, &body) {
         Ok(body) => body,
         Err(error) => return state.fail(&error),
@@ -394,7 +414,11 @@ async fn create_user(State(state): State<AppState>, Caller(metadata): Caller, bo
     }
 }
 
-fn written(state: &AppState, id: Uuid, outcome: Result<Committed, CommandError<UserError>>) -> Response {
+fn written(
+    state: &AppState,
+    id: Uuid,
+    outcome: Result<Committed, CommandError<UserError>>,
+) -> Response {
     match outcome {
         Ok(committed) => Json(Written::new(id, &committed)).into_response(),
         Err(error) => state.fail(&error),
@@ -409,7 +433,7 @@ async fn change_email(
 ) -> Response {
     let user_id = match parse_id(&state, ChangeEmail::NAME, &id) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let body: EmailBody = match parse_body(ChangeEmail::NAME, &body) {
         Ok(body) => body,
@@ -419,7 +443,11 @@ async fn change_email(
         user_id,
         email: body.email,
     };
-    written(&state, user_id, state.service.commands.execute_with(command, metadata).await)
+    written(
+        &state,
+        user_id,
+        state.service.commands.execute_with(command, metadata).await,
+    )
 }
 
 async fn rename(
@@ -430,7 +458,7 @@ async fn rename(
 ) -> Response {
     let user_id = match parse_id(&state, RenameUser::NAME, &id) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let body: NameBody = match parse_body(RenameUser::NAME, &body) {
         Ok(body) => body,
@@ -440,7 +468,11 @@ async fn rename(
         user_id,
         name: body.name,
     };
-    written(&state, user_id, state.service.commands.execute_with(command, metadata).await)
+    written(
+        &state,
+        user_id,
+        state.service.commands.execute_with(command, metadata).await,
+    )
 }
 
 async fn deactivate(
@@ -450,10 +482,14 @@ async fn deactivate(
 ) -> Response {
     let user_id = match parse_id(&state, DeactivateUser::NAME, &id) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let command = DeactivateUser { user_id };
-    written(&state, user_id, state.service.commands.execute_with(command, metadata).await)
+    written(
+        &state,
+        user_id,
+        state.service.commands.execute_with(command, metadata).await,
+    )
 }
 
 /// `POST /commands/{name}`: any command by its wire name, the body as the command's JSON.
@@ -482,7 +518,7 @@ async fn get_user(
 ) -> Response {
     let user_id = match parse_id(&state, GetUser::NAME, &id) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let params: ReadParams = match parse_query(GetUser::NAME, query.as_deref()) {
         Ok(params) => params,
@@ -494,12 +530,7 @@ async fn get_user(
             let waited = AfterPosition::new(GlobalPosition(after), query);
             state.service.queries.execute(waited).await
         }
-        None => state
-            .service
-            .queries
-            .execute(query)
-            .await
-            .map_err(lift),
+        None => state.service.queries.execute(query).await.map_err(lift),
     };
     match answer {
         Ok(user) => Json(user).into_response(),
@@ -526,12 +557,7 @@ async fn list_users(
             let waited = AfterPosition::new(GlobalPosition(after), query);
             state.service.queries.execute(waited).await
         }
-        None => state
-            .service
-            .queries
-            .execute(query)
-            .await
-            .map_err(lift),
+        None => state.service.queries.execute(query).await.map_err(lift),
     };
     match answer {
         Ok(page) => Json(page).into_response(),
@@ -559,7 +585,12 @@ async fn health() -> Response {
 
 async fn ready(State(state): State<AppState>) -> Response {
     if state.draining.load(Ordering::SeqCst) {
-        return state.http_problem(503, "shutting_down", "Shutting down", "the service is stopping");
+        return state.http_problem(
+            503,
+            "shutting_down",
+            "Shutting down",
+            "the service is stopping",
+        );
     }
     match state.service.ready().await {
         Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),
@@ -576,8 +607,17 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn not_found(State(state): State<AppState>, method: Method, uri: axum::http::Uri) -> Response {
-    state.http_problem(404, "not_found", "Not found", format!("no route for {method} {}", uri.path()))
+async fn not_found(
+    State(state): State<AppState>,
+    method: Method,
+    uri: axum::http::Uri,
+) -> Response {
+    state.http_problem(
+        404,
+        "not_found",
+        "Not found",
+        format!("no route for {method} {}", uri.path()),
+    )
 }
 
 /// Counts requests and times them per route, method and status.
@@ -613,7 +653,9 @@ async fn problem_bodies(State(state): State<AppState>, response: Response) -> Re
     let (code, title) = match status {
         StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "Payload too large"),
         StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "Method not allowed"),
-        StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => ("request_timeout", "Request timed out"),
+        StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => {
+            ("request_timeout", "Request timed out")
+        }
         StatusCode::NOT_FOUND => ("not_found", "Not found"),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "Unsupported media type"),
         _ => ("http_error", "HTTP error"),
@@ -622,7 +664,9 @@ async fn problem_bodies(State(state): State<AppState>, response: Response) -> Re
     let mut problem_response = state.http_problem(status.as_u16(), code, title, detail);
     for (name, value) in response.headers() {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-            problem_response.headers_mut().insert(name.clone(), value.clone());
+            problem_response
+                .headers_mut()
+                .insert(name.clone(), value.clone());
         }
     }
     problem_response
@@ -633,11 +677,18 @@ pub fn router(state: AppState, config: &Config) -> Router {
     let cors = match &config.cors_origins {
         None => CorsLayer::new().allow_origin(Any),
         Some(origins) => CorsLayer::new().allow_origin(AllowOrigin::list(
-            origins.iter().filter_map(|origin| HeaderValue::from_str(origin).ok()),
+            origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
         )),
     }
     .allow_methods([Method::GET, Method::POST, Method::PATCH])
-    .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, IDEMPOTENCY_KEY, REQUEST_ID])
+    .allow_headers([
+        header::AUTHORIZATION,
+        header::CONTENT_TYPE,
+        IDEMPOTENCY_KEY,
+        REQUEST_ID,
+    ])
     .expose_headers([header::LOCATION, REQUEST_ID, header::RETRY_AFTER]);
 
     Router::new()

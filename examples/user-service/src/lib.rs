@@ -52,6 +52,10 @@ use crate::wire::{Service, StartError};
 
 /// The process's Prometheus recorder: installed once, shared by every service the process
 /// starts (tests start several).
+///
+/// # Panics
+///
+/// If another metrics recorder was installed in the process first.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -99,7 +103,11 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
 }
 
 /// Serves `service` on `listener` until [`Running::shutdown`].
-pub fn serve(service: Service, listener: TcpListener, config: &Config) -> Result<Running, ServerError> {
+pub fn serve(
+    service: Service,
+    listener: TcpListener,
+    config: &Config,
+) -> Result<Running, ServerError> {
     let addr = listener.local_addr()?;
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {

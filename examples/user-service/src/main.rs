@@ -21,13 +21,20 @@ async fn main() -> Result<(), Box<dyn Error>> {
     if let Some(command) = args.next() {
         return match (command.as_str(), args.next()) {
             ("token", Some(user)) => {
-                println!("{}", Auth::new(&config.jwt_secret).token(&user, Duration::from_secs(3600), false));
+                println!(
+                    "{}",
+                    Auth::new(&config.jwt_secret).token(&user, Duration::from_secs(3600), false)
+                );
                 Ok(())
             }
             _ => Err("usage: user-service [token <user>]".into()),
         };
     }
-    let store = if config.database_url.is_some() { "PostgreSQL" } else { "in memory" };
+    let store = if config.database_url.is_some() {
+        "PostgreSQL"
+    } else {
+        "in memory"
+    };
     let running = user_service::start(config).await?;
     tracing::info!(addr = %running.addr(), store, "listening");
     shutdown_signal().await;
@@ -42,8 +49,9 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install the SIGTERM handler");
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("install the SIGTERM handler");
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}

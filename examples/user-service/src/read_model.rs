@@ -143,7 +143,10 @@ impl UsersInMemory {
 
 impl UsersInMemory {
     fn get(&self, id: Uuid) -> Result<UserView, DirectoryError> {
-        self.users.get(&id).cloned().ok_or(DirectoryError::NotFound(id))
+        self.users
+            .get(&id)
+            .cloned()
+            .ok_or(DirectoryError::NotFound(id))
     }
 
     fn list(&self, query: &ListUsers) -> UserPage {
@@ -253,8 +256,7 @@ pub enum Directory {
 }
 
 impl AnsweredQueries for Directory {
-    const NAMES: &'static [&'static str] =
-        &[<GetUser as Query>::NAME, <ListUsers as Query>::NAME];
+    const NAMES: &'static [&'static str] = &[<GetUser as Query>::NAME, <ListUsers as Query>::NAME];
 }
 
 fn view(row: &sqlx::postgres::PgRow) -> Result<UserView, sqlx::Error> {
@@ -273,10 +275,11 @@ impl HandlesQuery<GetUser> for Directory {
         match self {
             Directory::Memory(model) => model.read().await.get(query.user_id),
             Directory::Postgres(pool) => {
-                let row = sqlx::query("SELECT id, email, name, active FROM user_directory WHERE id = $1")
-                    .bind(query.user_id)
-                    .fetch_optional(pool)
-                    .await?;
+                let row =
+                    sqlx::query("SELECT id, email, name, active FROM user_directory WHERE id = $1")
+                        .bind(query.user_id)
+                        .fetch_optional(pool)
+                        .await?;
                 match row {
                     Some(row) => Ok(view(&row)?),
                     None => Err(DirectoryError::NotFound(query.user_id)),
