@@ -102,7 +102,7 @@ async fn measure(store: &str, base: &str, duration: Duration) {
     let counter = Arc::new(AtomicU64::new(0));
 
     for clients in CLIENTS {
-        let (ids, counter, client, token, base_owned) = (
+        let (ids, counter, http, token, base_owned) = (
             ids.clone(),
             counter.clone(),
             client.clone(),
@@ -118,7 +118,7 @@ async fn measure(store: &str, base: &str, duration: Duration) {
             ("POST", "/users"),
             move || {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
-                let request = client
+                let request = http
                     .post(format!("{base_owned}/users"))
                     .bearer_auth(&token)
                     .json(&json!({ "email": format!("load-{n}@example.com"), "name": "Load" }));
