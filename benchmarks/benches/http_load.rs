@@ -20,7 +20,7 @@
 //! cells with each other, not with another machine's.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cqrs_benchmarks::db::BenchDb;
@@ -114,7 +114,10 @@ async fn measure(store: &str, base: &str, duration: Duration) {
             &client,
             clients,
             duration,
-            ("cqrs_command_duration_seconds_sum", ("command", "user.register")),
+            (
+                "cqrs_command_duration_seconds_sum",
+                ("command", "user.register"),
+            ),
             ("POST", "/users"),
             move || {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
@@ -158,7 +161,7 @@ async fn measure(store: &str, base: &str, duration: Duration) {
     for clients in CLIENTS {
         let (ids, client_owned, token, base_owned) =
             (ids.clone(), client.clone(), token.clone(), base.to_owned());
-        let next = Arc::new(AtomicU64::new(0));
+        let next = Arc::new(AtomicUsize::new(0));
         let cell = cell(
             base,
             &client,
@@ -167,7 +170,7 @@ async fn measure(store: &str, base: &str, duration: Duration) {
             ("cqrs_query_duration_seconds_sum", ("query", "user.get")),
             ("GET", "/users/{id}"),
             move || {
-                let i = next.fetch_add(7919, Ordering::Relaxed) as usize % ids.len();
+                let i = next.fetch_add(7919, Ordering::Relaxed) % ids.len();
                 let request = client_owned
                     .get(format!("{base_owned}/users/{}", ids[i]))
                     .bearer_auth(&token);
@@ -263,8 +266,9 @@ fn sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+/// The `permille`-th per mille of `sorted` (nearest rank).
+fn percentile(sorted: &[Duration], permille: usize) -> Duration {
+    let rank = ((sorted.len() - 1) * permille + 500) / 1000;
     sorted[rank.min(sorted.len() - 1)]
 }
 
@@ -276,9 +280,9 @@ fn report(store: &str, request: &str, clients: usize, cell: &Cell) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
         "{store:<9} {request:<18} {clients:>7} {:>9.0} {:>9.3} {:>9.3} {:>9.0}% {:>9.0}%",
-        count as f64 / cell.elapsed.as_secs_f64(),
-        ms(percentile(&sorted, 0.50)),
-        ms(percentile(&sorted, 0.99)),
+        f64::from(u32::try_from(count).unwrap_or(u32::MAX)) / cell.elapsed.as_secs_f64(),
+        ms(percentile(&sorted, 500)),
+        ms(percentile(&sorted, 990)),
         100.0 * cell.bus_seconds / cell.server_seconds,
         100.0 * cell.bus_seconds / client_seconds,
     );
