@@ -6,7 +6,7 @@
 //! user, [`Metadata::user_id`]), and turns the `Idempotency-Key`, `X-Request-Id` and
 //! `traceparent` headers into the command's [`Metadata`]. Then it calls the buses, and maps
 //! what they return: a commit to 200/201, a failure through the framework's
-//! [`Problems`](cqrs_core::problem::Problems) to a status and a problem body. Everything
+//! [`Problems`] to a status and a problem body. Everything
 //! between (validation, the aggregate, unique keys, idempotency, the store, metrics of each
 //! command) is the framework's.
 //!

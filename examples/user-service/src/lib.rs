@@ -5,7 +5,7 @@
 //!   keys;
 //! - [`read_model`]: the user directory (one user, pages with the total count), in memory or
 //!   in a PostgreSQL table fed by a durable subscription;
-//! - [`wire`]: the buses and the read model's feed, one [`Service`](wire::Service) type for
+//! - [`wire`]: the buses and the read model's feed, one [`Service`] type for
 //!   both stores;
 //! - [`http`]: the axum routes, JWT authentication, `tower-http` layers and failures as
 //!   `application/problem+json`;
