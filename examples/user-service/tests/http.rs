@@ -618,3 +618,51 @@ async fn the_directory_on_postgres_resumes_after_a_restart_without_applying_twic
     .await;
     assert_eq!(status, StatusCode::CONFLICT);
 }
+
+/// A request in flight when shutdown begins is finished and answered; only then does the
+/// server stop. The request's body arrives in two parts, shutdown starting in between.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_finishes_the_requests_in_flight() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut server = TestServer::start(Store::Memory).await;
+    let body = json!({ "email": "late@example.com", "name": "Late" }).to_string();
+    let (first, second) = body.split_at(10);
+    let mut stream = tokio::net::TcpStream::connect(server.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /users HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        server.token("alice"),
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(first.as_bytes()).await.unwrap();
+    stream.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let health = server.url("/health");
+    let running = server.running.take().unwrap();
+    let store = running.service().store.clone();
+    let shutdown = tokio::spawn(running.shutdown());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown did not wait for the request in flight"
+    );
+    // No new connections are taken meanwhile.
+    assert!(server.client.get(health).send().await.is_err());
+
+    stream.write_all(second.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    shutdown.await.unwrap().expect("a clean shutdown");
+    let events = store
+        .read_all_from(cqrs_core::GlobalPosition::START, 10)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+}

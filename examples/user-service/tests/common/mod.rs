@@ -95,7 +95,7 @@ pub enum Store {
 
 /// The service, listening on loopback, and a client for it.
 pub struct TestServer {
-    running: Option<Running>,
+    pub running: Option<Running>,
     pub base: String,
     pub client: reqwest::Client,
     pub auth: Auth,
