@@ -4,13 +4,24 @@
 //! <user>` prints a bearer token for `<user>`, valid for an hour, signed with `JWT_SECRET`.
 
 use std::error::Error;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use user_service::config::Config;
 use user_service::http::Auth;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn Error>> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
