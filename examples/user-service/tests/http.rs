@@ -666,3 +666,71 @@ async fn shutdown_finishes_the_requests_in_flight() {
         .unwrap();
     assert_eq!(events.len(), 1);
 }
+
+/// A request that outlasts `REQUEST_TIMEOUT_MS` (here: its body never finishes) is answered
+/// 504 with a problem, and writes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_over_the_time_limit_is_a_504_problem() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut config = user_service::config::Config::for_tests(common::SECRET);
+    config.request_timeout = Duration::from_millis(300);
+    let server = TestServer::on(None, config).await;
+    let mut stream = tokio::net::TcpStream::connect(server.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /users HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{{\"email\"",
+        server.token("alice"),
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("answered within the limit")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 504"), "{response}");
+    assert!(response.contains("application/problem+json"), "{response}");
+    assert!(
+        response.contains("\"code\":\"request_timeout\""),
+        "{response}"
+    );
+    assert!(server.events().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cors_allows_the_configured_origins_only() {
+    let preflight = |server: &TestServer, origin: &'static str| {
+        server
+            .client
+            .request(Method::OPTIONS, server.url("/users"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,idempotency-key",
+            )
+            .send()
+    };
+    let open = TestServer::start(Store::Memory).await;
+    let response = preflight(&open, "https://anywhere.example").await.unwrap();
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+
+    let mut config = user_service::config::Config::for_tests(common::SECRET);
+    config.cors_origins = Some(vec!["https://app.example".to_owned()]);
+    let closed = TestServer::on(None, config).await;
+    let response = preflight(&closed, "https://app.example").await.unwrap();
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let response = preflight(&closed, "https://evil.example").await.unwrap();
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
