@@ -567,6 +567,28 @@ async fn operations(store: Store) {
         .unwrap();
     assert_eq!(response.headers()["x-request-id"], "req-42");
 
+    // On PostgreSQL, readiness includes the directory's subscription: stopped, not ready.
+    if store == Store::Postgres {
+        server
+            .service()
+            .stop()
+            .await
+            .expect("the subscription stops");
+        let (status, body) = problem(
+            server
+                .client
+                .get(server.url("/ready"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("not_ready"))
+        );
+    }
+
     // After a graceful shutdown nothing is listening any more.
     let url = server.url("/health");
     server.shutdown().await;
