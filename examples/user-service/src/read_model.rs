@@ -39,7 +39,8 @@ pub struct UserView {
     pub active: bool,
 }
 
-/// One page of users, in id order (ids are UUID v7: registration order).
+/// One page of users, in id order: registration order for the UUID v7 ids the service
+/// assigns, except users created under an idempotency key (their id is derived from it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserPage {
     /// The users of this page.
