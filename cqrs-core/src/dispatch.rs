@@ -32,6 +32,9 @@
 //! # let _ = status;
 //! ```
 //!
+//! [`problem::Problems`](crate::problem::Problems) does this mapping for every kind, with an
+//! RFC 9457 body, the same for the typed and the JSON path.
+//!
 //! Dispatchers are cheap to clone: the bus and the name table are shared.
 
 use std::collections::HashMap;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::{
     Aggregate, Command, EventDecodeError, ExpectedVersion, HandlesQuery, Query, StoreError,
+    TransientReason,
 };
 
 /// What kind of failure a framework error is, with a stable machine-readable [`code`].
@@ -303,6 +304,10 @@ pub enum CommandError<E> {
         command: &'static str,
         /// The configured limit.
         after: Duration,
+        /// The command's idempotency key, when it had one: the command may still have
+        /// committed, and [`CommandBus::outcome_of`](crate::CommandBus::outcome_of) with this
+        /// key tells.
+        idempotency_key: Option<String>,
     },
     /// A stored event of the aggregate's stream could not be decoded.
     #[error("cannot decode event {stream}@{version}: {source}")]
@@ -377,6 +382,24 @@ pub enum CommandError<E> {
         /// The last attempt's error.
         #[source]
         last: StoreError,
+        /// The command's idempotency key, when it had one: an attempt whose connection was
+        /// lost may have committed, and
+        /// [`CommandBus::outcome_of`](crate::CommandBus::outcome_of) with this key tells.
+        idempotency_key: Option<String>,
+    },
+    /// The store lost its connection during the append of a command with an idempotency
+    /// key, so the append may or may not have committed: ask
+    /// [`CommandBus::outcome_of`](crate::CommandBus::outcome_of) with the key, or execute the
+    /// key again (it runs at most once). A command without a key gets
+    /// [`Store`](Self::Store) for the same failure. Its kind is the store error's
+    /// ([`ErrorKind::Transient`]).
+    #[error("outcome of the command with idempotency key {idempotency_key:?} is unknown: {source}")]
+    OutcomeUnknown {
+        /// The command's idempotency key.
+        idempotency_key: String,
+        /// The store's failure.
+        #[source]
+        source: StoreError,
     },
     /// A circuit breaker is open; nothing was loaded or written.
     #[error(transparent)]
@@ -390,36 +413,6 @@ pub enum CommandError<E> {
     /// The authorization policy denied the command; nothing was loaded or written.
     #[error(transparent)]
     Forbidden(Forbidden),
-    /// A command with an idempotency key failed for a reason that leaves its outcome open or
-    /// may pass (a timeout, a store failure, a conflict, a refusal, ...): the error, with the
-    /// key, so that the caller can ask [`CommandBus::outcome_of`](crate::CommandBus::outcome_of)
-    /// what happened or execute the key again. Displays, sources and classifies
-    /// ([`kind`](Self::kind)) as the error it carries; match on [`unkeyed`](Self::unkeyed).
-    /// See [`idempotency_key`](Self::idempotency_key).
-    #[error(transparent)]
-    Keyed(Box<KeyedError<E>>),
-}
-
-/// The error of a command with an idempotency key, and the key
-/// ([`CommandError::Keyed`]).
-#[derive(Debug)]
-pub struct KeyedError<E> {
-    /// The command's idempotency key.
-    pub key: String,
-    /// The error.
-    pub error: CommandError<E>,
-}
-
-impl<E: fmt::Display> fmt::Display for KeyedError<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.error, f)
-    }
-}
-
-impl<E: std::error::Error + 'static> std::error::Error for KeyedError<E> {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.error.source()
-    }
 }
 
 impl<E> From<StoreError> for CommandError<E> {
@@ -452,14 +445,15 @@ impl<E> CommandError<E> {
     /// What kind of failure this is; see [`ErrorKind`] for the stable codes.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            CommandError::Keyed(keyed) => keyed.error.kind(),
             CommandError::Rejected(_) | CommandError::AlreadyRejected { .. } => ErrorKind::Rejected,
             CommandError::Invalid(_) => ErrorKind::Validation,
             CommandError::Conflict { .. } => ErrorKind::Conflict,
             CommandError::Timeout { .. } => ErrorKind::Timeout,
             CommandError::Decode { .. } => ErrorKind::EventDecode,
             CommandError::Serialize(_) => ErrorKind::Serialize,
-            CommandError::Store(error) => error.kind(),
+            CommandError::Store(error) | CommandError::OutcomeUnknown { source: error, .. } => {
+                error.kind()
+            }
             CommandError::Refused { .. } => ErrorKind::Refused,
             CommandError::UniqueKeyTaken { .. } => ErrorKind::UniqueKeyTaken,
             CommandError::IdempotencyKeyReused { .. } => ErrorKind::IdempotencyKeyReused,
@@ -487,81 +481,92 @@ impl<E> CommandError<E> {
 
     /// Whether retrying the same command after reloading could succeed.
     pub fn is_conflict(&self) -> bool {
-        matches!(self.unkeyed(), CommandError::Conflict { .. })
+        matches!(self, CommandError::Conflict { .. })
     }
 
     /// The domain error, if the aggregate rejected the command.
     pub fn rejection(&self) -> Option<&E> {
-        match self.unkeyed() {
+        match self {
             CommandError::Rejected(e) => Some(e),
             _ => None,
         }
     }
 
-    /// The idempotency key of the command that failed, when it had one (from its field or
-    /// the caller's metadata): ask [`CommandBus::outcome_of`](crate::CommandBus::outcome_of)
-    /// with it what became of a command whose reply was lost to a timeout or a dropped
-    /// connection.
-    ///
-    /// The bus sets it on every error of a keyed command that leaves the outcome open or
-    /// may pass, as [`CommandError::Keyed`]: a timeout, a store failure, a conflict, retries
-    /// exhausted, a refusal by a middleware (open circuit, rate or concurrency limit,
-    /// authorization), an event that cannot be decoded or serialized. The errors whose
-    /// outcome is settled keep their own variant, so that a `match` on them works alike with
-    /// and without a key: [`AlreadyRejected`](Self::AlreadyRejected) and
-    /// [`IdempotencyKeyReused`](Self::IdempotencyKeyReused) carry the key themselves, while
-    /// [`Rejected`](Self::Rejected) (recorded under the key), [`Invalid`](Self::Invalid),
-    /// [`UniqueKeyTaken`](Self::UniqueKeyTaken), [`NotIdempotent`](Self::NotIdempotent) and
-    /// the store's refusals of kind [`Unsupported`](ErrorKind::Unsupported) or
-    /// [`InvalidStreamId`](ErrorKind::InvalidStreamId) (the same call fails the same way
-    /// every time) have none here.
-    pub fn idempotency_key(&self) -> Option<&str> {
+    /// How long to wait before trying again, when a rate limit or an open circuit refused
+    /// the command.
+    pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            CommandError::Keyed(keyed) => Some(&keyed.key),
-            CommandError::AlreadyRejected { key, .. }
-            | CommandError::IdempotencyKeyReused { key, .. } => Some(key),
+            CommandError::RateLimited(limited) => Some(limited.retry_after),
+            CommandError::CircuitOpen(open) => Some(open.retry_after),
             _ => None,
         }
     }
 
-    /// The error without the idempotency key of [`CommandError::Keyed`]; other errors as
-    /// they are. Match on this one.
-    pub fn unkeyed(&self) -> &CommandError<E> {
+    /// The idempotency key the failure concerns: reused with another body, a replayed
+    /// rejection, or a failure that leaves the outcome of a keyed command open
+    /// ([`Timeout`](Self::Timeout), [`RetriesExhausted`](Self::RetriesExhausted),
+    /// [`OutcomeUnknown`](Self::OutcomeUnknown)), for which the caller asks
+    /// [`CommandBus::outcome_of`](crate::CommandBus::outcome_of) what happened.
+    ///
+    /// Failures whose outcome is settled (nothing ran or nothing was written: a rejection,
+    /// invalid input, a refusal by a middleware, a conflict) name no key: trying the same
+    /// key again simply runs the command.
+    pub fn idempotency_key(&self) -> Option<&str> {
         match self {
-            CommandError::Keyed(keyed) => &keyed.error,
-            other => other,
+            CommandError::IdempotencyKeyReused { key, .. }
+            | CommandError::AlreadyRejected { key, .. }
+            | CommandError::Store(StoreError::IdempotencyKeyTaken { key, .. })
+            | CommandError::OutcomeUnknown {
+                idempotency_key: key,
+                ..
+            }
+            | CommandError::Timeout {
+                idempotency_key: Some(key),
+                ..
+            }
+            | CommandError::RetriesExhausted {
+                idempotency_key: Some(key),
+                ..
+            } => Some(key),
+            _ => None,
         }
     }
 
-    /// [`unkeyed`](Self::unkeyed), by value.
-    #[must_use]
-    pub fn into_unkeyed(self) -> CommandError<E> {
-        match self {
-            CommandError::Keyed(keyed) => keyed.error,
-            other => other,
-        }
-    }
-
-    /// Attaches the idempotency key of the command to an error that leaves its outcome
-    /// open or may pass; the command's own outcomes are returned as they are (see
-    /// [`idempotency_key`](Self::idempotency_key)).
+    /// Names the idempotency key of the command in the failures that leave its outcome open
+    /// (see [`idempotency_key`](Self::idempotency_key)); other failures are returned as
+    /// they are. The key is a field of those variants rather than a wrapper around the
+    /// error, so that a `match` on a variant works alike with and without a key.
     pub(crate) fn with_idempotency_key(self, key: &str) -> Self {
-        let settled = matches!(
-            self.kind(),
-            ErrorKind::Rejected
-                | ErrorKind::Validation
-                | ErrorKind::UniqueKeyTaken
-                | ErrorKind::IdempotencyKeyReused
-                | ErrorKind::Unsupported
-                | ErrorKind::InvalidStreamId
-        );
-        if settled || matches!(self, CommandError::Keyed(_)) {
-            return self;
+        match self {
+            CommandError::Timeout {
+                command,
+                after,
+                idempotency_key: None,
+            } => CommandError::Timeout {
+                command,
+                after,
+                idempotency_key: Some(key.to_owned()),
+            },
+            CommandError::RetriesExhausted {
+                attempts,
+                last,
+                idempotency_key: None,
+            } => CommandError::RetriesExhausted {
+                attempts,
+                last,
+                idempotency_key: Some(key.to_owned()),
+            },
+            CommandError::Store(
+                source @ StoreError::Transient {
+                    reason: TransientReason::ConnectionLost,
+                    ..
+                },
+            ) => CommandError::OutcomeUnknown {
+                idempotency_key: key.to_owned(),
+                source,
+            },
+            other => other,
         }
-        CommandError::Keyed(Box::new(KeyedError {
-            key: key.to_owned(),
-            error: self,
-        }))
     }
 }
 
@@ -639,6 +644,16 @@ impl<E> QueryError<E> {
     {
         self.handler_error().map(DomainError::code)
     }
+
+    /// How long to wait before trying again, when a rate limit or an open circuit refused
+    /// the query.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            QueryError::RateLimited(limited) => Some(limited.retry_after),
+            QueryError::CircuitOpen(open) => Some(open.retry_after),
+            _ => None,
+        }
+    }
 }
 
 impl StoreError {
@@ -702,6 +717,9 @@ pub enum DispatchError {
         message: String,
         /// The invalid fields, when the kind is [`ErrorKind::Validation`].
         validation: Option<ValidationErrors>,
+        /// When to try again and with which idempotency key, when the failure says
+        /// (boxed: most failures have none, and the error stays small).
+        hints: Option<Box<RetryHints>>,
         /// The typed error ([`CommandError`] or [`QueryError`]), for logs and error chains.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -751,6 +769,27 @@ impl DispatchError {
         }
     }
 
+    /// How long to wait before trying again, when a rate limit or an open circuit refused
+    /// the command or query.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            DispatchError::Failed {
+                hints: Some(hints), ..
+            } => hints.retry_after,
+            _ => None,
+        }
+    }
+
+    /// The idempotency key the failure concerns, when there is one.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        match self {
+            DispatchError::Failed {
+                hints: Some(hints), ..
+            } => hints.idempotency_key.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The failure of command `C` as the dispatcher reports it.
     pub(crate) fn command<C: Command>(error: CommandError<AggregateError<C>>) -> Self {
         let domain_code = error
@@ -771,6 +810,7 @@ impl DispatchError {
             domain_code,
             message,
             validation,
+            hints: RetryHints::of(error.retry_after(), error.idempotency_key()),
             source: Box::new(error),
         }
     }
@@ -792,8 +832,32 @@ impl DispatchError {
             domain_code,
             message,
             validation,
+            hints: RetryHints::of(error.retry_after(), None),
             source: Box::new(error),
         }
+    }
+}
+
+/// What a failed command or query says about trying again: how long to wait (a rate limit,
+/// an open circuit) and the idempotency key concerned (reused with another body, a replayed
+/// rejection). Read them with [`DispatchError::retry_after`] and
+/// [`DispatchError::idempotency_key`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RetryHints {
+    /// How long to wait before trying again.
+    pub retry_after: Option<Duration>,
+    /// The idempotency key the failure concerns.
+    pub idempotency_key: Option<String>,
+}
+
+impl RetryHints {
+    fn of(retry_after: Option<Duration>, idempotency_key: Option<&str>) -> Option<Box<Self>> {
+        (retry_after.is_some() || idempotency_key.is_some()).then(|| {
+            Box::new(Self {
+                retry_after,
+                idempotency_key: idempotency_key.map(str::to_owned),
+            })
+        })
     }
 }
 

@@ -33,10 +33,10 @@
 //!   with [`CommandBus::outcome_of`](crate::CommandBus::outcome_of), or simply executes the
 //!   same key again. The error names the key
 //!   ([`CommandError::idempotency_key`](crate::CommandError::idempotency_key)), also where it
-//!   came from the caller's metadata: every failure that leaves the outcome open (a timeout,
-//!   a store failure, a conflict, a refusal by a middleware) comes as
-//!   [`CommandError::Keyed`](crate::CommandError::Keyed), which classifies and displays as
-//!   the error it carries; match on [`CommandError::unkeyed`](crate::CommandError::unkeyed).
+//!   came from the caller's metadata, on every failure that leaves the outcome open: a
+//!   [`Timeout`](crate::CommandError::Timeout), retries given up
+//!   ([`RetriesExhausted`](crate::CommandError::RetriesExhausted)), a connection lost
+//!   during the append ([`OutcomeUnknown`](crate::CommandError::OutcomeUnknown)).
 //! - **Retention.** Records stay until purged:
 //!   [`CommandBus::purge_idempotency_keys`](crate::CommandBus::purge_idempotency_keys)
 //!   deletes those older than the bus's retention

@@ -169,6 +169,7 @@ pub mod idempotency;
 pub mod list;
 mod metadata;
 pub mod middleware;
+pub mod problem;
 mod projection;
 mod query;
 mod repository;
@@ -188,7 +189,7 @@ pub use aggregate::{Aggregate, aggregate_id, stream_id};
 pub use bus::{CommandBus, CommandBusBuilder, HandlerError, QueryBus, QueryBusBuilder};
 pub use command::{Command, CommandContext, Committed, Handles};
 pub use dispatch::{CommandDispatcher, DispatchCommands, DispatchQueries, QueryDispatcher};
-pub use error::KeyedError;
+pub use error::RetryHints;
 pub use error::{CircuitOpen, ConcurrencyLimited, Forbidden, RateLimited};
 pub use error::{
     CommandError, DispatchError, DomainError, DuplicateName, ErrorKind, FieldError, QueryError,

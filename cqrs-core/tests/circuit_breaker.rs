@@ -284,7 +284,8 @@ fn which_failures_trip_a_circuit() {
     assert!(
         E::Timeout {
             command: "c",
-            after: Duration::ZERO
+            after: Duration::ZERO,
+            idempotency_key: None,
         }
         .trips_circuit()
     );

@@ -553,7 +553,11 @@ async fn the_timeout_middleware_stops_slow_commands() {
         })
         .await
     {
-        Err(CommandError::Timeout { command, after }) => {
+        Err(CommandError::Timeout {
+            command,
+            after,
+            idempotency_key: None,
+        }) => {
             assert_eq!(command, "account.slow_deposit");
             assert_eq!(after, Duration::from_millis(20));
         }

@@ -65,10 +65,16 @@ async fn the_policy_gives_up_after_its_attempts_with_the_last_error() {
     let store = Flaky::new(10, Failure::Transient(TransientReason::Deadlock));
     let bus = bus_on(&store, fast(3)).await;
     let error = bus.execute(Deposit { id: 1, amount: 5 }).await.unwrap_err();
-    let CommandError::RetriesExhausted { attempts, last } = &error else {
+    let CommandError::RetriesExhausted {
+        attempts,
+        last,
+        idempotency_key,
+    } = &error
+    else {
         panic!("expected exhaustion, got {error:?}");
     };
     assert_eq!(*attempts, 3);
+    assert_eq!(*idempotency_key, None, "the command has no key");
     assert!(matches!(
         last,
         StoreError::Transient {

@@ -25,7 +25,9 @@ impl<E> TripsCircuit for CommandError<E> {
     fn trips_circuit(&self) -> bool {
         match self {
             CommandError::Timeout { .. } => true,
-            CommandError::Store(error) => error.trips_circuit(),
+            CommandError::Store(error) | CommandError::OutcomeUnknown { source: error, .. } => {
+                error.trips_circuit()
+            }
             _ => false,
         }
     }

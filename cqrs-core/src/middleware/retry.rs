@@ -154,7 +154,11 @@ impl Retry {
             let last = retryable(error, idempotent)?;
             let wait = self.backoff(attempts);
             if attempts >= self.max_attempts || started.elapsed() + wait > self.max_elapsed {
-                return Err(CommandError::RetriesExhausted { attempts, last });
+                return Err(CommandError::RetriesExhausted {
+                    attempts,
+                    last,
+                    idempotency_key: None,
+                });
             }
             tracing::debug!(attempts, error = %last, ?wait, "retrying command");
             tokio::time::sleep(wait).await;

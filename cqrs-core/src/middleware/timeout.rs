@@ -32,6 +32,7 @@ impl CommandMiddleware for Timeout {
             .unwrap_or(Err(CommandError::Timeout {
                 command: C::NAME,
                 after: self.limit,
+                idempotency_key: None,
             }))
     }
 }
