@@ -119,8 +119,10 @@ pub const TEMPLATES: &[Template] = &[
         files: example_files!("bank-account":
             "src/lib.rs",
             "src/main.rs",
+            "src/bin/bank-nats.rs",
             "src/domain.rs",
             "src/read_model.rs",
+            "src/report.rs",
             "src/wire.rs",
             "tests/account.rs",
             "tests/postgres.rs",
@@ -134,7 +136,7 @@ pub const TEMPLATES: &[Template] = &[
 const WORKSPACE_MANIFEST: &str = include_str!("../../Cargo.toml");
 
 /// The framework's crates, which the new service depends on by path or version.
-const FRAMEWORK_CRATES: &[&str] = &["cqrs-core", "cqrs-macros", "cqrs-postgres"];
+const FRAMEWORK_CRATES: &[&str] = &["cqrs-core", "cqrs-macros", "cqrs-postgres", "cqrs-nats"];
 
 /// The template called `name`.
 pub fn template(name: &str) -> Option<&'static Template> {
