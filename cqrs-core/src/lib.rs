@@ -135,7 +135,7 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `macros` | yes | re-exports `#[derive(Command, Query, Event)]`, `#[aggregate]`, `#[projection]` |
+//! | `macros` | yes | re-exports `#[derive(Command, Query, Event)]`, `#[aggregate]`, `#[projection]`, `#[saga]` |
 //! | `validator` | no | `#[command(validate)]` / `#[query(validate)]` run `validator::Validate` before every command or query is handled (where the [`middleware::Validation`] layer stands, or last when the bus has none) and in the test [`testing::Fixture`] |
 //! | `testing` | no | `testing::conformance`: the checks every [`EventStore`] must pass |
 //! | `metrics` | no | `middleware::Metrics` and `middleware::EventMetrics`: counters, latency histograms and in-flight gauges per command and query through the `metrics` facade (the one most Rust exporters implement) |
@@ -166,6 +166,7 @@ pub mod middleware;
 mod projection;
 mod query;
 mod repository;
+pub mod saga;
 pub mod store;
 pub mod testing;
 pub mod trace_context;
@@ -202,7 +203,7 @@ pub use trace_context::{TraceParent, TraceParentError};
 pub use unique::{KeyChange, KeyChanges, UniqueKey, UniqueKeys};
 
 #[cfg(feature = "macros")]
-pub use cqrs_macros::{Command, Event, Query, aggregate, projection};
+pub use cqrs_macros::{Command, Event, Query, aggregate, projection, saga};
 
 /// The `serde` this crate is built with. A domain crate that does not depend on `serde`
 /// itself points serde's derives here: `#[serde(crate = "cqrs_core::serde")]` next to
@@ -229,7 +230,7 @@ pub mod prelude {
         QueryBus, QueryError, ReadModel, RecordedEvent,
     };
     #[cfg(feature = "macros")]
-    pub use cqrs_macros::{aggregate, projection};
+    pub use cqrs_macros::{aggregate, projection, saga};
     pub use serde::{Deserialize, Serialize};
     pub use uuid::Uuid;
 }
