@@ -127,9 +127,11 @@ impl<S: Saga> InMemorySagaRunner<S> {
         loop {
             let before = handled;
             handled += self.read_events(&mut state).await?;
-            handled += self.send_commands(&mut state).await?;
+            let (sent, failed) = self.send_commands(&mut state).await?;
+            handled += failed;
             handled += self.fire_deadlines(&mut state).await?;
-            if handled == before {
+            // Commands sent produce events to read: go round again.
+            if handled == before && sent == 0 {
                 return Ok(handled);
             }
         }
@@ -163,8 +165,11 @@ impl<S: Saga> InMemorySagaRunner<S> {
         }
     }
 
-    async fn send_commands(&self, state: &mut State) -> Result<usize, SagaRunError> {
+    /// Sends the due commands; returns how many were executed and how many failures were
+    /// handed back.
+    async fn send_commands(&self, state: &mut State) -> Result<(usize, usize), SagaRunError> {
         let mut handled = 0;
+        let mut sent = 0;
         let mut later = VecDeque::new();
         while let Some(mut pending) = state.outbox.pop_front() {
             let now = self.inner.options.clock.now();
@@ -173,7 +178,7 @@ impl<S: Saga> InMemorySagaRunner<S> {
                 continue;
             }
             match self.inner.sender.send(S::NAME, &pending.command).await {
-                Ok(_) => {}
+                Ok(_) => sent += 1,
                 Err(failure) if failure.is_transient() => {
                     pending.attempts += 1;
                     tracing::warn!(
@@ -197,7 +202,7 @@ impl<S: Saga> InMemorySagaRunner<S> {
             }
         }
         state.outbox = later;
-        Ok(handled)
+        Ok((sent, handled))
     }
 
     async fn fire_deadlines(&self, state: &mut State) -> Result<usize, SagaRunError> {
