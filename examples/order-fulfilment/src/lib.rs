@@ -14,7 +14,7 @@
 //!     .execute(PlaceOrder { order_id: 1, sku: "tea".into(), quantity: 2, cents: 900, card: "4242".into() })
 //!     .await
 //!     .unwrap();
-//! shop.memory().unwrap().run_until_idle().await.unwrap();
+//! shop.settle().await.unwrap();
 //! assert_eq!(shop.order_status(1).await, "confirmed");
 //! # }
 //! ```

@@ -1,50 +1,114 @@
-//! The bus and the saga runner, on memory.
+//! The bus and the saga runner, on memory or on PostgreSQL.
 
-use cqrs_core::saga::{InMemorySagaRunner, SagaOptions};
-use cqrs_core::{CommandBus, CommandBusOf, InMemoryEventStore, Repository};
+use std::time::Duration;
+
+use cqrs_core::saga::{InMemorySagaRunner, SagaInstance, SagaOptions};
+use cqrs_core::{CommandBus, CommandBusBuilder, CommandBusOf, InMemoryEventStore};
+use cqrs_postgres::PostgresEventStore;
+use cqrs_postgres::saga::{SagaAdmin, SagaHandle, SagaRunner};
+use sqlx::PgPool;
 
 use crate::domain::{Inventory, Order, OrderEvent, Payment};
 use crate::saga::OrderFulfilment;
 
-/// The command bus of the shop.
+/// The command bus of the shop: the same type on both stores.
 pub type Bus = CommandBusOf![Order, Inventory, Payment];
+
+/// How the saga runs.
+enum Runner {
+    Memory(InMemorySagaRunner<OrderFulfilment>),
+    Postgres {
+        handle: SagaHandle,
+        admin: SagaAdmin<OrderFulfilment>,
+    },
+}
 
 /// The shop: its bus and its saga runner.
 pub struct Shop {
     /// The command bus.
     pub bus: Bus,
-    runner: InMemorySagaRunner<OrderFulfilment>,
+    runner: Runner,
+}
+
+/// Registers the three aggregates.
+pub fn bus(builder: CommandBusBuilder<(), ()>) -> Bus {
+    builder
+        .aggregate::<Order>(())
+        .aggregate::<Inventory>(())
+        .aggregate::<Payment>(())
+        .build()
 }
 
 impl Shop {
     /// The shop on the in-memory store.
     pub fn in_memory(options: SagaOptions) -> Self {
-        let bus = Self::bus(CommandBus::builder(InMemoryEventStore::new()));
+        let bus = bus(CommandBus::builder(InMemoryEventStore::new()));
         let runner = InMemorySagaRunner::with_options(&bus, options);
-        Self { bus, runner }
+        Self {
+            bus,
+            runner: Runner::Memory(runner),
+        }
     }
 
-    /// Registers the three aggregates.
-    pub fn bus(builder: cqrs_core::CommandBusBuilder<(), ()>) -> Bus {
-        builder
-            .aggregate::<Order>(())
-            .aggregate::<Inventory>(())
-            .aggregate::<Payment>(())
-            .build()
+    /// The shop on the PostgreSQL database at `url` (migrated if needed), its saga running
+    /// in the background.
+    pub async fn postgres(
+        url: &str,
+        options: SagaOptions,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        let pool = PgPool::connect(url).await?;
+        Self::on_pool(&pool, options).await
     }
 
-    /// Runs the saga until nothing is left to do: every event handled, every command sent,
-    /// every due deadline fired.
-    pub async fn settle(&self) -> Result<(), cqrs_core::saga::SagaRunError> {
-        self.runner.run_until_idle().await.map(|_| ())
+    /// The shop on `pool`'s database (migrated if needed).
+    pub async fn on_pool(
+        pool: &PgPool,
+        options: SagaOptions,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        PostgresEventStore::migrate(pool).await?;
+        let bus = bus(CommandBus::builder(PostgresEventStore::new(pool.clone())));
+        let handle = SagaRunner::<OrderFulfilment>::new(pool, &bus)
+            .options(options.clone())
+            .lead_retry(Duration::from_millis(50))
+            .start()
+            .await?;
+        let admin = SagaAdmin::new(pool.clone()).with_options(options);
+        Ok(Self {
+            bus,
+            runner: Runner::Postgres { handle, admin },
+        })
+    }
+
+    /// Waits until the saga has nothing left to do: every event handled, every command
+    /// sent, every due deadline fired.
+    pub async fn settle(&self) -> Result<(), Box<dyn std::error::Error>> {
+        match &self.runner {
+            Runner::Memory(runner) => {
+                runner.run_until_idle().await?;
+            }
+            Runner::Postgres { admin, .. } => {
+                if !admin.wait_idle(Duration::from_secs(30)).await? {
+                    return Err("the saga did not settle within 30 s".into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The saga instance of an order.
+    pub async fn instance(&self, order_id: u64) -> Option<SagaInstance<OrderFulfilment>> {
+        let key = order_id.to_string();
+        match &self.runner {
+            Runner::Memory(runner) => runner.instance(&key).await,
+            Runner::Postgres { admin, .. } => admin.instance(&key).await.ok().flatten(),
+        }
     }
 
     /// Stops the saga runner.
-    pub async fn stop(self) {}
-
-    /// The in-memory runner.
-    pub fn memory(&self) -> Option<&InMemorySagaRunner<OrderFulfilment>> {
-        Some(&self.runner)
+    pub async fn stop(self) {
+        if let Runner::Postgres { handle, .. } = self.runner {
+            handle.shutdown().await;
+        }
     }
 
     /// `placed`, `confirmed`, `cancelled: reason`, or `none`: read from the order's events.
@@ -68,7 +132,3 @@ impl Shop {
         status
     }
 }
-
-// `Repository` appears in the bus type `CommandBusOf!` expands to.
-#[allow(unused_imports)]
-use Repository as _;

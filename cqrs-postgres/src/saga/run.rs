@@ -1,0 +1,350 @@
+//! The runner task: take the leadership, then handle events, send commands and fire
+//! deadlines until shut down.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use cqrs_core::saga::{
+    CommandFailure, CommandSender, DeadlineDue, OutgoingCommand, Saga, SagaMessage, SagaOptions,
+};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, PgPool};
+use tokio::sync::watch;
+
+use super::tx::{DeliverError, deliver};
+use super::{SagaRunnerError, SagaStatus, SagaStep, checkpoint_name};
+use crate::sql;
+use crate::subscription::checkpoint::{self, Checkpoint};
+use crate::subscription::read::next_batch;
+use crate::subscription::run::Listener;
+
+/// Most commands sent and deadlines fired per round.
+const ROUND: i64 = 100;
+
+pub(crate) struct Runner<S> {
+    pub pool: PgPool,
+    pub sender: CommandSender,
+    pub options: SagaOptions,
+    pub lead_retry: Duration,
+    pub observe: Option<Arc<dyn Fn(SagaStep) + Send + Sync>>,
+    pub status: watch::Sender<SagaStatus>,
+    pub saga: PhantomData<fn() -> S>,
+}
+
+impl<S: Saga> Runner<S> {
+    fn observe(&self, step: SagaStep) {
+        if let Some(observe) = &self.observe {
+            observe(step);
+        }
+    }
+
+    fn database(&self, source: sqlx::Error) -> SagaRunnerError {
+        SagaRunnerError::Database {
+            saga: S::NAME,
+            source: Arc::new(source),
+        }
+    }
+
+    fn deliver_error(&self, error: DeliverError) -> SagaRunnerError {
+        match error {
+            DeliverError::Database(source) => self.database(source),
+            DeliverError::Route(error) => SagaRunnerError::Route {
+                saga: S::NAME,
+                message: error.to_string(),
+            },
+            DeliverError::Serialize(error) => SagaRunnerError::Serialize {
+                saga: S::NAME,
+                message: error.to_string(),
+            },
+        }
+    }
+
+    /// Runs until `shutdown` says so: leads when it can, stands by otherwise; a failed round
+    /// is logged and tried again after a backoff.
+    pub async fn supervise(self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = self.options.send_retry_initial;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            match self.lead(&mut shutdown).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::error!(saga = S::NAME, %error, "saga runner failed; trying again");
+                    self.status.send_modify(|status| {
+                        status.leading = false;
+                        status.last_error = Some(error.to_string());
+                    });
+                    if tokio::time::timeout(backoff, shutdown.changed())
+                        .await
+                        .is_ok()
+                    {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(self.options.send_retry_max);
+                }
+            }
+        }
+    }
+
+    /// Takes the leadership (waiting as a standby while another process has it), then runs
+    /// rounds until shut down. Returns `Ok` on shutdown.
+    async fn lead(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), SagaRunnerError> {
+        let options: PgConnectOptions = (*self.pool.connect_options()).clone();
+        // A connection of its own, out of the pool: the session lock goes with it when it is
+        // dropped or the process dies, never back into the pool.
+        let mut lock = options.connect().await.map_err(|e| self.database(e))?;
+        loop {
+            let leading: bool = sqlx::query_scalar(sql::SAGA_TRY_LEAD)
+                .bind(S::NAME)
+                .fetch_one(&mut lock)
+                .await
+                .map_err(|e| self.database(e))?;
+            if leading {
+                break;
+            }
+            if tokio::time::timeout(self.lead_retry, shutdown.changed())
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+        self.status.send_modify(|status| status.leading = true);
+        tracing::info!(saga = S::NAME, "saga runner leads");
+        let mut listener = Listener::start(&self.pool)
+            .await
+            .map_err(|e| self.database(e))?;
+        let name = checkpoint_name::<S>();
+        let mut at = checkpoint::ensure(&self.pool, &name)
+            .await
+            .map_err(|e| self.database(e))?;
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let mut busy = self.read_events(&name, &mut at).await?;
+            busy |= self.send_commands().await?;
+            busy |= self.fire_deadlines().await?;
+            self.status.send_modify(|status| {
+                status.checkpoint = at;
+                status.last_error = None;
+            });
+            if busy {
+                continue;
+            }
+            sqlx::query(sql::SAGA_STILL_LEADING)
+                .execute(&mut lock)
+                .await
+                .map_err(|e| self.database(e))?;
+            let wait = self.next_wait().await?;
+            tokio::select! {
+                woken = listener.woken() => woken.map_err(|e| self.database(e))?,
+                () = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
+    }
+
+    /// How long to sleep when idle: the poll interval, or less when a deadline or a delayed
+    /// command comes due sooner.
+    async fn next_wait(&self) -> Result<Duration, SagaRunnerError> {
+        let next: Option<DateTime<Utc>> = sqlx::query_scalar(sql::SAGA_NEXT_WAKE)
+            .bind(S::NAME)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.database(e))?;
+        let poll = self.options.poll_interval;
+        Ok(match next {
+            None => poll,
+            Some(at) => (at - self.options.clock.now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .min(poll)
+                .max(Duration::from_millis(1)),
+        })
+    }
+
+    /// Handles the next batch of events, one transaction each. Returns whether it did.
+    async fn read_events(&self, name: &str, at: &mut Checkpoint) -> Result<bool, SagaRunnerError> {
+        let batch = next_batch(
+            &self.pool,
+            S::NAME,
+            *at,
+            S::EVENT_TYPES,
+            self.options.batch_size,
+        )
+        .await
+        .map_err(|e| SagaRunnerError::Subscription(Arc::new(e)))?;
+        let handled = !batch.events.is_empty();
+        for (position, event) in batch.events {
+            let mut tx = self.pool.begin().await.map_err(|e| self.database(e))?;
+            let stored = checkpoint::lock(&mut tx, name)
+                .await
+                .map_err(|e| self.database(e))?;
+            if stored >= position {
+                // Another runner handled it (a leader that lost its lock): adopt its checkpoint.
+                tx.rollback().await.map_err(|e| self.database(e))?;
+                *at = stored;
+                return Ok(true);
+            }
+            let message = SagaMessage::Event(event);
+            deliver::<S>(
+                &mut tx,
+                &message,
+                None,
+                self.options.clock.now(),
+                self.options.handler_attempts,
+            )
+            .await
+            .map_err(|e| self.deliver_error(e))?;
+            checkpoint::advance(&mut tx, name, position)
+                .await
+                .map_err(|e| self.database(e))?;
+            tx.commit().await.map_err(|e| self.database(e))?;
+            *at = position;
+            self.observe(SagaStep::StateCommitted {
+                position: position.position,
+            });
+        }
+        if batch.next > *at {
+            let mut tx = self.pool.begin().await.map_err(|e| self.database(e))?;
+            checkpoint::advance(&mut tx, name, batch.next)
+                .await
+                .map_err(|e| self.database(e))?;
+            tx.commit().await.map_err(|e| self.database(e))?;
+            *at = batch.next;
+        }
+        Ok(handled || batch.full)
+    }
+
+    /// Sends the commands due. Returns whether it sent or recorded any.
+    async fn send_commands(&self) -> Result<bool, SagaRunnerError> {
+        let due: Vec<(i64, String, i32)> = sqlx::query_as(sql::SAGA_OUTBOX_DUE)
+            .bind(S::NAME)
+            .bind(self.options.clock.now())
+            .bind(ROUND)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.database(e))?;
+        let mut progressed = false;
+        for (id, command, attempts) in due {
+            let command: OutgoingCommand =
+                serde_json::from_str(&command).map_err(|e| SagaRunnerError::Serialize {
+                    saga: S::NAME,
+                    message: e.to_string(),
+                })?;
+            let result = self.sender.send(S::NAME, &command).await;
+            self.observe(SagaStep::CommandExecuted {
+                idempotency_key: command.idempotency_key.clone(),
+            });
+            match result {
+                Ok(_) => {
+                    sqlx::query(sql::SAGA_OUTBOX_DELETE)
+                        .bind(id)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(|e| self.database(e))?;
+                    progressed = true;
+                }
+                Err(failure) if failure.is_transient() => {
+                    let attempts = u32::try_from(attempts).unwrap_or(0) + 1;
+                    tracing::warn!(
+                        saga = S::NAME,
+                        command = command.command_name,
+                        attempts,
+                        error = failure.message,
+                        "saga command failed for a passing reason; it is sent again later"
+                    );
+                    let not_before = cqrs_core::saga::due_at(
+                        self.options.clock.now(),
+                        self.options.send_backoff(attempts),
+                    );
+                    sqlx::query(sql::SAGA_OUTBOX_RETRY)
+                        .bind(id)
+                        .bind(&failure.message)
+                        .bind(not_before)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(|e| self.database(e))?;
+                }
+                Err(failure) => {
+                    // The failure goes back to the saga in the transaction that removes the
+                    // command: both or neither.
+                    let mut tx = self.pool.begin().await.map_err(|e| self.database(e))?;
+                    let taken = sqlx::query(sql::SAGA_OUTBOX_DELETE)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| self.database(e))?;
+                    if taken.rows_affected() == 1 {
+                        let instance = command.instance.clone();
+                        let message = SagaMessage::Failure(CommandFailure::of(&command, failure));
+                        deliver::<S>(
+                            &mut tx,
+                            &message,
+                            Some(&instance),
+                            self.options.clock.now(),
+                            self.options.handler_attempts,
+                        )
+                        .await
+                        .map_err(|e| self.deliver_error(e))?;
+                    }
+                    tx.commit().await.map_err(|e| self.database(e))?;
+                    progressed = true;
+                }
+            }
+            self.observe(SagaStep::ResultRecorded {
+                idempotency_key: command.idempotency_key,
+            });
+        }
+        Ok(progressed)
+    }
+
+    /// Fires the deadlines due, one transaction each. Returns whether it fired any.
+    async fn fire_deadlines(&self) -> Result<bool, SagaRunnerError> {
+        let now = self.options.clock.now();
+        let due: Vec<(String, String, uuid::Uuid, String, DateTime<Utc>)> =
+            sqlx::query_as(sql::SAGA_DEADLINES_DUE)
+                .bind(S::NAME)
+                .bind(now)
+                .bind(ROUND)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.database(e))?;
+        let fired = !due.is_empty();
+        for (key, name, id, payload, due_at) in due {
+            let mut tx = self.pool.begin().await.map_err(|e| self.database(e))?;
+            let taken = sqlx::query(sql::SAGA_DEADLINE_TAKE)
+                .bind(S::NAME)
+                .bind(&key)
+                .bind(&name)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.database(e))?;
+            if taken.rows_affected() == 1 {
+                let message = SagaMessage::Deadline(DeadlineDue {
+                    name,
+                    payload,
+                    id,
+                    due_at,
+                });
+                deliver::<S>(
+                    &mut tx,
+                    &message,
+                    Some(&key),
+                    now,
+                    self.options.handler_attempts,
+                )
+                .await
+                .map_err(|e| self.deliver_error(e))?;
+            }
+            tx.commit().await.map_err(|e| self.database(e))?;
+            self.observe(SagaStep::DeadlineFired { key });
+        }
+        Ok(fired)
+    }
+}
