@@ -424,10 +424,12 @@ pub const SAGA_DEADLINE_TAKE: &str =
 pub const SAGA_DEADLINES: &str =
     "SELECT key, name, due_at FROM cqrs_saga_deadlines WHERE saga = $1 ORDER BY due_at, key";
 
-/// When the runner must look again without being woken: the next deadline or delayed send.
+/// When the runner must look again without being woken: the next deadline or delayed send
+/// (commands never put off have `not_before = '-infinity'`, and are sent in the round).
 pub const SAGA_NEXT_WAKE: &str = "\
 SELECT least((SELECT min(due_at) FROM cqrs_saga_deadlines WHERE saga = $1),
-             (SELECT min(not_before) FROM cqrs_saga_outbox WHERE saga = $1))";
+             (SELECT min(not_before) FROM cqrs_saga_outbox
+               WHERE saga = $1 AND not_before > '-infinity'))";
 
 /// Queues a message behind a parked instance.
 pub const SAGA_INBOX_PUSH: &str =
@@ -446,3 +448,16 @@ SELECT i.key, coalesce(i.error, ''), coalesce(i.parked_at, now()),
 FROM cqrs_saga_instances i
 WHERE i.saga = $1 AND i.status = 'parked'
 ORDER BY i.key";
+
+/// Whether saga `$1` (checkpoint `$2`) is idle at `$3`: no command waiting, no deadline due,
+/// its checkpoint at the last visible event. One statement, so one snapshot: a command's
+/// events commit before its outbox row is deleted, so a snapshot without the row shows them.
+pub const SAGA_IDLE: &str = "\
+SELECT NOT EXISTS (SELECT 1 FROM cqrs_saga_outbox WHERE saga = $1)
+   AND NOT EXISTS (SELECT 1 FROM cqrs_saga_deadlines WHERE saga = $1 AND due_at <= $3)
+   AND coalesce(
+         (SELECT (c.tx, c.position) >= (e.tx, e.position)
+            FROM cqrs_checkpoints c,
+                 (SELECT tx, position FROM cqrs_events ORDER BY tx DESC, position DESC LIMIT 1) e
+           WHERE c.name = $2),
+         NOT EXISTS (SELECT 1 FROM cqrs_events))";

@@ -485,8 +485,11 @@ pub struct Association {
 }
 
 /// A message for a saga instance, as stored while it waits (a parked instance's inbox).
+///
+/// Stored externally tagged (`{"event": {...}}`): an event's payload is raw JSON, which an
+/// internally tagged enum could not read back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum SagaMessage {
     /// An event of the store.
     Event(RecordedEvent),

@@ -324,6 +324,12 @@ impl SagaHandle {
         self.task.abort();
     }
 
+    /// A handle that aborts the runner's task from anywhere (for crash tests: an observer
+    /// that aborts between two steps).
+    pub fn abort_handle(&self) -> tokio::task::AbortHandle {
+        self.task.abort_handle()
+    }
+
     /// Whether the task has ended.
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
@@ -451,21 +457,12 @@ impl<S: Saga> SagaAdmin<S> {
     /// Whether the saga has caught up: its checkpoint at the last visible event, no command
     /// waiting, no deadline due by `now`.
     pub async fn is_idle(&self, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
-        let head = checkpoint::head(&self.pool).await?;
-        let at = crate::subscription::Checkpoints::new(self.pool.clone())
-            .load(&checkpoint_name::<S>())
-            .await?;
-        let caught_up = match (head, at) {
-            (None, _) => true,
-            (Some(head), Some(at)) => at >= head,
-            (Some(_), None) => false,
-        };
-        let due = self
-            .deadlines()
-            .await?
-            .iter()
-            .any(|(_, _, due_at)| *due_at <= now);
-        Ok(caught_up && self.outbox_len().await? == 0 && !due)
+        sqlx::query_scalar(sql::SAGA_IDLE)
+            .bind(S::NAME)
+            .bind(checkpoint_name::<S>())
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await
     }
 
     /// Waits until [`is_idle`](Self::is_idle) by the options' clock, or `timeout` passes

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use cqrs_core::ErrorKind;
+use cqrs_core::saga::SendFailure;
 use cqrs_core::saga::{
     CommandFailure, CommandSender, DeadlineDue, OutgoingCommand, Saga, SagaMessage, SagaOptions,
 };
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 
 use super::tx::{DeliverError, deliver};
@@ -114,6 +116,10 @@ impl<S: Saga> Runner<S> {
         }
         self.status.send_modify(|status| status.leading = true);
         tracing::info!(saga = S::NAME, "saga runner leads");
+        // The transactions of this runner run on a connection of its own too: a runner aborted
+        // in the middle of one (even of its `BEGIN`) closes it, and the server rolls back;
+        // a pooled connection could go back to the pool with the transaction still open.
+        let mut work = options.connect().await.map_err(|e| self.database(e))?;
         let mut listener = Listener::start(&self.pool)
             .await
             .map_err(|e| self.database(e))?;
@@ -125,9 +131,9 @@ impl<S: Saga> Runner<S> {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            let mut busy = self.read_events(&name, &mut at).await?;
-            busy |= self.send_commands().await?;
-            busy |= self.fire_deadlines().await?;
+            let mut busy = self.read_events(&mut work, &name, &mut at).await?;
+            busy |= self.send_commands(&mut work).await?;
+            busy |= self.fire_deadlines(&mut work).await?;
             self.status.send_modify(|status| {
                 status.checkpoint = at;
                 status.last_error = None;
@@ -168,7 +174,12 @@ impl<S: Saga> Runner<S> {
     }
 
     /// Handles the next batch of events, one transaction each. Returns whether it did.
-    async fn read_events(&self, name: &str, at: &mut Checkpoint) -> Result<bool, SagaRunnerError> {
+    async fn read_events(
+        &self,
+        work: &mut PgConnection,
+        name: &str,
+        at: &mut Checkpoint,
+    ) -> Result<bool, SagaRunnerError> {
         let batch = next_batch(
             &self.pool,
             S::NAME,
@@ -180,7 +191,7 @@ impl<S: Saga> Runner<S> {
         .map_err(|e| SagaRunnerError::Subscription(Arc::new(e)))?;
         let handled = !batch.events.is_empty();
         for (position, event) in batch.events {
-            let mut tx = self.pool.begin().await.map_err(|e| self.database(e))?;
+            let mut tx = work.begin().await.map_err(|e| self.database(e))?;
             let stored = checkpoint::lock(&mut tx, name)
                 .await
                 .map_err(|e| self.database(e))?;
@@ -210,7 +221,7 @@ impl<S: Saga> Runner<S> {
             });
         }
         if batch.next > *at {
-            let mut tx = self.pool.begin().await.map_err(|e| self.database(e))?;
+            let mut tx = work.begin().await.map_err(|e| self.database(e))?;
             checkpoint::advance(&mut tx, name, batch.next)
                 .await
                 .map_err(|e| self.database(e))?;
@@ -221,7 +232,7 @@ impl<S: Saga> Runner<S> {
     }
 
     /// Sends the commands due. Returns whether it sent or recorded any.
-    async fn send_commands(&self) -> Result<bool, SagaRunnerError> {
+    async fn send_commands(&self, work: &mut PgConnection) -> Result<bool, SagaRunnerError> {
         let due: Vec<(i64, String, i32)> = sqlx::query_as(sql::SAGA_OUTBOX_DUE)
             .bind(S::NAME)
             .bind(self.options.clock.now())
@@ -236,7 +247,22 @@ impl<S: Saga> Runner<S> {
                     saga: S::NAME,
                     message: e.to_string(),
                 })?;
-            let result = self.sender.send(S::NAME, &command).await;
+            // On a task of its own: aborting the runner never cancels a command halfway
+            // through the store's transaction; it finishes, and its outcome is found again
+            // by its idempotency key.
+            let result = tokio::spawn({
+                let sender = self.sender.clone();
+                let command = command.clone();
+                async move { sender.send(S::NAME, &command).await }
+            })
+            .await
+            .unwrap_or_else(|panicked| {
+                Err(SendFailure {
+                    kind: ErrorKind::Unsupported,
+                    domain_code: None,
+                    message: format!("the command's execution panicked: {panicked}"),
+                })
+            });
             self.observe(SagaStep::CommandExecuted {
                 idempotency_key: command.idempotency_key.clone(),
             });
@@ -244,7 +270,7 @@ impl<S: Saga> Runner<S> {
                 Ok(_) => {
                     sqlx::query(sql::SAGA_OUTBOX_DELETE)
                         .bind(id)
-                        .execute(&self.pool)
+                        .execute(&mut *work)
                         .await
                         .map_err(|e| self.database(e))?;
                     progressed = true;
@@ -266,14 +292,14 @@ impl<S: Saga> Runner<S> {
                         .bind(id)
                         .bind(&failure.message)
                         .bind(not_before)
-                        .execute(&self.pool)
+                        .execute(&mut *work)
                         .await
                         .map_err(|e| self.database(e))?;
                 }
                 Err(failure) => {
                     // The failure goes back to the saga in the transaction that removes the
                     // command: both or neither.
-                    let mut tx = self.pool.begin().await.map_err(|e| self.database(e))?;
+                    let mut tx = work.begin().await.map_err(|e| self.database(e))?;
                     let taken = sqlx::query(sql::SAGA_OUTBOX_DELETE)
                         .bind(id)
                         .execute(&mut *tx)
@@ -304,7 +330,7 @@ impl<S: Saga> Runner<S> {
     }
 
     /// Fires the deadlines due, one transaction each. Returns whether it fired any.
-    async fn fire_deadlines(&self) -> Result<bool, SagaRunnerError> {
+    async fn fire_deadlines(&self, work: &mut PgConnection) -> Result<bool, SagaRunnerError> {
         let now = self.options.clock.now();
         let due: Vec<(String, String, uuid::Uuid, String, DateTime<Utc>)> =
             sqlx::query_as(sql::SAGA_DEADLINES_DUE)
@@ -316,7 +342,7 @@ impl<S: Saga> Runner<S> {
                 .map_err(|e| self.database(e))?;
         let fired = !due.is_empty();
         for (key, name, id, payload, due_at) in due {
-            let mut tx = self.pool.begin().await.map_err(|e| self.database(e))?;
+            let mut tx = work.begin().await.map_err(|e| self.database(e))?;
             let taken = sqlx::query(sql::SAGA_DEADLINE_TAKE)
                 .bind(S::NAME)
                 .bind(&key)
