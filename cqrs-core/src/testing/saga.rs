@@ -124,6 +124,23 @@ impl<S: Saga> SagaFixture<S> {
         self
     }
 
+    /// A deadline the instance already handled.
+    ///
+    /// # Panics
+    ///
+    /// When its handler fails.
+    pub async fn given_deadline<D>(mut self, deadline: D) -> Self
+    where
+        S: HandlesDeadline<D>,
+        D: Serialize,
+    {
+        let message = self.deadline(&deadline);
+        if let Err(error) = self.run(message).await {
+            panic!("a given deadline failed in the saga: {error}");
+        }
+        self
+    }
+
     /// Hands the instance an event.
     pub async fn when<P: EventPayload + Serialize>(mut self, payload: P) -> SagaOutcome<S> {
         let message = self.event(&payload);
@@ -147,14 +164,22 @@ impl<S: Saga> SagaFixture<S> {
         S: HandlesDeadline<D>,
         D: Serialize,
     {
-        let message = SagaMessage::Deadline(DeadlineDue {
-            name: <S as HandlesDeadline<D>>::NAME.to_owned(),
-            payload: serde_json::to_string(&deadline).expect("the deadline serializes"),
-            id: Uuid::now_v7(),
-            due_at: self.now,
-        });
+        let message = self.deadline(&deadline);
         let result = self.run(message).await;
         self.outcome(result)
+    }
+
+    fn deadline<D>(&self, deadline: &D) -> SagaMessage
+    where
+        S: HandlesDeadline<D>,
+        D: Serialize,
+    {
+        SagaMessage::Deadline(DeadlineDue {
+            name: <S as HandlesDeadline<D>>::NAME.to_owned(),
+            payload: serde_json::to_string(deadline).expect("the deadline serializes"),
+            id: Uuid::now_v7(),
+            due_at: self.now,
+        })
     }
 
     fn event<P: EventPayload + Serialize>(&mut self, payload: &P) -> SagaMessage {

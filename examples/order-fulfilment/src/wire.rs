@@ -104,6 +104,14 @@ impl Shop {
         }
     }
 
+    /// The PostgreSQL runner's handle (`None` on memory).
+    pub fn handle(&self) -> Option<&SagaHandle> {
+        match &self.runner {
+            Runner::Memory(_) => None,
+            Runner::Postgres { handle, .. } => Some(handle),
+        }
+    }
+
     /// Stops the saga runner.
     pub async fn stop(self) {
         if let Runner::Postgres { handle, .. } = self.runner {
