@@ -1045,14 +1045,14 @@ pub fn route<S: Saga>(
     }
 }
 
-/// Wall time read through a monotonic [`Clock`]: the wall time when it was made, plus how
-/// far the clock moved since. A [`ManualClock`](crate::middleware::ManualClock) moves it by
-/// hand, which is how tests make deadlines come due.
+/// Wall time read through a monotonic [`Clock`]: the wall time of a process-wide anchor
+/// instant, plus how far the clock stands past that instant. A
+/// [`ManualClock`](crate::middleware::ManualClock) moves it by hand, which is how tests make
+/// deadlines come due; every `WallClock` over one manual clock reads the same time, however
+/// far the clock was moved before it was made.
 #[derive(Clone)]
 pub struct WallClock {
     clock: Arc<dyn Clock>,
-    base_instant: Instant,
-    base_wall: DateTime<Utc>,
 }
 
 impl fmt::Debug for WallClock {
@@ -1067,24 +1067,26 @@ impl Default for WallClock {
     }
 }
 
+/// The instant every `WallClock` measures from, and the wall time it stood at.
+fn anchor() -> (Instant, DateTime<Utc>) {
+    static ANCHOR: std::sync::OnceLock<(Instant, DateTime<Utc>)> = std::sync::OnceLock::new();
+    *ANCHOR.get_or_init(|| (Instant::now(), Utc::now()))
+}
+
 impl WallClock {
     /// Wall time following `clock`.
     pub fn new(clock: impl Clock) -> Self {
-        let clock: Arc<dyn Clock> = Arc::new(clock);
+        anchor();
         Self {
-            base_instant: clock.now(),
-            base_wall: Utc::now(),
-            clock,
+            clock: Arc::new(clock),
         }
     }
 
     /// The current wall time.
     pub fn now(&self) -> DateTime<Utc> {
-        let elapsed = self
-            .clock
-            .now()
-            .saturating_duration_since(self.base_instant);
-        self.base_wall + chrono::Duration::from_std(elapsed).unwrap_or(chrono::Duration::MAX)
+        let (instant, wall) = anchor();
+        let elapsed = self.clock.now().saturating_duration_since(instant);
+        wall + chrono::Duration::from_std(elapsed).unwrap_or(chrono::Duration::MAX)
     }
 }
 

@@ -65,13 +65,22 @@ impl Shop {
         pool: &PgPool,
         options: SagaOptions,
     ) -> Result<Self, Box<dyn std::error::Error>> {
+        Self::on_pool_with(pool, options, |runner| runner).await
+    }
+
+    /// [`on_pool`](Self::on_pool), with the saga runner configured by `configure` before it
+    /// starts (an observer of its steps, in the crash tests).
+    pub async fn on_pool_with(
+        pool: &PgPool,
+        options: SagaOptions,
+        configure: impl FnOnce(SagaRunner<OrderFulfilment>) -> SagaRunner<OrderFulfilment>,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
         PostgresEventStore::migrate(pool).await?;
         let bus = bus(CommandBus::builder(PostgresEventStore::new(pool.clone())));
-        let handle = SagaRunner::<OrderFulfilment>::new(pool, &bus)
+        let runner = SagaRunner::<OrderFulfilment>::new(pool, &bus)
             .options(options.clone())
-            .lead_retry(Duration::from_millis(50))
-            .start()
-            .await?;
+            .lead_retry(Duration::from_millis(50));
+        let handle = configure(runner).start().await?;
         let admin = SagaAdmin::new(pool.clone()).with_options(options);
         Ok(Self {
             bus,
