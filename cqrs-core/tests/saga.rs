@@ -1,5 +1,6 @@
 //! The in-memory saga runner: routing, idempotent sending, failures, deadlines by an injected
 //! clock, parking with retry and skip.
+#![allow(missing_docs)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -353,7 +354,7 @@ async fn a_failing_handler_parks_its_instance_and_others_go_on_then_retry_or_ski
 
 #[tokio::test]
 async fn a_background_runner_follows_new_events() {
-    let (bus, runner, _clock, store) = setup();
+    let (bus, _, _clock, store) = setup();
     let runner = InMemorySagaRunner::<Triage>::with_options(
         &bus,
         SagaOptions::default().poll_interval(Duration::from_millis(5)),

@@ -227,10 +227,11 @@ impl Setup {
             .observe({
                 let abort = Arc::clone(&abort);
                 move |step| {
-                    if matches(&step) && seen.fetch_add(1, Ordering::SeqCst) + 1 == nth {
-                        if let Some(abort) = abort.lock().unwrap().as_ref() {
-                            abort.abort();
-                        }
+                    if matches(&step)
+                        && seen.fetch_add(1, Ordering::SeqCst) + 1 == nth
+                        && let Some(abort) = abort.lock().unwrap().as_ref()
+                    {
+                        abort.abort();
                     }
                 }
             })

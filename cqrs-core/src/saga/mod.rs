@@ -422,14 +422,15 @@ pub trait SendCommands<R, M, I>: Saga {
     ) -> BoxFuture<'a, Result<Committed, SendFailure>>;
 }
 
+/// Executes one outgoing command with its metadata.
+type SendFn = dyn Fn(OutgoingCommand, Metadata) -> BoxFuture<'static, Result<Committed, SendFailure>>
+    + Send
+    + Sync;
+
 /// Sends the outgoing commands of one saga type through its bus; what runners hold.
 #[derive(Clone)]
 pub struct CommandSender {
-    send: Arc<
-        dyn Fn(OutgoingCommand, Metadata) -> BoxFuture<'static, Result<Committed, SendFailure>>
-            + Send
-            + Sync,
-    >,
+    send: Arc<SendFn>,
 }
 
 impl fmt::Debug for CommandSender {
@@ -774,6 +775,8 @@ impl<S: Saga> SagaContext<S> {
     }
 
     /// Sends `command` once this handler's changes are saved.
+    // Taken by value: the command is handed over, as a returned one is.
+    #[allow(clippy::needless_pass_by_value)]
     pub fn send<C>(&mut self, command: C)
     where
         S: Sends<C>,

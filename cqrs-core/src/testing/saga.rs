@@ -250,6 +250,9 @@ pub struct SagaOutcome<S> {
     state: Option<S>,
 }
 
+// The `then_expect_*` assertions return the outcome for chaining; ending a chain with one is
+// the common case, so they are not `#[must_use]`.
+#[allow(clippy::return_self_not_must_use)]
 impl<S: Saga> SagaOutcome<S> {
     fn effects_or_panic(&self) -> &Effects {
         match &self.result {

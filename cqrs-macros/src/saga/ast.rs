@@ -43,9 +43,12 @@ pub enum Output {
     /// Nothing.
     Unit,
     /// Commands to send (`IntoCommands`).
-    Commands(Type),
+    Commands(Box<Type>),
     /// `Result<T, E>`: an error parks the instance; `T` is `()` or commands.
-    Result { ok: Option<Type>, err: Type },
+    Result {
+        ok: Option<Box<Type>>,
+        err: Box<Type>,
+    },
 }
 
 /// The common shape of a saga handler.
@@ -255,14 +258,14 @@ impl Handler {
             syn::ReturnType::Type(_, ty) if syntax::is_unit(ty) => Output::Unit,
             syn::ReturnType::Type(_, ty) => match syntax::result_args(ty).as_deref() {
                 Some([ok, err]) => Output::Result {
-                    ok: (!syntax::is_unit(ok)).then(|| (*ok).clone()),
-                    err: (*err).clone(),
+                    ok: (!syntax::is_unit(ok)).then(|| Box::new((*ok).clone())),
+                    err: Box::new((*err).clone()),
                 },
                 Some(_) => {
                     cx.error_spanned_by(ty, RETURNS);
                     return None;
                 }
-                None => Output::Commands((**ty).clone()),
+                None => Output::Commands(ty.clone()),
             },
         };
         Some(Handler {

@@ -37,6 +37,8 @@ pub fn expand(saga: &Saga<'_>) -> TokenStream {
     }
 }
 
+// One impl, written out as the user would read it in `cargo expand`.
+#[allow(clippy::too_many_lines)]
 fn saga_impl(saga: &Saga<'_>, p: &TokenStream) -> TokenStream {
     let Saga { self_ty, name, .. } = saga;
     let event_types = saga.events.iter().map(|h| {
@@ -68,7 +70,7 @@ fn saga_impl(saga: &Saga<'_>, p: &TokenStream) -> TokenStream {
     });
     let on_event = saga.events.iter().map(|h| {
         let payload = &h.handler.message;
-        let call = call(&h.handler, p, quote!(&payload));
+        let call = call(&h.handler, p, &quote!(&payload));
         quote! {
             if event_type == <#payload as #p::EventPayload>::EVENT_TYPE {
                 let payload = #p::decode::<Self, #payload>(event)?;
@@ -79,7 +81,7 @@ fn saga_impl(saga: &Saga<'_>, p: &TokenStream) -> TokenStream {
     });
     let on_failure = saga.failures.iter().map(|h| {
         let command = &h.handler.message;
-        let call = call(&h.handler, p, quote!(&failed));
+        let call = call(&h.handler, p, &quote!(&failed));
         quote! {
             if failure.command_name == <#command as #p::Command>::NAME {
                 let failed = #p::failed::<Self, #command>(failure)?;
@@ -90,7 +92,7 @@ fn saga_impl(saga: &Saga<'_>, p: &TokenStream) -> TokenStream {
     });
     let on_deadline = saga.deadlines.iter().map(|(h, name)| {
         let deadline = &h.handler.message;
-        let call = call(&h.handler, p, quote!(&deadline));
+        let call = call(&h.handler, p, &quote!(&deadline));
         quote! {
             if due.name == #name {
                 let deadline = #p::deadline::<Self, #deadline>(due)?;
@@ -151,7 +153,7 @@ fn saga_impl(saga: &Saga<'_>, p: &TokenStream) -> TokenStream {
 
 /// Calls a handler with its message and the arguments it asked for, and sends what it
 /// returns.
-fn call(handler: &Handler, p: &TokenStream, message: TokenStream) -> TokenStream {
+fn call(handler: &Handler, p: &TokenStream, message: &TokenStream) -> TokenStream {
     let Handler {
         method,
         is_async,

@@ -336,6 +336,9 @@ impl SagaHandle {
     }
 }
 
+/// A row of [`sql::SAGA_PARKED`]: key, error, parked at, waiting, first message.
+type ParkedRow = (String, String, DateTime<Utc>, i64, Option<String>);
+
 /// Reads and repairs saga `S`'s stored instances, from any process: parked instances,
 /// their retry or skip, an instance's state, what waits to be sent.
 #[derive(Debug, Clone)]
@@ -364,11 +367,10 @@ impl<S: Saga> SagaAdmin<S> {
 
     /// The parked instances: key, error, the message they failed on, how many wait.
     pub async fn parked(&self) -> Result<Vec<ParkedInstance>, sqlx::Error> {
-        let rows: Vec<(String, String, DateTime<Utc>, i64, Option<String>)> =
-            sqlx::query_as(sql::SAGA_PARKED)
-                .bind(S::NAME)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<ParkedRow> = sqlx::query_as(sql::SAGA_PARKED)
+            .bind(S::NAME)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows
             .into_iter()
             .map(|(key, error, parked_at, waiting, first)| ParkedInstance {

@@ -42,6 +42,7 @@ impl<S: Saga> Runner<S> {
         }
     }
 
+    #[allow(clippy::unused_self)] // read as `self.database(e)` beside the other helpers
     fn database(&self, source: sqlx::Error) -> SagaRunnerError {
         SagaRunnerError::Database {
             saga: S::NAME,

@@ -16,15 +16,12 @@ use order_fulfilment::wire::Shop;
 async fn main() -> Result<(), Box<dyn Error>> {
     let clock = ManualClock::new();
     let options = SagaOptions::default().clock(clock.clone());
-    let shop = match std::env::var("DATABASE_URL") {
-        Ok(url) => {
-            println!("on PostgreSQL");
-            Shop::postgres(&url, options.poll_interval(Duration::from_millis(50))).await?
-        }
-        Err(_) => {
-            println!("in memory");
-            Shop::in_memory(options)
-        }
+    let shop = if let Ok(url) = std::env::var("DATABASE_URL") {
+        println!("on PostgreSQL");
+        Shop::postgres(&url, options.poll_interval(Duration::from_millis(50))).await?
+    } else {
+        println!("in memory");
+        Shop::in_memory(options)
     };
     // Order ids unique per run, so that runs on one database do not collide.
     let base = u64::try_from(

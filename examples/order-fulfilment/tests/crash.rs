@@ -72,10 +72,10 @@ async fn a_runner_aborted_after_any_step_leaves_every_effect_exactly_once() {
             let abort = Arc::clone(&abort);
             move |runner| {
                 runner.observe(move |_| {
-                    if seen.fetch_add(1, Ordering::SeqCst) + 1 == step {
-                        if let Some(abort) = abort.lock().unwrap().as_ref() {
-                            abort.abort();
-                        }
+                    if seen.fetch_add(1, Ordering::SeqCst) + 1 == step
+                        && let Some(abort) = abort.lock().unwrap().as_ref()
+                    {
+                        abort.abort();
                     }
                 })
             }
