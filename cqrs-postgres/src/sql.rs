@@ -461,3 +461,7 @@ SELECT NOT EXISTS (SELECT 1 FROM cqrs_saga_outbox WHERE saga = $1)
                  (SELECT tx, position FROM cqrs_events ORDER BY tx DESC, position DESC LIMIT 1) e
            WHERE c.name = $2),
          NOT EXISTS (SELECT 1 FROM cqrs_events))";
+
+/// The saga runner's own session commits without waiting for the WAL flush; see
+/// [`crate::saga`], "Commits".
+pub const SAGA_ASYNC_COMMIT: &str = "SET synchronous_commit = off";

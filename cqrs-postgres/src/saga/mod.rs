@@ -55,6 +55,18 @@
 //!   instance's later messages join the inbox, other instances go on. [`SagaAdmin::retry`]
 //!   and [`SagaAdmin::skip`] hand the inbox back in one transaction.
 //!
+//! # Commits
+//!
+//! The runner's own transactions (an event's step, a failure's or a deadline's, an outbox
+//! row's delete) commit with `synchronous_commit = off`: PostgreSQL acknowledges them before
+//! their WAL reaches the disk, and a crash of the server (not of the runner) can lose the
+//! last of them. That never loses a step whose effects survived: a command is executed only
+//! after its step committed, and the command's own append commits synchronously, which
+//! flushes the WAL up to it, the step's commit included. A step lost with everything after
+//! it is handled again from the state before it, as after a runner crash. This holds when
+//! the bus's store is this database, as it is meant to be; the commands' appends keep the
+//! store's own commit setting.
+//!
 //! Deadlines use the runner's [`SagaOptions::clock`] (wall time, stored as `timestamptz`), so
 //! tests move them with a manual clock. An idle leader sleeps until a notification on
 //! `cqrs_events`, the next deadline or delayed send, or the poll interval.

@@ -121,6 +121,12 @@ impl<S: Saga> Runner<S> {
         // in the middle of one (even of its `BEGIN`) closes it, and the server rolls back;
         // a pooled connection could go back to the pool with the transaction still open.
         let mut work = options.connect().await.map_err(|e| self.database(e))?;
+        // The runner's own commits need not wait for the disk: see "Commits" in the module
+        // docs for why a server crash cannot lose one whose effects survived.
+        sqlx::query(sql::SAGA_ASYNC_COMMIT)
+            .execute(&mut work)
+            .await
+            .map_err(|e| self.database(e))?;
         let mut listener = Listener::start(&self.pool)
             .await
             .map_err(|e| self.database(e))?;
