@@ -465,3 +465,13 @@ SELECT NOT EXISTS (SELECT 1 FROM cqrs_saga_outbox WHERE saga = $1)
 /// The saga runner's own session commits without waiting for the WAL flush; see
 /// [`crate::saga`], "Commits".
 pub const SAGA_ASYNC_COMMIT: &str = "SET synchronous_commit = off";
+
+/// Claims an event for a saga's transaction: moves checkpoint `$1` to `($2, $3)` if it is
+/// still before it, locking the row until the transaction ends. No row: another runner is
+/// already past the event.
+pub const SAGA_CLAIM_EVENT: &str = "\
+UPDATE cqrs_checkpoints SET tx = $2::text::xid8, position = $3, updated_at = now()
+WHERE name = $1 AND (tx, position) < ($2::text::xid8, $3)";
+
+/// Removes sent commands.
+pub const SAGA_OUTBOX_DELETE_MANY: &str = "DELETE FROM cqrs_saga_outbox WHERE id = ANY($1)";

@@ -4,8 +4,8 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::TestDb;
@@ -218,28 +218,21 @@ impl Setup {
             .lead_retry(Duration::from_millis(20))
     }
 
-    /// A runner aborted right after its `nth` step that `matches` (1-based).
+    /// A runner that dies right after its `nth` step that `matches` (1-based), as a crash
+    /// there would: the observer panics on the runner's task, so nothing after the step runs.
+    /// (An abort from the observer would take effect only at the task's next suspension,
+    /// which a busy machine may postpone past the next step.)
     async fn runner_aborted_after(&self, nth: usize, matches: fn(&SagaStep) -> bool) -> SagaHandle {
         let seen = Arc::new(AtomicUsize::new(0));
-        let abort: Arc<Mutex<Option<tokio::task::AbortHandle>>> = Arc::default();
-        let handle = self
-            .runner()
-            .observe({
-                let abort = Arc::clone(&abort);
-                move |step| {
-                    if matches(&step)
-                        && seen.fetch_add(1, Ordering::SeqCst) + 1 == nth
-                        && let Some(abort) = abort.lock().unwrap().as_ref()
-                    {
-                        abort.abort();
-                    }
+        self.runner()
+            .observe(move |step| {
+                if matches(&step) && seen.fetch_add(1, Ordering::SeqCst) + 1 == nth {
+                    panic!("the runner dies after step {nth}: {step:?}");
                 }
             })
             .start()
             .await
-            .expect("start");
-        *abort.lock().unwrap() = Some(handle.abort_handle());
-        handle
+            .expect("start")
     }
 
     async fn settle(&self) {

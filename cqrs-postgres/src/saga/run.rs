@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use cqrs_core::ErrorKind;
-use cqrs_core::saga::SendFailure;
 use cqrs_core::saga::{
     CommandFailure, CommandSender, DeadlineDue, OutgoingCommand, Saga, SagaMessage, SagaOptions,
 };
@@ -199,13 +197,20 @@ impl<S: Saga> Runner<S> {
         let handled = !batch.events.is_empty();
         for (position, event) in batch.events {
             let mut tx = work.begin().await.map_err(|e| self.database(e))?;
-            let stored = checkpoint::lock(&mut tx, name)
+            // Claim the event: the checkpoint moves in this transaction, its row locked until
+            // the commit; no row means another runner is already past it.
+            let claimed = sqlx::query(sql::SAGA_CLAIM_EVENT)
+                .bind(name)
+                .bind(position.tx.to_string())
+                .bind(i64::try_from(position.position.0).unwrap_or(i64::MAX))
+                .execute(&mut *tx)
                 .await
                 .map_err(|e| self.database(e))?;
-            if stored >= position {
-                // Another runner handled it (a leader that lost its lock): adopt its checkpoint.
+            if claimed.rows_affected() == 0 {
                 tx.rollback().await.map_err(|e| self.database(e))?;
-                *at = stored;
+                *at = checkpoint::ensure(&self.pool, name)
+                    .await
+                    .map_err(|e| self.database(e))?;
                 return Ok(true);
             }
             let message = SagaMessage::Event(event);
@@ -218,9 +223,6 @@ impl<S: Saga> Runner<S> {
             )
             .await
             .map_err(|e| self.deliver_error(e))?;
-            checkpoint::advance(&mut tx, name, position)
-                .await
-                .map_err(|e| self.database(e))?;
             tx.commit().await.map_err(|e| self.database(e))?;
             *at = position;
             self.observe(SagaStep::StateCommitted {
@@ -238,7 +240,8 @@ impl<S: Saga> Runner<S> {
         Ok(handled || batch.full)
     }
 
-    /// Sends the commands due. Returns whether it sent or recorded any.
+    /// Sends the commands due: the commands of different instances at once, each
+    /// instance's in order. Returns whether it sent or recorded any.
     async fn send_commands(&self, work: &mut PgConnection) -> Result<bool, SagaRunnerError> {
         let due: Vec<(i64, String, i32)> = sqlx::query_as(sql::SAGA_OUTBOX_DUE)
             .bind(S::NAME)
@@ -247,41 +250,63 @@ impl<S: Saga> Runner<S> {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.database(e))?;
-        let mut progressed = false;
+        if due.is_empty() {
+            return Ok(false);
+        }
+        let mut by_instance: Vec<(String, Vec<(i64, OutgoingCommand, i32)>)> = Vec::new();
         for (id, command, attempts) in due {
             let command: OutgoingCommand =
                 serde_json::from_str(&command).map_err(|e| SagaRunnerError::Serialize {
                     saga: S::NAME,
                     message: e.to_string(),
                 })?;
-            // On a task of its own: aborting the runner never cancels a command halfway
-            // through the store's transaction; it finishes, and its outcome is found again
-            // by its idempotency key.
-            let result = tokio::spawn({
+            match by_instance
+                .iter_mut()
+                .find(|(key, _)| *key == command.instance)
+            {
+                Some((_, commands)) => commands.push((id, command, attempts)),
+                None => by_instance.push((command.instance.clone(), vec![(id, command, attempts)])),
+            }
+        }
+        // Each instance's commands on a task of their own: aborting the runner never cancels
+        // a command halfway through the store's transaction; it finishes, and its outcome is
+        // found again by its idempotency key. An instance's commands stop at the first that
+        // does not succeed, so that none overtakes a failed one.
+        let tasks: Vec<_> = by_instance
+            .into_iter()
+            .map(|(_, commands)| {
                 let sender = self.sender.clone();
-                let command = command.clone();
-                async move { sender.send(S::NAME, &command).await }
-            })
-            .await
-            .unwrap_or_else(|panicked| {
-                Err(SendFailure {
-                    kind: ErrorKind::Unsupported,
-                    domain_code: None,
-                    message: format!("the command's execution panicked: {panicked}"),
+                tokio::spawn(async move {
+                    let mut results = Vec::with_capacity(commands.len());
+                    for (id, command, attempts) in commands {
+                        let result = sender.send(S::NAME, &command).await;
+                        let stop = result.is_err();
+                        results.push((id, command, attempts, result));
+                        if stop {
+                            break;
+                        }
+                    }
+                    results
                 })
-            });
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            match task.await {
+                Ok(done) => results.extend(done),
+                Err(panicked) => {
+                    tracing::error!(saga = S::NAME, %panicked, "a saga command's execution panicked; it is sent again later");
+                }
+            }
+        }
+        results.sort_by_key(|(id, ..)| *id);
+        let mut sent = Vec::new();
+        for (id, command, attempts, result) in results {
             self.observe(SagaStep::CommandExecuted {
                 idempotency_key: command.idempotency_key.clone(),
             });
             match result {
-                Ok(_) => {
-                    sqlx::query(sql::SAGA_OUTBOX_DELETE)
-                        .bind(id)
-                        .execute(&mut *work)
-                        .await
-                        .map_err(|e| self.database(e))?;
-                    progressed = true;
-                }
+                Ok(_) => sent.push((id, command.idempotency_key)),
                 Err(failure) if failure.is_transient() => {
                     let attempts = u32::try_from(attempts).unwrap_or(0) + 1;
                     tracing::warn!(
@@ -326,14 +351,24 @@ impl<S: Saga> Runner<S> {
                         .map_err(|e| self.deliver_error(e))?;
                     }
                     tx.commit().await.map_err(|e| self.database(e))?;
-                    progressed = true;
+                    self.observe(SagaStep::ResultRecorded {
+                        idempotency_key: command.idempotency_key,
+                    });
                 }
             }
-            self.observe(SagaStep::ResultRecorded {
-                idempotency_key: command.idempotency_key,
-            });
         }
-        Ok(progressed)
+        if !sent.is_empty() {
+            let ids: Vec<i64> = sent.iter().map(|(id, _)| *id).collect();
+            sqlx::query(sql::SAGA_OUTBOX_DELETE_MANY)
+                .bind(&ids)
+                .execute(&mut *work)
+                .await
+                .map_err(|e| self.database(e))?;
+            for (_, idempotency_key) in sent {
+                self.observe(SagaStep::ResultRecorded { idempotency_key });
+            }
+        }
+        Ok(true)
     }
 
     /// Fires the deadlines due, one transaction each. Returns whether it fired any.
