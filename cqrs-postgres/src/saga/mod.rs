@@ -286,7 +286,7 @@ impl<S: Saga> SagaRunner<S> {
             status,
             saga: PhantomData,
         };
-        let task = tokio::spawn(runner.supervise(watch_shutdown));
+        let task = tokio::spawn(Arc::new(runner).supervise(watch_shutdown));
         Ok(SagaHandle {
             saga: S::NAME,
             shutdown,

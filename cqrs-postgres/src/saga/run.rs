@@ -11,7 +11,8 @@ use cqrs_core::saga::{
 };
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 
 use super::tx::{DeliverError, deliver};
 use super::{SagaRunnerError, SagaStatus, SagaStep, checkpoint_name};
@@ -64,7 +65,7 @@ impl<S: Saga> Runner<S> {
 
     /// Runs until `shutdown` says so: leads when it can, stands by otherwise; a failed round
     /// is logged and tried again after a backoff.
-    pub async fn supervise(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn supervise(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = self.options.send_retry_initial;
         loop {
             if *shutdown.borrow() {
@@ -92,7 +93,10 @@ impl<S: Saga> Runner<S> {
 
     /// Takes the leadership (waiting as a standby while another process has it), then runs
     /// rounds until shut down. Returns `Ok` on shutdown.
-    async fn lead(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), SagaRunnerError> {
+    async fn lead(
+        self: &Arc<Self>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), SagaRunnerError> {
         let options: PgConnectOptions = (*self.pool.connect_options()).clone();
         // A connection of its own, out of the pool: the session lock goes with it when it is
         // dropped or the process dies, never back into the pool.
@@ -115,16 +119,20 @@ impl<S: Saga> Runner<S> {
         }
         self.status.send_modify(|status| status.leading = true);
         tracing::info!(saga = S::NAME, "saga runner leads");
-        // The transactions of this runner run on a connection of its own too: a runner aborted
-        // in the middle of one (even of its `BEGIN`) closes it, and the server rolls back;
-        // a pooled connection could go back to the pool with the transaction still open.
-        let mut work = options.connect().await.map_err(|e| self.database(e))?;
-        // The runner's own commits need not wait for the disk: see "Commits" in the module
-        // docs for why a server crash cannot lose one whose effects survived.
-        sqlx::query(sql::SAGA_ASYNC_COMMIT)
-            .execute(&mut work)
-            .await
-            .map_err(|e| self.database(e))?;
+        // The transactions of this runner run on connections of its own too: a runner
+        // aborted in the middle of one (even of its `BEGIN`) closes them, and the server
+        // rolls back; a pooled connection could go back to the pool with the transaction
+        // still open.
+        let mut work = self.own_connection(&options).await?;
+        // Commands are sent by a task of their own, on its own connection, while events are
+        // handled here: the two overlap. It dies with this leadership (its guard aborts it).
+        let wake = Arc::new(Notify::new());
+        let mut dispatcher = AbortOnDrop(tokio::spawn({
+            let runner = Arc::clone(self);
+            let wake = Arc::clone(&wake);
+            let conn = self.own_connection(&options).await?;
+            async move { runner.dispatch(conn, &wake).await }
+        }));
         let mut listener = Listener::start(&self.pool)
             .await
             .map_err(|e| self.database(e))?;
@@ -136,14 +144,22 @@ impl<S: Saga> Runner<S> {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            let mut busy = self.read_events(&mut work, &name, &mut at).await?;
-            busy |= self.send_commands(&mut work).await?;
-            busy |= self.fire_deadlines(&mut work).await?;
+            if dispatcher.0.is_finished() {
+                return Self::dispatcher_ended((&mut dispatcher.0).await);
+            }
+            let handled = self.read_events(&mut work, &name, &mut at).await?;
+            if handled {
+                wake.notify_one();
+            }
+            let fired = self.fire_deadlines(&mut work).await?;
+            if fired {
+                wake.notify_one();
+            }
             self.status.send_modify(|status| {
                 status.checkpoint = at;
                 status.last_error = None;
             });
-            if busy {
+            if handled || fired {
                 continue;
             }
             sqlx::query(sql::SAGA_STILL_LEADING)
@@ -154,7 +170,46 @@ impl<S: Saga> Runner<S> {
             tokio::select! {
                 woken = listener.woken() => woken.map_err(|e| self.database(e))?,
                 () = tokio::time::sleep(wait) => {}
+                ended = &mut dispatcher.0 => return Self::dispatcher_ended(ended),
                 _ = shutdown.changed() => return Ok(()),
+            }
+        }
+    }
+
+    /// A connection out of the pool, committing asynchronously (see "Commits" in the module
+    /// docs for why a server crash cannot lose a commit whose effects survived).
+    async fn own_connection(
+        &self,
+        options: &PgConnectOptions,
+    ) -> Result<PgConnection, SagaRunnerError> {
+        let mut conn = options.connect().await.map_err(|e| self.database(e))?;
+        sqlx::query(sql::SAGA_ASYNC_COMMIT)
+            .execute(&mut conn)
+            .await
+            .map_err(|e| self.database(e))?;
+        Ok(conn)
+    }
+
+    /// The dispatcher's end ends the leadership; its panic is this task's.
+    fn dispatcher_ended(
+        ended: Result<Result<(), SagaRunnerError>, tokio::task::JoinError>,
+    ) -> Result<(), SagaRunnerError> {
+        match ended {
+            Ok(result) => result,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => Err(SagaRunnerError::Serialize {
+                saga: S::NAME,
+                message: "the command dispatcher was cancelled".to_owned(),
+            }),
+        }
+    }
+
+    /// Sends the outbox's commands until an error: woken when events were handled, and every
+    /// poll interval (for commands put off after a passing failure).
+    async fn dispatch(&self, mut conn: PgConnection, wake: &Notify) -> Result<(), SagaRunnerError> {
+        loop {
+            if !self.send_commands(&mut conn).await? {
+                let _ = tokio::time::timeout(self.options.poll_interval, wake.notified()).await;
             }
         }
     }
@@ -414,5 +469,14 @@ impl<S: Saga> Runner<S> {
             self.observe(SagaStep::DeadlineFired { key });
         }
         Ok(fired)
+    }
+}
+
+/// Aborts the task when dropped: a leadership's helper tasks end with it.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
