@@ -190,13 +190,13 @@ async fn run_hand(pool: &PgPool, bus: &Bus, from: u64, count: u64) -> Duration {
             .execute(&mut *tx)
             .await
             .expect("state");
-            let pong = serde_json::to_string(&Ponged { id: ping.id }).expect("encode");
+            let answer = serde_json::to_string(&Ponged { id: ping.id }).expect("encode");
             sqlx::query(
                 "INSERT INTO hand_sink (stream_id, version, payload) \
                  SELECT $1, coalesce(max(version), 0) + 1, $2::jsonb FROM hand_sink WHERE stream_id = $1",
             )
             .bind(format!("sink-{}", ping.id))
-            .bind(pong)
+            .bind(answer)
             .execute(&mut *tx)
             .await
             .expect("pong");

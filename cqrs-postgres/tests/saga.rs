@@ -226,9 +226,8 @@ impl Setup {
         let seen = Arc::new(AtomicUsize::new(0));
         self.runner()
             .observe(move |step| {
-                if matches(&step) && seen.fetch_add(1, Ordering::SeqCst) + 1 == nth {
-                    panic!("the runner dies after step {nth}: {step:?}");
-                }
+                let dies = matches(&step) && seen.fetch_add(1, Ordering::SeqCst) + 1 == nth;
+                assert!(!dies, "the runner dies after step {nth}: {step:?}");
             })
             .start()
             .await

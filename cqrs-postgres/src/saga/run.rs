@@ -295,9 +295,9 @@ impl<S: Saga> Runner<S> {
         Ok(handled || batch.full)
     }
 
-    /// Sends the commands due: the commands of different instances at once, each
-    /// instance's in order. Returns whether it sent or recorded any.
-    async fn send_commands(&self, work: &mut PgConnection) -> Result<bool, SagaRunnerError> {
+    /// Executes the commands due: the commands of different instances at once, each
+    /// instance's in order. Returns them with their outcomes, by outbox id.
+    async fn execute_due(&self) -> Result<Vec<Executed>, SagaRunnerError> {
         let due: Vec<(i64, String, i32)> = sqlx::query_as(sql::SAGA_OUTBOX_DUE)
             .bind(S::NAME)
             .bind(self.options.clock.now())
@@ -305,10 +305,7 @@ impl<S: Saga> Runner<S> {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.database(e))?;
-        if due.is_empty() {
-            return Ok(false);
-        }
-        let mut by_instance: Vec<(String, Vec<(i64, OutgoingCommand, i32)>)> = Vec::new();
+        let mut by_instance: Vec<(String, Vec<Due>)> = Vec::new();
         for (id, command, attempts) in due {
             let command: OutgoingCommand =
                 serde_json::from_str(&command).map_err(|e| SagaRunnerError::Serialize {
@@ -355,6 +352,15 @@ impl<S: Saga> Runner<S> {
             }
         }
         results.sort_by_key(|(id, ..)| *id);
+        Ok(results)
+    }
+
+    /// Sends the commands due and records their outcomes. Returns whether there were any.
+    async fn send_commands(&self, work: &mut PgConnection) -> Result<bool, SagaRunnerError> {
+        let results = self.execute_due().await?;
+        if results.is_empty() {
+            return Ok(false);
+        }
         let mut sent = Vec::new();
         for (id, command, attempts, result) in results {
             self.observe(SagaStep::CommandExecuted {
@@ -471,6 +477,17 @@ impl<S: Saga> Runner<S> {
         Ok(fired)
     }
 }
+
+/// An outbox row due: id, command, attempts so far.
+type Due = (i64, OutgoingCommand, i32);
+
+/// An outbox row after its execution.
+type Executed = (
+    i64,
+    OutgoingCommand,
+    i32,
+    Result<cqrs_core::Committed, cqrs_core::saga::SendFailure>,
+);
 
 /// Aborts the task when dropped: a leadership's helper tasks end with it.
 struct AbortOnDrop<T>(JoinHandle<T>);
