@@ -18,7 +18,9 @@
 //!   │ run the handler; write state, outbox rows (command + idempotency key), deadlines  │
 //!   │ move the checkpoint                                                     COMMIT    │
 //!   └───────────────────────────────────────────────────────────────────────────────────┘
-//!   outbox: execute each command through the bus with its idempotency key
+//!   outbox (a task of the leader's, beside the event loop, on a connection of its own;
+//!   the commands of different instances at once, each instance's in order):
+//!   execute each command through the bus with its idempotency key
 //!     ok ─► delete the row
 //!     passing failure (conflict, store down, limit) ─► keep the row, send again later
 //!     failure (rejected, invalid, ...) ─► one transaction: delete the row, run the saga's
