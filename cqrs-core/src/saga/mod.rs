@@ -3,7 +3,7 @@
 //! and deadlines.
 //!
 //! A saga is a plain struct (its state, `Default + Serialize + Deserialize`) with
-//! [`#[saga]`](macro@crate::saga) on its impl block. Each `#[event_handler]` takes one event
+//! `#[saga]` on its impl block. Each `#[event_handler]` takes one event
 //! payload and declares how the event finds its saga **instance**: a field of the payload
 //! (`key = order_id`) read as text. `start` handlers create the instance when it does not
 //! exist yet; events for an instance that does not exist and is not started by them are not
@@ -113,7 +113,7 @@
 //! [`InMemorySagaRunner`] runs a saga in process over any [`EventStore`](crate::EventStore):
 //! it reads the store's global order from its checkpoint, hands each event to its instance,
 //! sends the commands through the command bus, brings failures back, and fires deadlines by
-//! an injectable [`Clock`](crate::middleware::Clock). Its saga state, outbox and deadlines
+//! an injectable [`Clock`]. Its saga state, outbox and deadlines
 //! live in memory: it is for tests, examples and single-process services whose sagas may
 //! start over. `cqrs_postgres::saga` keeps all of them in PostgreSQL, in one transaction per
 //! event, and survives crashes.
@@ -314,7 +314,7 @@ pub enum SagaRunError {
 }
 
 /// A saga: its state type, the events it reacts to, how an event finds its instance, and its
-/// handlers. Implemented by [`#[saga]`](macro@crate::saga); see the [module docs](self).
+/// handlers. Implemented by `#[saga]`; see the [module docs](self).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a saga",
     note = "add `#[saga(commands(...))]` to an `impl {Self}` block with its `#[event_handler]` methods"

@@ -1,8 +1,8 @@
 //! Durable sagas: a saga's instances, outbox of commands and deadlines in PostgreSQL, driven
 //! by the store's events, surviving crashes at any point.
 //!
-//! [`SagaRunner`] runs one saga type (see [`cqrs_core::saga`] for writing one). Building it
-//! with a command bus checks at compile time that the bus carries every command the saga
+//! [`SagaRunner`] runs one saga type (see [`cqrs_core::saga`](mod@cqrs_core::saga) for
+//! writing one). Building it with a command bus checks at compile time that the bus carries every command the saga
 //! sends. Its [`SagaAdmin`] lists parked instances and retries or skips them, from any
 //! process.
 //!
