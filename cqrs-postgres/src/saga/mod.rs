@@ -2,9 +2,9 @@
 //! by the store's events, surviving crashes at any point.
 //!
 //! [`SagaRunner`] runs one saga type (see [`cqrs_core::saga`](mod@cqrs_core::saga) for
-//! writing one). Building it with a command bus checks at compile time that the bus carries every command the saga
-//! sends. Its [`SagaAdmin`] lists parked instances and retries or skips them, from any
-//! process.
+//! writing one). Building it with a command bus checks at compile time that the bus carries
+//! every command the saga sends. Its [`SagaAdmin`] lists parked instances and retries or
+//! skips them, from any process.
 //!
 //! # The path of an event
 //!
