@@ -376,11 +376,6 @@ SET state = EXCLUDED.state, status = EXCLUDED.status, error = EXCLUDED.error,
 pub const SAGA_DELETE_INSTANCE: &str =
     "DELETE FROM cqrs_saga_instances WHERE saga = $1 AND key = $2";
 
-/// Queues an instance's commands, in order: `$3` the commands as JSON texts.
-pub const SAGA_OUTBOX_INSERT: &str = "\
-INSERT INTO cqrs_saga_outbox (saga, instance, command)
-SELECT $1, $2, c.command::jsonb FROM unnest($3::text[]) WITH ORDINALITY AS c(command, n) ORDER BY c.n";
-
 /// The commands due to be sent, oldest first.
 pub const SAGA_OUTBOX_DUE: &str = "\
 SELECT id, command::text, attempts FROM cqrs_saga_outbox
@@ -475,3 +470,17 @@ WHERE name = $1 AND (tx, position) < ($2::text::xid8, $3)";
 
 /// Removes sent commands.
 pub const SAGA_OUTBOX_DELETE_MANY: &str = "DELETE FROM cqrs_saga_outbox WHERE id = ANY($1)";
+
+/// [`SAGA_SAVE_INSTANCE`] of an active or ended instance and the insert of the commands it
+/// sends into the outbox, in order, in one statement: `$3` state, `$4` status, `$5` the
+/// commands as JSON texts.
+pub const SAGA_SAVE_AND_SEND: &str = "\
+WITH saved AS (
+    INSERT INTO cqrs_saga_instances (saga, key, state, status, error, parked_at, updated_at)
+    VALUES ($1, $2, $3::jsonb, $4, NULL, NULL, now())
+    ON CONFLICT (saga, key) DO UPDATE
+    SET state = EXCLUDED.state, status = EXCLUDED.status, error = NULL, parked_at = NULL,
+        updated_at = now()
+)
+INSERT INTO cqrs_saga_outbox (saga, instance, command)
+SELECT $1, $2, c.command::jsonb FROM unnest($5::text[]) WITH ORDINALITY AS c(command, n) ORDER BY c.n";

@@ -118,15 +118,32 @@ async fn apply<S: Saga>(
     } else {
         InstanceStatus::Active
     };
-    sqlx::query(sql::SAGA_SAVE_INSTANCE)
-        .bind(S::NAME)
-        .bind(key)
-        .bind(state)
-        .bind(status.as_str())
-        .bind(None::<String>)
-        .bind(None::<DateTime<Utc>>)
-        .execute(&mut *conn)
-        .await?;
+    if effects.commands.is_empty() {
+        sqlx::query(sql::SAGA_SAVE_INSTANCE)
+            .bind(S::NAME)
+            .bind(key)
+            .bind(state)
+            .bind(status.as_str())
+            .bind(None::<String>)
+            .bind(None::<DateTime<Utc>>)
+            .execute(&mut *conn)
+            .await?;
+    } else {
+        // The state and the commands it sends in one statement.
+        let commands = effects
+            .commands
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()?;
+        sqlx::query(sql::SAGA_SAVE_AND_SEND)
+            .bind(S::NAME)
+            .bind(key)
+            .bind(state)
+            .bind(status.as_str())
+            .bind(commands)
+            .execute(&mut *conn)
+            .await?;
+    }
     if effects.ended {
         sqlx::query(sql::SAGA_DEADLINE_CANCEL_ALL)
             .bind(S::NAME)
@@ -153,19 +170,6 @@ async fn apply<S: Saga>(
                 .execute(&mut *conn)
                 .await?;
         }
-    }
-    if !effects.commands.is_empty() {
-        let commands = effects
-            .commands
-            .iter()
-            .map(serde_json::to_string)
-            .collect::<Result<Vec<_>, _>>()?;
-        sqlx::query(sql::SAGA_OUTBOX_INSERT)
-            .bind(S::NAME)
-            .bind(key)
-            .bind(commands)
-            .execute(&mut *conn)
-            .await?;
     }
     Ok(())
 }
