@@ -372,3 +372,69 @@ async fn a_background_runner_follows_new_events() {
     }
     handle.shutdown().await;
 }
+
+/// Sends two notes per ticket, in order.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Pair;
+
+#[saga(commands(Note))]
+impl Pair {
+    #[event_handler(key = id, start)]
+    fn on_opened(&mut self, e: &Opened) -> (Note, Note) {
+        let note = |text: &str| Note {
+            id: e.id,
+            text: text.into(),
+        };
+        (note("first"), note("second"))
+    }
+}
+
+/// Refuses the first command sent with an idempotency key ending in `/0`, once, as a rate
+/// limit would: a passing failure.
+struct RefuseOnce(Arc<AtomicBool>);
+
+impl cqrs_core::middleware::CommandMiddleware for RefuseOnce {
+    async fn handle<C: Command, N: cqrs_core::middleware::Next<C>>(
+        &self,
+        command: C,
+        ctx: CommandContext,
+        next: N,
+    ) -> cqrs_core::middleware::CommandResult<C> {
+        if ctx.idempotency_key().is_some_and(|key| key.ends_with("/0"))
+            && self.0.swap(false, Ordering::SeqCst)
+        {
+            return Err(CommandError::Refused {
+                middleware: "refuse-once",
+                reason: "try again later".into(),
+            });
+        }
+        next.run(command, ctx).await
+    }
+}
+
+#[tokio::test]
+async fn a_command_put_off_by_a_passing_failure_is_sent_again_and_not_overtaken() {
+    let store = InMemoryEventStore::new();
+    let bus = CommandBus::builder(store.clone())
+        .aggregate::<Ticket>(())
+        .middleware(RefuseOnce(Arc::new(AtomicBool::new(true))))
+        .build();
+    let clock = ManualClock::new();
+    let runner =
+        InMemorySagaRunner::<Pair>::with_options(&bus, SagaOptions::default().clock(clock.clone()));
+    bus.execute(Open {
+        id: 11,
+        fail: false,
+    })
+    .await
+    .unwrap();
+    runner.run_until_idle().await.unwrap();
+    // The first note was refused for now; the second waits behind it.
+    assert!(texts(&store, 11).await.is_empty());
+    assert_eq!(runner.outbox_len().await, 2);
+
+    clock.advance(Duration::from_secs(1));
+    runner.run_until_idle().await.unwrap();
+    assert_eq!(texts(&store, 11).await, ["first", "second"]);
+    assert_eq!(runner.outbox_len().await, 0);
+}

@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS cqrs_saga_outbox (
 );
 
 CREATE INDEX IF NOT EXISTS cqrs_saga_outbox_by_saga ON cqrs_saga_outbox (saga, id);
+-- An instance's commands in order: a later one waits while an earlier one is put off.
+CREATE INDEX IF NOT EXISTS cqrs_saga_outbox_by_instance ON cqrs_saga_outbox (saga, instance, id);
 
 CREATE TABLE IF NOT EXISTS cqrs_saga_deadlines (
     saga    text        NOT NULL,

@@ -376,10 +376,15 @@ SET state = EXCLUDED.state, status = EXCLUDED.status, error = EXCLUDED.error,
 pub const SAGA_DELETE_INSTANCE: &str =
     "DELETE FROM cqrs_saga_instances WHERE saga = $1 AND key = $2";
 
-/// The commands due to be sent, oldest first.
+/// The commands due to be sent, oldest first; none of an instance whose earlier command is
+/// put off (after a passing failure), so that an instance's commands never overtake.
 pub const SAGA_OUTBOX_DUE: &str = "\
-SELECT id, command::text, attempts FROM cqrs_saga_outbox
-WHERE saga = $1 AND not_before <= $2 ORDER BY id LIMIT $3";
+SELECT o.id, o.command::text, o.attempts FROM cqrs_saga_outbox o
+WHERE o.saga = $1 AND o.not_before <= $2
+  AND NOT EXISTS (SELECT 1 FROM cqrs_saga_outbox p
+                   WHERE p.saga = o.saga AND p.instance = o.instance AND p.id < o.id
+                     AND p.not_before > $2)
+ORDER BY o.id LIMIT $3";
 
 /// Removes a sent command; `rows_affected` 0 means another runner recorded it first.
 pub const SAGA_OUTBOX_DELETE: &str = "DELETE FROM cqrs_saga_outbox WHERE id = $1";

@@ -532,3 +532,91 @@ async fn the_runner_aborted_after_every_step_still_sends_each_command_once() {
     }
     assert!(step > 5, "the flow has more than five steps: {step}");
 }
+
+/// Sends two notes per ticket, in order.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Pair;
+
+#[saga(commands(Note), name = "pair")]
+impl Pair {
+    #[event_handler(key = id, start)]
+    fn on_opened(&mut self, e: &Opened) -> (Note, Note) {
+        let note = |text: &str| Note {
+            id: e.id,
+            text: text.into(),
+        };
+        (note("first"), note("second"))
+    }
+}
+
+/// Refuses the first command sent with an idempotency key ending in `/0`, once, as a rate
+/// limit would: a passing failure.
+struct RefuseOnce(Arc<AtomicBool>);
+
+impl cqrs_core::middleware::CommandMiddleware for RefuseOnce {
+    async fn handle<C: Command, N: cqrs_core::middleware::Next<C>>(
+        &self,
+        command: C,
+        ctx: CommandContext,
+        next: N,
+    ) -> cqrs_core::middleware::CommandResult<C> {
+        if ctx.idempotency_key().is_some_and(|key| key.ends_with("/0"))
+            && self.0.swap(false, Ordering::SeqCst)
+        {
+            return Err(CommandError::Refused {
+                middleware: "refuse-once",
+                reason: "try again later".into(),
+            });
+        }
+        next.run(command, ctx).await
+    }
+}
+
+#[tokio::test]
+async fn a_command_put_off_by_a_passing_failure_is_sent_again_and_not_overtaken() {
+    let s = Setup::new().await;
+    let bus = CommandBus::builder(PostgresEventStore::new(s.db.pool.clone()))
+        .aggregate::<Ticket>(())
+        .middleware(RefuseOnce(Arc::new(AtomicBool::new(true))))
+        .build();
+    let options = Setup::options(&s.clock);
+    let admin = SagaAdmin::<Pair>::new(s.db.pool.clone()).with_options(options.clone());
+    let runner = SagaRunner::<Pair>::new(&s.db.pool, &bus)
+        .options(options)
+        .start()
+        .await
+        .unwrap();
+    bus.execute(Open {
+        id: 12,
+        fail: false,
+    })
+    .await
+    .unwrap();
+    // The first note is refused and put off (by the manual clock); the second waits.
+    for _ in 0..500 {
+        if admin.outbox_len().await.unwrap() == 2
+            && s.admin.deadlines().await.unwrap().is_empty()
+            && sqlx::query_scalar::<_, i32>(
+                "SELECT attempts FROM cqrs_saga_outbox ORDER BY id LIMIT 1",
+            )
+            .fetch_optional(&s.db.pool)
+            .await
+            .unwrap()
+                == Some(1)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        s.texts(12).await.is_empty(),
+        "nothing overtook the refused note"
+    );
+    assert_eq!(admin.outbox_len().await.unwrap(), 2);
+
+    s.clock.advance(Duration::from_secs(1));
+    assert!(admin.wait_idle(Duration::from_secs(20)).await.unwrap());
+    assert_eq!(s.texts(12).await, ["first", "second"]);
+    runner.shutdown().await;
+}

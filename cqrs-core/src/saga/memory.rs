@@ -171,9 +171,12 @@ impl<S: Saga> InMemorySagaRunner<S> {
         let mut handled = 0;
         let mut sent = 0;
         let mut later = VecDeque::new();
+        // Instances with a command put off: their later commands wait behind it.
+        let mut blocked: Vec<String> = Vec::new();
         while let Some(mut pending) = state.outbox.pop_front() {
             let now = self.inner.options.clock.now();
-            if pending.not_before > now {
+            if pending.not_before > now || blocked.contains(&pending.command.instance) {
+                blocked.push(pending.command.instance.clone());
                 later.push_back(pending);
                 continue;
             }
@@ -190,6 +193,7 @@ impl<S: Saga> InMemorySagaRunner<S> {
                     );
                     pending.not_before =
                         due_at(now, self.inner.options.send_backoff(pending.attempts));
+                    blocked.push(pending.command.instance.clone());
                     later.push_back(pending);
                 }
                 Err(failure) => {
