@@ -137,6 +137,8 @@
 //!   [`CommandFailed`]; a passing one (conflict, timeout, store unavailable, rate limit,
 //!   open circuit) is retried with backoff and never reaches the saga. A failure with no
 //!   `#[failure_handler]` for its command parks the instance.
+//! - **Each instance's commands leave in order**; one put off by a passing failure holds
+//!   back that instance's later commands (other instances' go on).
 //! - **Parking.** A handler that fails `handler_attempts` times in a row (or a failure
 //!   nobody handles) parks its instance: its later messages wait, in order, other instances
 //!   go on; an operator lists parked instances with their error, then retries or skips the
