@@ -296,6 +296,52 @@ impl RemarkLog {
     }
 }
 
+/// Moves each new counter once; counts refusals.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Nudger {
+    nudged: bool,
+    refused: u32,
+}
+
+/// Fires when a counter stays still too long.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StillTooLong;
+
+#[cqrs_core::saga(commands(Move))]
+impl Nudger {
+    #[event_handler(key = start, start)]
+    fn on_created(
+        &mut self,
+        created: &Created,
+        ctx: &mut cqrs_core::saga::SagaContext<Self>,
+    ) -> Move {
+        self.nudged = true;
+        ctx.schedule(StillTooLong, std::time::Duration::from_secs(60));
+        Move {
+            id: u32::try_from(created.start).unwrap_or_default(),
+            by: 1,
+        }
+    }
+
+    #[event_handler(key = by, end)]
+    fn on_moved(&mut self, _: &Moved, _: &RecordedEvent) -> Result<(), CounterError> {
+        if self.refused > 10 {
+            return Err(CounterError::Frozen);
+        }
+        Ok(())
+    }
+
+    #[failure_handler]
+    fn on_move_failed(&mut self, _: &cqrs_core::saga::CommandFailed<Move>) {
+        self.refused += 1;
+    }
+
+    #[deadline_handler]
+    fn on_still(&mut self, _: &StillTooLong) -> Option<Move> {
+        None
+    }
+}
+
 #[tokio::test]
 async fn generated_code_runs_under_strict_lints() {
     let totals = cqrs_core::ReadModel::new(Totals::default());
@@ -331,4 +377,7 @@ async fn generated_code_runs_under_strict_lints() {
     });
     Label::default().key_changes(&named, &mut keys);
     assert_eq!(keys.claims().len(), 1);
+
+    let nudger = cqrs_core::saga::InMemorySagaRunner::<Nudger>::new(&bus);
+    let _handled = nudger.run_until_idle().await.unwrap();
 }

@@ -7,7 +7,14 @@
 #[test]
 fn ui() {
     let cases = trybuild::TestCases::new();
-    for kind in ["command", "query", "event", "aggregate", "projection"] {
+    for kind in [
+        "command",
+        "query",
+        "event",
+        "aggregate",
+        "projection",
+        "saga",
+    ] {
         cases.compile_fail(format!("ui/{kind}/*.rs"));
     }
 }

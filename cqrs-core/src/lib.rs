@@ -131,11 +131,87 @@
 //! # }
 //! ```
 //!
+//! # Sagas: processes across aggregates
+//!
+//! A command changes one aggregate; a business process often changes several and undoes
+//! what it did when a later step fails. A [`saga`](mod@saga) (process manager) is a plain
+//! struct, its state, with `#[saga(commands(...))]` on its impl block: `#[event_handler(key
+//! = field, start | end)]` methods react to events of any aggregate and find their instance
+//! by a payload field; they return (or `ctx.send`) typed commands; `#[failure_handler]`s get
+//! a failed command back as [`saga::CommandFailed<C>`] to compensate; `#[deadline_handler]`s
+//! run once when `ctx.schedule(deadline, after)` comes due. A runner drives it from the
+//! store's events: [`saga::InMemorySagaRunner`] here, `cqrs_postgres::saga::SagaRunner`
+//! durably (state, outbox of commands and checkpoint in one transaction per event). Every
+//! command leaves with an idempotency key derived from the saga, the instance, the message
+//! that caused it and its index, so sending it again after a crash does not execute it
+//! twice. A runner cannot be built on a bus lacking an aggregate for one of the saga's
+//! commands: that is a compile error naming the saga and the command.
+//!
+//! ```
+//! use cqrs_core::prelude::*;
+//! use cqrs_core::saga::InMemorySagaRunner;
+//!
+//! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+//! pub struct Registered { pub user: u32 }
+//! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+//! pub struct Welcomed { pub user: u32 }
+//! #[derive(Debug, Clone, PartialEq, Event)]
+//! pub enum UserEvent { Registered(Registered), Welcomed(Welcomed) }
+//!
+//! #[derive(Debug, Serialize, Deserialize, Command)]
+//! #[command(aggregate = User, id = user)]
+//! pub struct Register { pub user: u32 }
+//! #[derive(Debug, Serialize, Deserialize, Command)]
+//! #[command(aggregate = User, id = user, idempotent)]
+//! pub struct Welcome { pub user: u32 }
+//!
+//! #[derive(Debug, Default)]
+//! pub struct User;
+//! #[aggregate(event = UserEvent, error = std::convert::Infallible)]
+//! impl User {
+//!     #[command_handler]
+//!     fn register(&self, c: &Register) -> Result<Registered, std::convert::Infallible> {
+//!         Ok(Registered { user: c.user })
+//!     }
+//!     #[command_handler]
+//!     fn welcome(&self, c: &Welcome) -> Result<Welcomed, std::convert::Infallible> {
+//!         Ok(Welcomed { user: c.user })
+//!     }
+//!     #[event_handler] fn on_registered(&mut self, _: &Registered) {}
+//!     #[event_handler] fn on_welcomed(&mut self, _: &Welcomed) {}
+//! }
+//!
+//! /// Welcomes each new user once.
+//! #[derive(Debug, Default, Serialize, Deserialize)]
+//! pub struct Onboarding;
+//!
+//! #[saga(commands(Welcome))]
+//! impl Onboarding {
+//!     #[event_handler(key = user, start)]
+//!     fn on_registered(&mut self, e: &Registered) -> Welcome {
+//!         Welcome { user: e.user }
+//!     }
+//!     #[event_handler(key = user, end)]
+//!     fn on_welcomed(&mut self, _: &Welcomed) {}
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let store = InMemoryEventStore::new();
+//! let bus = CommandBus::builder(store.clone()).aggregate::<User>(()).build();
+//! let onboarding = InMemorySagaRunner::<Onboarding>::new(&bus);
+//!
+//! bus.execute(Register { user: 1 }).await.unwrap();
+//! onboarding.run_until_idle().await.unwrap();
+//! assert_eq!(store.len(), 2); // registered, then welcomed by the saga
+//! # }
+//! ```
+//!
 //! # Features
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `macros` | yes | re-exports `#[derive(Command, Query, Event)]`, `#[aggregate]`, `#[projection]` |
+//! | `macros` | yes | re-exports `#[derive(Command, Query, Event)]`, `#[aggregate]`, `#[projection]`, `#[saga]` |
 //! | `validator` | no | `#[command(validate)]` / `#[query(validate)]` run `validator::Validate` before every command or query is handled (where the [`middleware::Validation`] layer stands, or last when the bus has none) and in the test [`testing::Fixture`] |
 //! | `testing` | no | `testing::conformance`: the checks every [`EventStore`] must pass |
 //! | `metrics` | no | `middleware::Metrics` and `middleware::EventMetrics`: counters, latency histograms and in-flight gauges per command and query through the `metrics` facade (the one most Rust exporters implement) |
@@ -173,6 +249,7 @@ pub mod problem;
 mod projection;
 mod query;
 mod repository;
+pub mod saga;
 pub mod store;
 pub mod testing;
 pub mod trace_context;
@@ -210,7 +287,7 @@ pub use trace_context::{TraceParent, TraceParentError};
 pub use unique::{KeyChange, KeyChanges, UniqueKey, UniqueKeys};
 
 #[cfg(feature = "macros")]
-pub use cqrs_macros::{Command, Event, Query, aggregate, projection};
+pub use cqrs_macros::{Command, Event, Query, aggregate, projection, saga};
 
 /// The `serde` this crate is built with. A domain crate that does not depend on `serde`
 /// itself points serde's derives here: `#[serde(crate = "cqrs_core::serde")]` next to
@@ -237,7 +314,7 @@ pub mod prelude {
         QueryBus, QueryError, ReadModel, RecordedEvent,
     };
     #[cfg(feature = "macros")]
-    pub use cqrs_macros::{aggregate, projection};
+    pub use cqrs_macros::{aggregate, projection, saga};
     pub use serde::{Deserialize, Serialize};
     pub use uuid::Uuid;
 }

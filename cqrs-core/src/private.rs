@@ -7,6 +7,8 @@ pub use ::std;
 pub use crate::dispatch::{CommandVisitor, DispatchCommands, DispatchQueries, QueryVisitor};
 pub use crate::list::AnsweredQueries;
 pub use crate::projection::{decode_payload, handler_error};
+pub use crate::saga::__private as saga;
+pub use crate::saga::IdempotentCommand;
 pub use crate::{
     Aggregate, Apply, ApplyUnit, Command, CommandContext, Event, EventDecodeError, EventPayload,
     EventType, Handles, HandlesQuery, IntoEvents, KeyChanges, Payload, Projection, ProjectionError,

@@ -278,3 +278,42 @@ fn projection_with_query_handlers_only() {
         }
     ));
 }
+
+#[test]
+fn saga_with_keys_start_end_failures_deadlines_and_context() {
+    insta::assert_snapshot!(attribute(
+        crate::saga::expand,
+        quote!(commands(Reserve, Charge), name = "checkout"),
+        &quote! {
+            impl Checkout {
+                #[event_handler(key = order_id, start)]
+                fn on_placed(&mut self, placed: &Placed) -> Reserve {
+                    Reserve { order_id: placed.order_id }
+                }
+
+                #[event_handler(key = order.id)]
+                async fn on_reserved(
+                    &mut self,
+                    _: &Reserved,
+                    event: &RecordedEvent,
+                    ctx: &mut SagaContext<Self>,
+                ) -> Result<Option<Charge>, Refused> {
+                    Ok(None)
+                }
+
+                #[event_handler(key = order_id, end)]
+                fn on_charged(&mut self, _: &Charged) {}
+
+                #[failure_handler]
+                fn on_charge_failed(&mut self, failed: &CommandFailed<Charge>) -> (Release, Cancel) {
+                    todo!()
+                }
+
+                #[deadline_handler]
+                fn on_timeout(&mut self, _: &PaymentTimedOut, ctx: &mut SagaContext<Self>) {
+                    ctx.end();
+                }
+            }
+        }
+    ));
+}

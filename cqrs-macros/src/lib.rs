@@ -13,6 +13,7 @@
 //! | [`#[derive(Event)]`](derive@Event) | an enum | `Event`; per payload type `EventPayload`, `From`, `IntoEvents` |
 //! | [`#[aggregate]`](macro@aggregate) | the aggregate's `impl` block | `Aggregate`, `Handles<C>`, `Apply<P>`, `ApplyUnit<E>`, `DispatchCommands` |
 //! | [`#[projection]`](macro@projection) | a read model's `impl` block | `Projection`, `HandlesQuery<Q>`, `DispatchQueries` |
+//! | [`#[saga]`](macro@saga) | a saga's `impl` block | `Saga`, `Sends<C>`, `HandlesDeadline<D>`, `SendCommands<R, M, I>` |
 //!
 //! Each macro takes `crate = "path"` for code that reaches `cqrs_core` under another path (a
 //! facade crate re-exporting it). Nothing else about the generated code is configurable, and
@@ -118,6 +119,7 @@ mod expand_tests;
 mod internals;
 mod projection;
 mod query;
+mod saga;
 
 use proc_macro::TokenStream;
 use syn::{DeriveInput, parse_macro_input};
@@ -658,4 +660,50 @@ pub fn aggregate(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn projection(args: TokenStream, item: TokenStream) -> TokenStream {
     projection::expand(args.into(), &item.into()).into()
+}
+
+/// Makes a struct a saga (process manager): its `impl` block's handlers react to events of
+/// several aggregates, keep the saga's state and send commands.
+///
+/// ```text
+/// #[saga(commands(ReserveStock, ChargePayment, ...))]           // the commands it may send
+/// #[saga(commands(...), name = "order-fulfilment")]             // stored name (default: the type's)
+/// ```
+///
+/// The struct is the state: `Default + Serialize + Deserialize`. Handlers take `&mut self`,
+/// their message, then optionally `&RecordedEvent` (event handlers) and
+/// `&mut SagaContext<Self>`, and return nothing, commands to send (a declared command, a
+/// tuple, an `Option` or a `Vec` of them, sent in order), or a `Result` of either (an error
+/// parks the instance after the runner's attempts).
+///
+/// - `#[event_handler(key = field, start, end)]` takes `&Payload` of an event; `key` names
+///   the payload field (or `a.b` path) whose text is the instance key; `start` creates the
+///   instance when it does not exist; `end` ends it after the handler.
+/// - `#[failure_handler]` takes `&CommandFailed<C>` for a command `C` in `commands(...)`.
+/// - `#[deadline_handler]` takes `&D`, a deadline type scheduled with `ctx.schedule(D, after)`;
+///   it is stored by its type name.
+///
+/// Every command in `commands(...)` must take idempotency keys (`#[command(idempotent)]`)
+/// and be `Serialize + Deserialize`; the bus a runner is built on must have an aggregate
+/// for each. See `cqrs_core::saga` for the full example and the guarantees.
+///
+/// ```compile_fail
+/// # use cqrs_core::prelude::*;
+/// # use cqrs_core::saga;
+/// # #[derive(Debug, Clone, Serialize, Deserialize)]
+/// # pub struct Placed { pub order: u32 }
+/// # #[derive(Debug, Clone, Event)]
+/// # pub enum OrderEvent { Placed(Placed) }
+/// #[derive(Default, Serialize, Deserialize)]
+/// pub struct Fulfilment;
+///
+/// #[saga(commands())]
+/// impl Fulfilment {
+///     #[event_handler(start)] // error: the handler says which payload field finds the instance
+///     fn on_placed(&mut self, _: &Placed) {}
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn saga(args: TokenStream, item: TokenStream) -> TokenStream {
+    saga::expand(args.into(), &item.into()).into()
 }

@@ -336,6 +336,7 @@
 
 mod error;
 mod migrate;
+pub mod saga;
 pub mod sql;
 mod store;
 pub mod subscription;

@@ -26,6 +26,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "idempotency",
         include_str!("../migrations/0004_idempotency.sql"),
     ),
+    (5, "sagas", include_str!("../migrations/0005_sagas.sql")),
 ];
 
 /// Serializes concurrent runners within one database (`pg_advisory_xact_lock` key:

@@ -346,3 +346,146 @@ SELECT body_hash, stream_id, result::text, created_at
 
 /// Deletes the idempotency records created before `$1`.
 pub const PURGE_IDEMPOTENCY_KEYS: &str = "DELETE FROM cqrs_idempotency WHERE created_at < $1";
+
+// ---------------------------------------------------------------- sagas (`crate::saga`)
+
+/// Takes the leadership of saga `$1` for the session: one runner per saga name across
+/// processes. Two-key form: `'cqrs'` as the class, the name's hash as the object.
+pub const SAGA_TRY_LEAD: &str = "SELECT pg_try_advisory_lock(1668444787, hashtext($1))";
+
+/// Whether the leader's session is still there (run on the leader's own connection).
+pub const SAGA_STILL_LEADING: &str = "SELECT 1";
+
+/// An instance's state and status, locked for the rest of the transaction.
+pub const SAGA_INSTANCE_FOR_UPDATE: &str = "\
+SELECT state::text, status FROM cqrs_saga_instances WHERE saga = $1 AND key = $2 FOR UPDATE";
+
+/// An instance's state, status and error, unlocked.
+pub const SAGA_INSTANCE: &str = "\
+SELECT state::text, status FROM cqrs_saga_instances WHERE saga = $1 AND key = $2";
+
+/// Writes an instance: `$3` state (JSON text or NULL), `$4` status, `$5` error, `$6` parked at.
+pub const SAGA_SAVE_INSTANCE: &str = "\
+INSERT INTO cqrs_saga_instances (saga, key, state, status, error, parked_at, updated_at)
+VALUES ($1, $2, $3::jsonb, $4, $5, $6, now())
+ON CONFLICT (saga, key) DO UPDATE
+SET state = EXCLUDED.state, status = EXCLUDED.status, error = EXCLUDED.error,
+    parked_at = EXCLUDED.parked_at, updated_at = now()";
+
+/// Forgets an instance that never started (released from parking without a state).
+pub const SAGA_DELETE_INSTANCE: &str =
+    "DELETE FROM cqrs_saga_instances WHERE saga = $1 AND key = $2";
+
+/// The commands due to be sent, oldest first; none of an instance whose earlier command is
+/// put off (after a passing failure), so that an instance's commands never overtake.
+pub const SAGA_OUTBOX_DUE: &str = "\
+SELECT o.id, o.command::text, o.attempts FROM cqrs_saga_outbox o
+WHERE o.saga = $1 AND o.not_before <= $2
+  AND NOT EXISTS (SELECT 1 FROM cqrs_saga_outbox p
+                   WHERE p.saga = o.saga AND p.instance = o.instance AND p.id < o.id
+                     AND p.not_before > $2)
+ORDER BY o.id LIMIT $3";
+
+/// Removes a sent command; `rows_affected` 0 means another runner recorded it first.
+pub const SAGA_OUTBOX_DELETE: &str = "DELETE FROM cqrs_saga_outbox WHERE id = $1";
+
+/// Puts a command off after a passing failure.
+pub const SAGA_OUTBOX_RETRY: &str = "\
+UPDATE cqrs_saga_outbox SET attempts = attempts + 1, last_error = $2, not_before = $3 WHERE id = $1";
+
+/// How many commands of a saga wait to be sent.
+pub const SAGA_OUTBOX_LEN: &str = "SELECT count(*) FROM cqrs_saga_outbox WHERE saga = $1";
+
+/// Schedules (or replaces) an instance's deadline of one name.
+pub const SAGA_DEADLINE_SCHEDULE: &str = "\
+INSERT INTO cqrs_saga_deadlines (saga, key, name, id, payload, due_at)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6)
+ON CONFLICT (saga, key, name) DO UPDATE
+SET id = EXCLUDED.id, payload = EXCLUDED.payload, due_at = EXCLUDED.due_at";
+
+/// Cancels some of an instance's deadlines by name.
+pub const SAGA_DEADLINE_CANCEL: &str =
+    "DELETE FROM cqrs_saga_deadlines WHERE saga = $1 AND key = $2 AND name = ANY($3)";
+
+/// Cancels every deadline of an instance (it ended).
+pub const SAGA_DEADLINE_CANCEL_ALL: &str =
+    "DELETE FROM cqrs_saga_deadlines WHERE saga = $1 AND key = $2";
+
+/// The deadlines due, earliest first.
+pub const SAGA_DEADLINES_DUE: &str = "\
+SELECT key, name, id, payload::text, due_at FROM cqrs_saga_deadlines
+WHERE saga = $1 AND due_at <= $2 ORDER BY due_at, key LIMIT $3";
+
+/// Takes a due deadline; `rows_affected` 0 means it was cancelled, replaced or fired already.
+pub const SAGA_DEADLINE_TAKE: &str =
+    "DELETE FROM cqrs_saga_deadlines WHERE saga = $1 AND key = $2 AND name = $3 AND id = $4";
+
+/// Every pending deadline of a saga: key, name, due at.
+pub const SAGA_DEADLINES: &str =
+    "SELECT key, name, due_at FROM cqrs_saga_deadlines WHERE saga = $1 ORDER BY due_at, key";
+
+/// When the runner must look again without being woken: the next deadline or delayed send
+/// (commands never put off have `not_before = '-infinity'`, and are sent in the round).
+pub const SAGA_NEXT_WAKE: &str = "\
+SELECT least((SELECT min(due_at) FROM cqrs_saga_deadlines WHERE saga = $1),
+             (SELECT min(not_before) FROM cqrs_saga_outbox
+               WHERE saga = $1 AND not_before > '-infinity'))";
+
+/// Queues a message behind a parked instance.
+pub const SAGA_INBOX_PUSH: &str =
+    "INSERT INTO cqrs_saga_inbox (saga, key, message) VALUES ($1, $2, $3::jsonb)";
+
+/// Takes every message waiting behind an instance.
+pub const SAGA_INBOX_TAKE: &str =
+    "DELETE FROM cqrs_saga_inbox WHERE saga = $1 AND key = $2 RETURNING id, message::text";
+
+/// The parked instances of a saga, with their error, how many messages wait, and the first.
+pub const SAGA_PARKED: &str = "\
+SELECT i.key, coalesce(i.error, ''), coalesce(i.parked_at, now()),
+       (SELECT count(*) FROM cqrs_saga_inbox b WHERE b.saga = i.saga AND b.key = i.key),
+       (SELECT b.message::text FROM cqrs_saga_inbox b
+         WHERE b.saga = i.saga AND b.key = i.key ORDER BY b.id LIMIT 1)
+FROM cqrs_saga_instances i
+WHERE i.saga = $1 AND i.status = 'parked'
+ORDER BY i.key";
+
+/// Whether saga `$1` (checkpoint `$2`) is idle at `$3`: no command waiting, no deadline due,
+/// its checkpoint at the last visible event. One statement, so one snapshot: a command's
+/// events commit before its outbox row is deleted, so a snapshot without the row shows them.
+pub const SAGA_IDLE: &str = "\
+SELECT NOT EXISTS (SELECT 1 FROM cqrs_saga_outbox WHERE saga = $1)
+   AND NOT EXISTS (SELECT 1 FROM cqrs_saga_deadlines WHERE saga = $1 AND due_at <= $3)
+   AND coalesce(
+         (SELECT (c.tx, c.position) >= (e.tx, e.position)
+            FROM cqrs_checkpoints c,
+                 (SELECT tx, position FROM cqrs_events ORDER BY tx DESC, position DESC LIMIT 1) e
+           WHERE c.name = $2),
+         NOT EXISTS (SELECT 1 FROM cqrs_events))";
+
+/// The saga runner's own session commits without waiting for the WAL flush; see
+/// [`crate::saga`], "Commits".
+pub const SAGA_ASYNC_COMMIT: &str = "SET synchronous_commit = off";
+
+/// Claims an event for a saga's transaction: moves checkpoint `$1` to `($2, $3)` if it is
+/// still before it, locking the row until the transaction ends. No row: another runner is
+/// already past the event.
+pub const SAGA_CLAIM_EVENT: &str = "\
+UPDATE cqrs_checkpoints SET tx = $2::text::xid8, position = $3, updated_at = now()
+WHERE name = $1 AND (tx, position) < ($2::text::xid8, $3)";
+
+/// Removes sent commands.
+pub const SAGA_OUTBOX_DELETE_MANY: &str = "DELETE FROM cqrs_saga_outbox WHERE id = ANY($1)";
+
+/// [`SAGA_SAVE_INSTANCE`] of an active or ended instance and the insert of the commands it
+/// sends into the outbox, in order, in one statement: `$3` state, `$4` status, `$5` the
+/// commands as JSON texts.
+pub const SAGA_SAVE_AND_SEND: &str = "\
+WITH saved AS (
+    INSERT INTO cqrs_saga_instances (saga, key, state, status, error, parked_at, updated_at)
+    VALUES ($1, $2, $3::jsonb, $4, NULL, NULL, now())
+    ON CONFLICT (saga, key) DO UPDATE
+    SET state = EXCLUDED.state, status = EXCLUDED.status, error = NULL, parked_at = NULL,
+        updated_at = now()
+)
+INSERT INTO cqrs_saga_outbox (saga, instance, command)
+SELECT $1, $2, c.command::jsonb FROM unnest($5::text[]) WITH ORDINALITY AS c(command, n) ORDER BY c.n";

@@ -1,4 +1,4 @@
-//! Test support: the given/when/then [`Fixture`] for aggregates, and (feature `testing`) the
+//! Test support: the given/when/then [`Fixture`] for aggregates, [`SagaFixture`] for sagas, and (feature `testing`) the
 //! `conformance` kit any [`EventStore`](crate::EventStore) implementation can run, plus the
 //! `unique_keys` checks for stores that reserve unique keys and the `idempotency` checks for
 //! stores that record idempotency keys.
@@ -8,6 +8,10 @@ use std::fmt::Debug;
 use crate::{
     Aggregate, Command, CommandContext, CommandError, Handles, Metadata, ValidationErrors,
 };
+
+mod saga;
+
+pub use saga::{SagaFixture, SagaOutcome};
 
 /// Given events, when a command, then expect events or an error — with no store at all.
 ///

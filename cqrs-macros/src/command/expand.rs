@@ -46,6 +46,13 @@ pub fn expand(command: &check::Command<'_>) -> TokenStream {
         });
         quote!(#key #body)
     });
+    // Sagas send only commands that take keys; this marks them.
+    let idempotent_marker = idempotency.as_ref().map(|_| {
+        quote! {
+            #[automatically_derived]
+            impl #impl_generics #p::IdempotentCommand for #ident #ty_generics #where_clause {}
+        }
+    });
     quote! {
         const _: () = {
             #[automatically_derived]
@@ -58,6 +65,7 @@ pub fn expand(command: &check::Command<'_>) -> TokenStream {
                 #validate
                 #idempotency
             }
+            #idempotent_marker
         };
     }
 }

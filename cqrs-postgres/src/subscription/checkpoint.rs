@@ -175,7 +175,7 @@ impl Checkpoints {
 }
 
 /// Creates the checkpoint row of `name` at [`Checkpoint::START`] if missing, and loads it.
-pub(super) async fn ensure(pool: &PgPool, name: &str) -> Result<Checkpoint, sqlx::Error> {
+pub(crate) async fn ensure(pool: &PgPool, name: &str) -> Result<Checkpoint, sqlx::Error> {
     sqlx::query("INSERT INTO cqrs_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
         .bind(name)
         .execute(pool)
@@ -189,7 +189,7 @@ pub(super) async fn ensure(pool: &PgPool, name: &str) -> Result<Checkpoint, sqlx
 }
 
 /// Locks the checkpoint row of `name` for the rest of the transaction and returns it.
-pub(super) async fn lock(conn: &mut PgConnection, name: &str) -> Result<Checkpoint, sqlx::Error> {
+pub(crate) async fn lock(conn: &mut PgConnection, name: &str) -> Result<Checkpoint, sqlx::Error> {
     let row: (String, i64) = sqlx::query_as(
         "SELECT tx::text, position FROM cqrs_checkpoints WHERE name = $1 FOR UPDATE",
     )
@@ -200,7 +200,7 @@ pub(super) async fn lock(conn: &mut PgConnection, name: &str) -> Result<Checkpoi
 }
 
 /// Moves the checkpoint of `name` forward to `to`; never moves it back.
-pub(super) async fn advance(
+pub(crate) async fn advance(
     conn: &mut PgConnection,
     name: &str,
     to: Checkpoint,
@@ -218,7 +218,7 @@ pub(super) async fn advance(
 }
 
 /// The last visible event in `(tx, position)` order, if any: what a replay must reach.
-pub(super) async fn head(pool: &PgPool) -> Result<Option<Checkpoint>, sqlx::Error> {
+pub(crate) async fn head(pool: &PgPool) -> Result<Option<Checkpoint>, sqlx::Error> {
     let row: Option<(String, i64)> = sqlx::query_as(
         "SELECT tx::text, position FROM cqrs_events ORDER BY tx DESC, position DESC LIMIT 1",
     )
@@ -228,7 +228,7 @@ pub(super) async fn head(pool: &PgPool) -> Result<Option<Checkpoint>, sqlx::Erro
 }
 
 /// The `(tx, position)` of the event at `position`, if it is visible.
-pub(super) async fn of_event(
+pub(crate) async fn of_event(
     pool: &PgPool,
     position: GlobalPosition,
 ) -> Result<Option<Checkpoint>, sqlx::Error> {
@@ -240,7 +240,7 @@ pub(super) async fn of_event(
     row.map(decode).transpose()
 }
 
-pub(super) fn decode((tx, position): (String, i64)) -> Result<Checkpoint, sqlx::Error> {
+pub(crate) fn decode((tx, position): (String, i64)) -> Result<Checkpoint, sqlx::Error> {
     let tx = tx
         .parse::<u64>()
         .map_err(|e| sqlx::Error::Decode(format!("transaction id `{tx}`: {e}").into()))?;
@@ -254,6 +254,6 @@ pub(super) fn decode((tx, position): (String, i64)) -> Result<Checkpoint, sqlx::
 
 /// Positions are `bigint`; one beyond its range can never be stored, and saturating keeps it
 /// unreachable.
-pub(super) fn position_to_sql(position: GlobalPosition) -> i64 {
+pub(crate) fn position_to_sql(position: GlobalPosition) -> i64 {
     i64::try_from(position.0).unwrap_or(i64::MAX)
 }

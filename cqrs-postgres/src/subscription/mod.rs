@@ -214,11 +214,11 @@
 //! ```
 
 mod acknowledged;
-mod checkpoint;
+pub(crate) mod checkpoint;
 mod consistency;
 mod handle;
-mod read;
-mod run;
+pub(crate) mod read;
+pub(crate) mod run;
 
 use std::sync::Arc;
 use std::time::Duration;

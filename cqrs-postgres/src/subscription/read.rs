@@ -12,7 +12,7 @@ use super::{EventTypes, SubscriptionError};
 
 /// What one read returned.
 #[derive(Debug)]
-pub(super) struct Batch {
+pub(crate) struct Batch {
     /// Events of the subscribed types, in `(tx, position)` order, each with its checkpoint.
     pub events: Vec<(Checkpoint, RecordedEvent)>,
     /// Where the checkpoint stands once `events` are processed: the last event when the
@@ -88,7 +88,7 @@ ORDER BY batch.tx, batch.position",
 const TYPE_TEST: &str = "      AND e.event_type = ANY($3)";
 
 /// Reads up to `limit` events of `types` after `after`.
-pub(super) async fn next_batch(
+pub(crate) async fn next_batch(
     pool: &PgPool,
     name: &'static str,
     after: Checkpoint,

@@ -426,14 +426,14 @@ const PENDING_DELAY_MAX: Duration = Duration::from_secs(1);
 
 /// `LISTEN` on the events channel in a task of its own, so that waiting for a notification
 /// never cancels a half-read message; the task turns notifications into wake-ups.
-struct Listener {
+pub(crate) struct Listener {
     wake: Arc<Notify>,
     failed: oneshot::Receiver<sqlx::Error>,
     task: JoinHandle<()>,
 }
 
 impl Listener {
-    async fn start(pool: &PgPool) -> Result<Self, sqlx::Error> {
+    pub(crate) async fn start(pool: &PgPool) -> Result<Self, sqlx::Error> {
         let mut listener = PgListener::connect_with(pool).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
         let wake = Arc::new(Notify::new());
@@ -459,7 +459,7 @@ impl Listener {
 
     /// Resolves on the next notification (or one that arrived since the last call), or with
     /// the error that ended the listener.
-    async fn woken(&mut self) -> Result<(), sqlx::Error> {
+    pub(crate) async fn woken(&mut self) -> Result<(), sqlx::Error> {
         tokio::select! {
             () = self.wake.notified() => Ok(()),
             failed = &mut self.failed => Err(failed.unwrap_or(sqlx::Error::WorkerCrashed)),

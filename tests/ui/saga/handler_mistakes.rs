@@ -1,0 +1,49 @@
+use cqrs_core::prelude::*;
+use cqrs_core::saga::CommandFailed;
+use cqrs_core::{Command, Event, aggregate, saga};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Placed {
+    pub order: u32,
+}
+
+#[derive(Debug, Clone, Event)]
+pub enum OrderEvent {
+    Placed(Placed),
+}
+
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[command(aggregate = Order, id = order, idempotent)]
+pub struct Ship {
+    pub order: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Order;
+
+#[aggregate(event = OrderEvent, error = std::convert::Infallible)]
+impl Order {
+    #[command_handler]
+    fn ship(&self, _: &Ship) -> Result<(), std::convert::Infallible> {
+        Ok(())
+    }
+    #[event_handler]
+    fn on_placed(&mut self, _: &Placed) {}
+}
+
+#[derive(Default, Serialize, Deserialize)]
+pub struct Shipping;
+
+#[saga(commands())]
+impl Shipping {
+    #[event_handler(start)]
+    fn on_placed(&mut self, _: &Placed) {}
+
+    #[failure_handler]
+    fn on_ship_failed(&mut self, _: &CommandFailed<Ship>) {}
+
+    #[event_handler(key = order, begin)]
+    fn on_placed_again(&self, _: &Placed) {}
+}
+
+fn main() {}
