@@ -130,6 +130,27 @@ pub const TEMPLATES: &[Template] = &[
         keep: &[],
         run: "cargo run",
     },
+    Template {
+        name: "order-fulfilment",
+        description: "an order saga across order, inventory and payment aggregates: compensation and a payment deadline; on memory or PostgreSQL",
+        package: "order-fulfilment",
+        entity: "order",
+        entity_plural: "orders",
+        manifest: include_str!("../../examples/order-fulfilment/Cargo.toml"),
+        files: example_files!("order-fulfilment":
+            "src/lib.rs",
+            "src/main.rs",
+            "src/domain.rs",
+            "src/saga.rs",
+            "src/wire.rs",
+            "tests/common/mod.rs",
+            "tests/crash.rs",
+            "tests/saga.rs",
+            "tests/story.rs",
+        ),
+        keep: &[],
+        run: "cargo run",
+    },
 ];
 
 /// The workspace manifest the examples inherit versions, features and lints from.

@@ -244,7 +244,7 @@ impl<S: Saga> Runner<S> {
             &self.pool,
             S::NAME,
             *at,
-            S::EVENT_TYPES,
+            crate::subscription::EventTypes::Only(S::EVENT_TYPES),
             self.options.batch_size,
         )
         .await
