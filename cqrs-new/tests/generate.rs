@@ -182,7 +182,7 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     .unwrap_err();
     assert_eq!(
         error.to_string(),
-        "unknown template \"order-fulfilment-v9\"; the templates are: user-service, bank-account"
+        "unknown template \"order-fulfilment-v9\"; the templates are: user-service, bank-account, order-fulfilment"
     );
     assert!(!dir.exists());
 
