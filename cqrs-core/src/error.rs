@@ -392,7 +392,7 @@ pub enum CommandError<E> {
     /// [`CommandBus::outcome_of`](crate::CommandBus::outcome_of) with the key, or execute the
     /// key again (it runs at most once). A command without a key gets
     /// [`Store`](Self::Store) for the same failure. Its kind is the store error's
-    /// ([`ErrorKind::Transient`]).
+    /// ([`ErrorKind::StoreUnavailable`] for a lost connection).
     #[error("outcome of the command with idempotency key {idempotency_key:?} is unknown: {source}")]
     OutcomeUnknown {
         /// The command's idempotency key.
