@@ -237,3 +237,32 @@ pub mod conformance;
 pub mod idempotency;
 #[cfg(feature = "testing")]
 pub mod unique_keys;
+
+/// Runs each of `checks` against `store` in a task of its own, in order, panicking with the
+/// kit's and the check's name at the first that fails.
+#[cfg(feature = "testing")]
+async fn run_checks<S: crate::EventStore + Clone>(
+    kit: &str,
+    checks: Vec<conformance::Check<S>>,
+    store: &S,
+) {
+    for (name, check) in checks {
+        let outcome = tokio::spawn({
+            let store = store.clone();
+            async move { check(&store).await }
+        })
+        .await;
+        if let Err(error) = outcome {
+            if error.is_panic() {
+                let payload = error.into_panic();
+                let message = payload
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_default();
+                panic!("{kit} check `{name}` failed: {message}");
+            }
+            panic!("{kit} check `{name}` did not finish: {error}");
+        }
+    }
+}

@@ -65,25 +65,7 @@ pub fn checks<S: EventStore + Clone>() -> Vec<Check<S>> {
 
 /// Runs every check against `store`, panicking with the name of the first that fails.
 pub async fn run_all<S: EventStore + Clone>(store: &S) {
-    for (name, check) in checks::<S>() {
-        let outcome = tokio::spawn({
-            let store = store.clone();
-            async move { check(&store).await }
-        })
-        .await;
-        if let Err(error) = outcome {
-            if error.is_panic() {
-                let payload = error.into_panic();
-                let message = payload
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_default();
-                panic!("unique-key check `{name}` failed: {message}");
-            }
-            panic!("unique-key check `{name}` did not finish: {error}");
-        }
-    }
+    super::run_checks("unique-key", checks::<S>(), store).await;
 }
 
 const NAMESPACE: &str = "conformance.email";
