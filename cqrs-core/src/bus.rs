@@ -215,7 +215,7 @@ impl<R: Send + Sync + 'static, M: CommandChain> CommandBus<R, M> {
         let ctx = CommandContext::for_command(&command, metadata);
         // Kept aside: a middleware may change the context's metadata, and the caller's key
         // is the one its error must name.
-        let key = ctx.idempotency_key().map(Box::<str>::from);
+        let key = ctx.idempotency_key().map(str::to_owned);
         let terminal = Terminal {
             repository: self.inner.aggregates.repository(),
             subscribers: &self.inner.subscribers,
@@ -226,7 +226,7 @@ impl<R: Send + Sync + 'static, M: CommandChain> CommandBus<R, M> {
         let result = self.inner.middleware.run(command, ctx, terminal).await;
         match key {
             None => result,
-            Some(key) => result.map_err(|error| error.with_idempotency_key(&key)),
+            Some(key) => result.map_err(|error| error.with_idempotency_key(key)),
         }
     }
 

@@ -536,7 +536,7 @@ impl<E> CommandError<E> {
     /// (see [`idempotency_key`](Self::idempotency_key)); other failures are returned as
     /// they are. The key is a field of those variants rather than a wrapper around the
     /// error, so that a `match` on a variant works alike with and without a key.
-    pub(crate) fn with_idempotency_key(self, key: &str) -> Self {
+    pub(crate) fn with_idempotency_key(self, key: String) -> Self {
         match self {
             CommandError::Timeout {
                 command,
@@ -545,7 +545,7 @@ impl<E> CommandError<E> {
             } => CommandError::Timeout {
                 command,
                 after,
-                idempotency_key: Some(key.to_owned()),
+                idempotency_key: Some(key),
             },
             CommandError::RetriesExhausted {
                 attempts,
@@ -554,7 +554,7 @@ impl<E> CommandError<E> {
             } => CommandError::RetriesExhausted {
                 attempts,
                 last,
-                idempotency_key: Some(key.to_owned()),
+                idempotency_key: Some(key),
             },
             CommandError::Store(
                 source @ StoreError::Transient {
@@ -562,7 +562,7 @@ impl<E> CommandError<E> {
                     ..
                 },
             ) => CommandError::OutcomeUnknown {
-                idempotency_key: key.to_owned(),
+                idempotency_key: key,
                 source,
             },
             other => other,
