@@ -266,21 +266,10 @@ fn checks<S: EventStore + Clone>() -> Vec<Check<S>> {
 
 /// Runs the check `name` against `store` in a task of its own; `Err` holds its panic message.
 async fn run_check<S: EventStore + Clone>(store: &S, name: &str) -> Result<(), String> {
-    let Some((_, check)) = checks::<S>().into_iter().find(|(n, _)| *n == name) else {
+    let Some(check) = checks::<S>().into_iter().find(|(n, _)| *n == name) else {
         panic!("the kit has no check named `{name}`");
     };
-    let store = store.clone();
-    match tokio::spawn(async move { check(&store).await }).await {
-        Ok(()) => Ok(()),
-        Err(error) => {
-            let payload = error.into_panic();
-            Err(payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_default())
-        }
-    }
+    cqrs_core::testing::run_check(check, store).await
 }
 
 /// The check `name` fails on a store with `fault`, with a message containing `because`.

@@ -238,31 +238,42 @@ pub mod idempotency;
 #[cfg(feature = "testing")]
 pub mod unique_keys;
 
-/// Runs each of `checks` against `store` in a task of its own, in order, panicking with the
-/// kit's and the check's name at the first that fails.
+/// Runs one check against `store` in a task of its own; `Err` holds its panic message (or
+/// why the task did not finish). The store kits run each of their checks this way, and a
+/// test that expects a check to fail on a broken store can call it directly.
+#[cfg(feature = "testing")]
+pub async fn run_check<S: crate::EventStore + Clone>(
+    check: conformance::Check<S>,
+    store: &S,
+) -> Result<(), String> {
+    let (_, check) = check;
+    let store = store.clone();
+    match tokio::spawn(async move { check(&store).await }).await {
+        Ok(()) => Ok(()),
+        Err(error) if error.is_panic() => {
+            let payload = error.into_panic();
+            Err(payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default())
+        }
+        Err(error) => Err(format!("did not finish: {error}")),
+    }
+}
+
+/// Runs each of `checks` against `store`, in order, panicking with the kit's and the check's
+/// name at the first that fails.
 #[cfg(feature = "testing")]
 async fn run_checks<S: crate::EventStore + Clone>(
     kit: &str,
     checks: Vec<conformance::Check<S>>,
     store: &S,
 ) {
-    for (name, check) in checks {
-        let outcome = tokio::spawn({
-            let store = store.clone();
-            async move { check(&store).await }
-        })
-        .await;
-        if let Err(error) = outcome {
-            if error.is_panic() {
-                let payload = error.into_panic();
-                let message = payload
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_default();
-                panic!("{kit} check `{name}` failed: {message}");
-            }
-            panic!("{kit} check `{name}` did not finish: {error}");
+    for check in checks {
+        let name = check.0;
+        if let Err(message) = run_check(check, store).await {
+            panic!("{kit} check `{name}` failed: {message}");
         }
     }
 }
