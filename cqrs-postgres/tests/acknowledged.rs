@@ -483,7 +483,10 @@ async fn later_successes_then_a_failure(fail: usize) {
     let mut failed = false;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        assert!(tokio::time::Instant::now() < deadline, "no progress; sent {sent:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no progress; sent {sent:?}"
+        );
         // Take forwards until the window is full or nothing more comes.
         match tokio::time::timeout(Duration::from_millis(100), forwarded.recv()).await {
             Ok(Some((id, settle))) => {
