@@ -280,7 +280,9 @@ impl<S: Saga> SagaRunner<S> {
     /// transaction of the caller's, where the caller also records how far its source is read.
     ///
     /// Feed a saga from one place only: a runner of the same saga started with
-    /// [`start`](Self::start) would hand it the store's events a second time.
+    /// [`start`](Self::start) would hand it the store's events a second time. The saga's
+    /// store checkpoint does not move, so [`SagaAdmin::is_idle`] never holds for it: wait on
+    /// the feeding consumer's progress and [`SagaAdmin::outbox_len`] instead.
     pub async fn start_external(self) -> Result<(SagaHandle, SagaInput<S>), SagaRunnerError> {
         let wake = Arc::new(Notify::new());
         let input = SagaInput {
