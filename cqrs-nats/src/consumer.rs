@@ -35,8 +35,8 @@
 //!
 //! [`SagaSink`] feeds a `#[saga]` the same way: each batch's saga steps (instance state, the
 //! commands sent into the outbox, deadlines) and the offset in one transaction, acknowledged
-//! after the commit. The steps are the PostgreSQL saga runner's own
-//! ([`SagaInput`](cqrs_postgres::saga::SagaInput)), and a runner started with
+//! after the commit. The steps are the PostgreSQL saga runner's own ([`SagaInput`]), and a
+//! runner started with
 //! [`SagaRunner::start_external`](cqrs_postgres::saga::SagaRunner::start_external) sends the
 //! commands with their idempotency keys and fires the deadlines.
 //!
