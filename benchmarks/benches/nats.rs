@@ -7,7 +7,8 @@
 //! - **relay**: events/s from a PostgreSQL store into a JetStream stream, acknowledgements
 //!   included, against a plain `async-nats` loop publishing the very same messages (subject,
 //!   headers, payload) with the same number of acknowledgements in flight. Target: at least
-//!   0.8x the plain loop, and 20 000 events/s.
+//!   0.8x the plain loop, and 20 000 events/s. The two run back to back each round, which
+//!   goes first alternating; each round prints its ratio.
 //! - **consumer**: events/s from JetStream into a PostgreSQL read model through
 //!   `cqrs_nats::consumer` (one upsert per event, offset in the same transaction).
 //!
