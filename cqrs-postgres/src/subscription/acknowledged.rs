@@ -55,6 +55,18 @@ pub trait Forwarder: Send + 'static {
 }
 
 /// The delivery behind [`Subscription::acknowledged`](super::Subscription::acknowledged).
+///
+/// Why the stored checkpoint never passes an event that is not confirmed:
+/// - `in_flight` holds the confirmations in forwarding order, each with its event's
+///   checkpoint, and a batch's end marker after its events; later batches' entries come after
+///   earlier ones, so the checkpoints in it only grow.
+/// - `confirmed` moves only when the front entry is popped after its confirmation resolved
+///   `Ok` (or is a marker), so every entry before it was popped the same way: a later
+///   confirmation arriving first is not looked at until the earlier ones have.
+/// - Entries leave otherwise only by `clear`, on an error that ends the attempt, and nothing
+///   is forwarded again before `resume` sets `confirmed` back to the stored checkpoint.
+/// - `stored` is only ever written from `confirmed`, and the update never moves it back, so
+///   stores that finish late or out of turn cannot pass it either.
 pub(super) struct Acknowledged<F> {
     forwarder: F,
     max_in_flight: usize,
