@@ -31,11 +31,19 @@
 //! before one of those. Database failures of the sink are not poison: they are retried with
 //! backoff, the messages kept in order.
 //!
+//! # Sagas
+//!
+//! [`SagaSink`] feeds a `#[saga]` the same way: each batch's saga steps (instance state, the
+//! commands sent into the outbox, deadlines) and the offset in one transaction, acknowledged
+//! after the commit. The steps are the PostgreSQL saga runner's own ([`SagaInput`]), and a
+//! runner started with
+//! [`SagaRunner::start_external`](cqrs_postgres::saga::SagaRunner::start_external) sends the
+//! commands with their idempotency keys and fires the deadlines.
+//!
 //! # Other sinks
 //!
 //! [`EventSink`] is the seam: anything that applies recorded events in order and remembers the
-//! last stream sequence applied can be fed, such as a process manager (saga) whose state and
-//! outgoing commands are recorded with the offset.
+//! last stream sequence applied, atomically with its effects, can be fed.
 
 use std::time::Duration;
 
@@ -43,7 +51,9 @@ use async_nats::jetstream::consumer::pull::Config as PullConfig;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, Message};
+use cqrs_core::saga::Saga;
 use cqrs_core::{BoxFuture, Projection, ProjectionError, RecordedEvent};
+use cqrs_postgres::saga::{SagaInput, SagaInputError};
 use futures_util::StreamExt;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 use tokio::sync::watch;
@@ -102,9 +112,9 @@ pub enum SinkError {
 /// What a [`Consumer`] feeds: applies events in stream order and remembers the last stream
 /// sequence applied, atomically with what it did.
 ///
-/// [`PgProjection`] is the one for read models in PostgreSQL. A process manager (saga) fed
-/// from JetStream would implement it the same way: its state, the commands it issues and the
-/// offset recorded together.
+/// [`PgProjection`] is the one for read models in PostgreSQL, [`SagaSink`] the one for
+/// sagas: their rows (a saga's state, the commands it sends) and the offset recorded
+/// together.
 pub trait EventSink: Send + 'static {
     /// The sink's name: the durable consumer's name and the key of its offset.
     fn name(&self) -> &'static str;
@@ -205,35 +215,191 @@ impl<P: Projection<Context = PgConnection>> EventSink for PgProjection<P> {
         message: &'a Passed,
         park: bool,
     ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(pass(&self.pool, P::NAME, message, park))
+    }
+}
+
+/// Records `message` as passed over for `consumer` (parking it when `park`), unless already
+/// past it: the [`EventSink::pass`] of the sinks kept in PostgreSQL.
+async fn pass(
+    pool: &PgPool,
+    consumer: &'static str,
+    message: &Passed,
+    park: bool,
+) -> Result<(), SinkError> {
+    let mut tx = pool.begin().await?;
+    let stored = offset(&mut tx, consumer, true).await?;
+    if stored >= message.sequence {
+        tx.rollback().await?;
+        return Ok(());
+    }
+    if park {
+        sqlx::query(
+            "INSERT INTO cqrs_nats_parked \
+             (consumer, stream_sequence, subject, event_id, event_type, headers, payload, reason) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (consumer, stream_sequence) DO NOTHING",
+        )
+        .bind(consumer)
+        .bind(to_sql(message.sequence))
+        .bind(&message.subject)
+        .bind(message.event_id)
+        .bind(&message.event_type)
+        .bind(sqlx::types::Json(&message.headers))
+        .bind(&message.payload)
+        .bind(&message.reason)
+        .execute(&mut *tx)
+        .await?;
+    }
+    record(&mut tx, consumer, message.sequence, message.event_id).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A `#[saga]` fed from JetStream: each batch's steps (instance rows and state, the commands
+/// sent into the outbox, deadlines) and the consumer's offset in one transaction, the
+/// messages acknowledged after the commit.
+///
+/// The steps are [`SagaInput::handle`]'s, the very code a [`SagaRunner`] runs for a store
+/// event; the runner started with [`SagaRunner::start_external`] sends the outbox's commands
+/// through the bus with their idempotency keys and fires the deadlines. A message delivered
+/// again (the consumer died between the commit and the acknowledgement) is at or below the
+/// recorded offset and is skipped, so no step runs twice and no command is sent twice.
+///
+/// An event whose payload names no instance (it does not decode into the handler's type) is
+/// poison, handled by the consumer's [`PoisonPolicy`]; a handler that keeps failing parks its
+/// instance, as under the store's runner, and the consumer goes on.
+///
+/// ```no_run
+/// # use cqrs_core::prelude::*;
+/// # #[derive(Debug, Clone, Serialize, Deserialize)] pub struct Placed { pub order: u32 }
+/// # #[derive(Debug, Clone, Event)] pub enum OrderEvent { Placed(Placed) }
+/// # #[derive(Debug, Serialize, Deserialize, Command)]
+/// # #[command(aggregate = Order, id = order, idempotent)] pub struct Ship { pub order: u32 }
+/// # #[derive(Debug, Default)] pub struct Order;
+/// # #[aggregate(event = OrderEvent, error = std::convert::Infallible)]
+/// # impl Order {
+/// #     #[command_handler] fn ship(&self, _: &Ship) -> Result<(), std::convert::Infallible> { Ok(()) }
+/// #     #[event_handler] fn on_placed(&mut self, _: &Placed) {}
+/// # }
+/// # #[derive(Default, Serialize, Deserialize)] pub struct Shipping;
+/// # #[saga(commands(Ship))]
+/// # impl Shipping {
+/// #     #[event_handler(key = order, start)]
+/// #     fn on_placed(&mut self, p: &Placed) -> Ship { Ship { order: p.order } }
+/// # }
+/// use cqrs_nats::consumer::{Consumer, SagaSink};
+/// use cqrs_postgres::PostgresEventStore;
+/// use cqrs_postgres::saga::SagaRunner;
+///
+/// # async fn doc(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+/// cqrs_nats::consumer::migrate(&pool).await?;
+/// let bus = CommandBus::builder(PostgresEventStore::new(pool.clone()))
+///     .aggregate::<Order>(())
+///     .build();
+/// // Sends the commands and fires the deadlines; reads no events of the store.
+/// let (runner, input) = SagaRunner::<Shipping>::new(&pool, &bus).start_external().await?;
+/// let client = async_nats::connect("127.0.0.1:4222").await?;
+/// let feed = Consumer::new(client, "SHOP")
+///     .start(SagaSink::new(input, pool))
+///     .await?;
+/// // ...
+/// feed.shutdown().await?;
+/// runner.shutdown().await;
+/// # Ok(()) }
+/// ```
+///
+/// [`SagaRunner`]: cqrs_postgres::saga::SagaRunner
+/// [`SagaRunner::start_external`]: cqrs_postgres::saga::SagaRunner::start_external
+pub struct SagaSink<S> {
+    input: SagaInput<S>,
+    pool: PgPool,
+}
+
+impl<S: Saga> std::fmt::Debug for SagaSink<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SagaSink")
+            .field("saga", &S::NAME)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Saga> SagaSink<S> {
+    /// Saga `S`, its steps taken by `input` in transactions on `pool` (where the store's and
+    /// this crate's [`migrate`] have run).
+    pub fn new(input: SagaInput<S>, pool: PgPool) -> Self {
+        Self { input, pool }
+    }
+}
+
+impl<S: Saga> EventSink for SagaSink<S> {
+    fn name(&self) -> &'static str {
+        S::NAME
+    }
+
+    fn event_types(&self) -> &'static [&'static str] {
+        S::EVENT_TYPES
+    }
+
+    fn applied(&mut self) -> BoxFuture<'_, Result<u64, SinkError>> {
+        Box::pin(async move {
+            let mut conn = self.pool.acquire().await?;
+            Ok(offset(&mut conn, S::NAME, false).await?)
+        })
+    }
+
+    fn apply<'a>(
+        &'a mut self,
+        events: &'a [Delivery],
+        through: u64,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             let mut tx = self.pool.begin().await?;
-            let stored = offset(&mut tx, P::NAME, true).await?;
-            if stored >= message.sequence {
+            // The offset row's lock orders two instances of this consumer; the comparison
+            // makes the later one skip what the earlier one committed.
+            let stored = offset(&mut tx, S::NAME, true).await?;
+            if stored >= through {
                 tx.rollback().await?;
                 return Ok(());
             }
-            if park {
-                sqlx::query(
-                    "INSERT INTO cqrs_nats_parked \
-                     (consumer, stream_sequence, subject, event_id, event_type, headers, payload, reason) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                     ON CONFLICT (consumer, stream_sequence) DO NOTHING",
-                )
-                .bind(P::NAME)
-                .bind(to_sql(message.sequence))
-                .bind(&message.subject)
-                .bind(message.event_id)
-                .bind(&message.event_type)
-                .bind(sqlx::types::Json(&message.headers))
-                .bind(&message.payload)
-                .bind(&message.reason)
-                .execute(&mut *tx)
-                .await?;
+            let mut last_id = None;
+            for (index, delivery) in events.iter().enumerate() {
+                if delivery.sequence <= stored {
+                    continue;
+                }
+                let event = &delivery.event;
+                match self.input.handle(&mut tx, event).await {
+                    Ok(_) => {}
+                    Err(SagaInputError::Database { source, .. }) => {
+                        return Err(SinkError::Database(source));
+                    }
+                    Err(error @ SagaInputError::Undeliverable { .. }) => {
+                        return Err(SinkError::Event {
+                            index,
+                            source: ProjectionError::Handler {
+                                projection: S::NAME,
+                                event_type: event.event_type.clone(),
+                                position: event.position,
+                                source: Box::new(error),
+                            },
+                        });
+                    }
+                }
+                last_id = Some(event.event_id);
             }
-            record(&mut tx, P::NAME, message.sequence, message.event_id).await?;
+            record(&mut tx, S::NAME, through, last_id).await?;
             tx.commit().await?;
+            self.input.committed();
             Ok(())
         })
+    }
+
+    fn pass<'a>(
+        &'a mut self,
+        message: &'a Passed,
+        park: bool,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(pass(&self.pool, S::NAME, message, park))
     }
 }
 
@@ -242,7 +408,20 @@ fn to_sql(sequence: u64) -> i64 {
 }
 
 /// The recorded offset of `consumer` (0 when none), locking its row when `lock`.
+///
+/// To lock, the row is created first when missing: `FOR UPDATE` on a row that does not exist
+/// locks nothing, and two instances applying their first batch at once would both go ahead.
+/// The insert makes the second wait for the first's commit, then read its offset.
 async fn offset(conn: &mut PgConnection, consumer: &str, lock: bool) -> Result<u64, sqlx::Error> {
+    if lock {
+        sqlx::query(
+            "INSERT INTO cqrs_nats_offsets (consumer, stream_sequence) VALUES ($1, 0) \
+             ON CONFLICT (consumer) DO NOTHING",
+        )
+        .bind(consumer)
+        .execute(&mut *conn)
+        .await?;
+    }
     let statement = if lock {
         "SELECT stream_sequence FROM cqrs_nats_offsets WHERE consumer = $1 FOR UPDATE"
     } else {
@@ -434,6 +613,7 @@ pub struct Consumer {
     batch: usize,
     poison: PoisonPolicy,
     retry_max: Duration,
+    ack_wait: Duration,
 }
 
 impl Consumer {
@@ -446,6 +626,7 @@ impl Consumer {
             batch: 500,
             poison: PoisonPolicy::Stop,
             retry_max: Duration::from_secs(30),
+            ack_wait: Duration::from_secs(60),
         }
     }
 
@@ -459,6 +640,15 @@ impl Consumer {
     /// Most messages applied in one transaction (default 500, at least 1).
     pub fn batch(mut self, messages: usize) -> Self {
         self.batch = messages.max(1);
+        self
+    }
+
+    /// How long JetStream waits for a delivered message's acknowledgement before it delivers
+    /// the message again (default 60 s): after a consumer died between applying messages and
+    /// acknowledging them, the time before they come again (and are skipped). Applies when
+    /// the durable consumer is created.
+    pub fn ack_wait(mut self, wait: Duration) -> Self {
+        self.ack_wait = wait;
         self
     }
 
@@ -493,7 +683,7 @@ impl Consumer {
                 }
             },
             filter_subject: self.filter_subject.clone(),
-            ack_wait: Duration::from_secs(60),
+            ack_wait: self.ack_wait,
             max_ack_pending: i64::try_from(self.batch.saturating_mul(4)).unwrap_or(i64::MAX),
             ..PullConfig::default()
         };

@@ -5,9 +5,9 @@
 //!   JetStream stream: subject from [`Subjects`], event id as `Nats-Msg-Id`, metadata as
 //!   [`headers`]. It waits for JetStream's acknowledgement before its checkpoint moves, with a
 //!   bounded number of publishes in flight, and keeps each stream's order.
-//! - [`consumer`] feeds the same `#[projection]` read models a store subscription feeds, from
-//!   a durable JetStream pull consumer, rebuilding each [`RecordedEvent`](cqrs_core::RecordedEvent)
-//!   from the headers and payload.
+//! - [`consumer`] feeds the same `#[projection]` read models and `#[saga]`s a store
+//!   subscription and saga runner feed, from a durable JetStream pull consumer, rebuilding
+//!   each [`RecordedEvent`](cqrs_core::RecordedEvent) from the headers and payload.
 //!
 //! The client is [`async_nats`], the NATS project's own Rust client: it speaks JetStream
 //! (publish acknowledgements, streams, pull consumers) and runs on Tokio like the rest of the

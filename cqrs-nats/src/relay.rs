@@ -1,5 +1,6 @@
 //! The relay: the store's global order, published to JetStream.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
@@ -162,7 +163,7 @@ impl Relay {
             name: self.name,
             js,
             subjects: self.subjects,
-            stream: self.stream.name,
+            stream: Arc::from(self.stream.name),
         };
         Ok(Subscription::acknowledged(forwarder, self.max_in_flight)
             .options(self.options)
@@ -175,7 +176,8 @@ struct NatsForwarder {
     name: &'static str,
     js: Context,
     subjects: Subjects,
-    stream: String,
+    /// Shared with each confirmation, which checks the acknowledging stream against it.
+    stream: Arc<str>,
 }
 
 impl Forwarder for NatsForwarder {
@@ -205,12 +207,14 @@ impl Forwarder for NatsForwarder {
                 subject: subject.to_owned(),
                 reason,
             };
+            // Kept for an error message: a `Subject` shares its bytes with the one published.
+            let subject = async_nats::Subject::from(subject);
             let ack = self
                 .js
                 .send_publish(subject.clone(), message)
                 .await
                 .map_err(|e| publish_failed(&subject, e.to_string()))?;
-            let expected = self.stream.clone();
+            let expected = Arc::clone(&self.stream);
             let confirmation: Confirmation = Box::pin(async move {
                 let ack = ack.await.map_err(|e| {
                     let reason = if e.kind() == PublishErrorKind::StreamNotFound {
@@ -220,11 +224,11 @@ impl Forwarder for NatsForwarder {
                     };
                     publish_failed(&subject, reason)
                 })?;
-                if ack.stream != expected {
+                if *ack.stream != *expected {
                     return Err(RelayError::WrongStream {
                         event_id,
                         stored_by: ack.stream,
-                        expected,
+                        expected: expected.to_string(),
                     }
                     .into());
                 }

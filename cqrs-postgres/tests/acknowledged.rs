@@ -402,3 +402,180 @@ async fn a_filtered_forwarder_passes_other_types_and_stops_loudly_when_told() {
     assert_eq!(stored_checkpoint(&db).await, Checkpoint::START);
     drop(ids);
 }
+
+/// A forwarder whose confirmations the test settles by hand: each forward hands the test the
+/// event's id and the means to confirm or fail it, in any order.
+struct Scripted {
+    forwards: tokio::sync::mpsc::UnboundedSender<Forwarded>,
+}
+
+/// One forward: the event, and its confirmation's outcome to send.
+type Forwarded = (Uuid, tokio::sync::oneshot::Sender<Result<(), String>>);
+
+impl Forwarder for Scripted {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn event_types(&self) -> EventTypes {
+        EventTypes::All
+    }
+
+    fn forward<'a>(
+        &'a mut self,
+        event: &'a RecordedEvent,
+    ) -> BoxFuture<'a, Result<Confirmation, ForwardError>> {
+        let (settle, outcome) = tokio::sync::oneshot::channel();
+        let _ = self.forwards.send((event.event_id, settle));
+        let confirmation: Confirmation = Box::pin(async move {
+            match outcome.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(reason)) => Err(ForwardError::from(reason)),
+                Err(_) => Err(ForwardError::from("the test dropped the confirmation")),
+            }
+        });
+        Box::pin(std::future::ready(Ok(confirmation)))
+    }
+}
+
+async fn checkpoint_of(db: &TestDb, event_id: Uuid) -> Checkpoint {
+    let (tx, position): (String, i64) =
+        sqlx::query_as("SELECT tx::text, position FROM cqrs_events WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_one(&db.pool)
+            .await
+            .expect("the event");
+    Checkpoint {
+        tx: tx.parse().unwrap(),
+        position: cqrs_core::GlobalPosition(u64::try_from(position).unwrap()),
+    }
+}
+
+/// 30 events in batches of 10 with 25 confirmations in flight: the window spans three batches
+/// and the read-ahead. Every confirmation after event `fail` succeeds first, latest first;
+/// then `fail`'s confirmation fails. The stored checkpoint must stay before `fail` throughout,
+/// be exactly the event before it when the retry starts, and the retry must forward `fail` and
+/// everything after it in order.
+async fn later_successes_then_a_failure(fail: usize) {
+    const EVENTS: usize = 30;
+    const WINDOW: usize = 25;
+    let db = TestDb::create(5).await;
+    let store = store_on(&db).await;
+    let ids = append_many(&store, 3, EVENTS).await;
+    let failing = ids[fail];
+    let before_failing = if fail == 0 {
+        Checkpoint::START
+    } else {
+        checkpoint_of(&db, ids[fail - 1]).await
+    };
+    let at_failing = checkpoint_of(&db, failing).await;
+    let (forwards, mut forwarded) = tokio::sync::mpsc::unbounded_channel();
+    let handle = Subscription::acknowledged(Scripted { forwards }, WINDOW)
+        .batch_size(10)
+        .retry_backoff(Duration::from_millis(10), Duration::from_millis(10))
+        .start(&db.pool)
+        .await
+        .expect("start");
+
+    let target = head(&db).await;
+    let mut sent = Vec::new();
+    let mut outstanding: Vec<Forwarded> = Vec::new();
+    let mut failed = false;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no progress; sent {sent:?}"
+        );
+        // Take forwards until the window is full or nothing more comes.
+        match tokio::time::timeout(Duration::from_millis(100), forwarded.recv()).await {
+            Ok(Some((id, settle))) => {
+                sent.push(id);
+                outstanding.push((id, settle));
+                if outstanding.len() < WINDOW {
+                    continue;
+                }
+            }
+            Ok(None) => panic!("the subscription stopped"),
+            Err(_) => {}
+        }
+        let failing_now = if failed {
+            None
+        } else {
+            outstanding.iter().position(|(id, _)| *id == failing)
+        };
+        let held = failing_now.map(|i| outstanding.remove(i));
+        for (_, settle) in outstanding.drain(..).rev() {
+            let _ = settle.send(Ok(()));
+        }
+        if let Some((_, settle)) = held {
+            // Later events are confirmed; the failing one is not, yet.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let stored = stored_checkpoint(&db).await;
+            assert!(
+                stored < at_failing,
+                "later confirmations moved the stored checkpoint to {stored}, past unconfirmed {at_failing}"
+            );
+            // What the freed window let through meanwhile, behind the failing event: left
+            // unsettled; the failure ends the attempt before they count.
+            let mut late = Vec::new();
+            while let Ok((id, settle)) = forwarded.try_recv() {
+                sent.push(id);
+                late.push(settle);
+            }
+            let _ = settle.send(Err(format!("receiver refused event {fail}")));
+            failed = true;
+            // The retry starts at the failed event, from a checkpoint right before it.
+            let (id, settle) = tokio::time::timeout(PATIENCE, forwarded.recv())
+                .await
+                .expect("the retry forwards")
+                .expect("subscription running");
+            assert_eq!(
+                ids.iter().position(|i| *i == id),
+                Some(fail),
+                "the retry starts at the failed event"
+            );
+            assert_eq!(
+                stored_checkpoint(&db).await,
+                before_failing,
+                "stored when the retry starts"
+            );
+            drop(late);
+            sent.push(id);
+            outstanding.push((id, settle));
+            continue;
+        }
+        if failed && stored_checkpoint(&db).await >= target {
+            break;
+        }
+    }
+    handle.shutdown().await.expect("shutdown");
+    let retry = sent.iter().rposition(|id| *id == failing).expect("resent");
+    assert_eq!(sent[retry..], ids[fail..], "the retry forwards in order");
+    assert_eq!(sent.iter().filter(|id| **id == failing).count(), 2);
+    assert!(
+        sent[..retry].iter().zip(&ids).all(|(a, b)| a == b),
+        "the first attempt forwarded in order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_after_later_confirmations_mid_batch_keeps_the_checkpoint_before_it() {
+    later_successes_then_a_failure(4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_after_later_confirmations_at_a_batch_end_keeps_the_checkpoint_before_it() {
+    later_successes_then_a_failure(9).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_after_later_confirmations_in_the_read_ahead_batch_keeps_the_checkpoint_before_it()
+ {
+    later_successes_then_a_failure(10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_of_the_last_confirmation_while_caught_up_keeps_the_checkpoint_before_it() {
+    later_successes_then_a_failure(29).await;
+}

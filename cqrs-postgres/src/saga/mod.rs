@@ -118,14 +118,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use cqrs_core::CommandBus;
 use cqrs_core::middleware::CommandChain;
 use cqrs_core::saga::{
     CommandSender, InstanceStatus, ParkedInstance, Saga, SagaInstance, SagaMessage, SagaOptions,
     SendCommands,
 };
-use sqlx::PgPool;
-use tokio::sync::watch;
+use cqrs_core::{CommandBus, RecordedEvent};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::sql;
@@ -271,6 +271,33 @@ impl<S: Saga> SagaRunner<S> {
     /// leads, or stands by while another process leads). Must be called within a Tokio
     /// runtime.
     pub async fn start(self) -> Result<SagaHandle, SagaRunnerError> {
+        self.start_with(false, Arc::new(Notify::new())).await
+    }
+
+    /// Starts the runner for a saga fed from outside the store (a message broker's consumer):
+    /// it sends the outbox's commands and fires deadlines, as [`start`](Self::start) does, but
+    /// reads no events of the store. The returned [`SagaInput`] hands it events, each in a
+    /// transaction of the caller's, where the caller also records how far its source is read.
+    ///
+    /// Feed a saga from one place only: a runner of the same saga started with
+    /// [`start`](Self::start) would hand it the store's events a second time. The saga's
+    /// store checkpoint does not move, so [`SagaAdmin::is_idle`] never holds for it: wait on
+    /// the feeding consumer's progress and [`SagaAdmin::outbox_len`] instead.
+    pub async fn start_external(self) -> Result<(SagaHandle, SagaInput<S>), SagaRunnerError> {
+        let wake = Arc::new(Notify::new());
+        let input = SagaInput {
+            options: self.options.clone(),
+            wake: Arc::clone(&wake),
+            saga: PhantomData,
+        };
+        Ok((self.start_with(true, wake).await?, input))
+    }
+
+    async fn start_with(
+        self,
+        external: bool,
+        wake: Arc<Notify>,
+    ) -> Result<SagaHandle, SagaRunnerError> {
         checkpoint::ensure(&self.pool, &checkpoint_name::<S>())
             .await
             .map_err(|e| SagaRunnerError::Database {
@@ -286,6 +313,8 @@ impl<S: Saga> SagaRunner<S> {
             lead_retry: self.lead_retry,
             observe: self.observe,
             status,
+            external,
+            wake,
             saga: PhantomData,
         };
         let task = tokio::spawn(Arc::new(runner).supervise(watch_shutdown));
@@ -295,6 +324,165 @@ impl<S: Saga> SagaRunner<S> {
             status: watch_status,
             task,
         })
+    }
+}
+
+/// Hands events from outside the store to saga `S`, one step per event inside the caller's
+/// transaction: the same step a [`SagaRunner`] takes for a store event (the instance's row
+/// and state, the commands it sends into the outbox with their idempotency keys, its
+/// deadlines), written through the caller's connection. The caller records how far its source
+/// is read in that same transaction and commits; after the commit,
+/// [`committed`](Self::committed) has the runner send the new commands at once.
+///
+/// Made by [`SagaRunner::start_external`], whose runner sends the commands and fires the
+/// deadlines. A message broker's consumer uses it so that a saga moved to another service
+/// keeps its code and its guarantees: each event's step and the consumer's offset commit
+/// together, so a redelivered message is recognised by the offset and nothing is sent twice.
+///
+/// The idempotency keys of the commands a step sends derive from the event's id: an event
+/// handed in twice (a broker storing a second copy after its duplicate window) sends
+/// commands that the store recognises and executes once, but the instance's state takes the
+/// step twice. Skip repeats by the offset, as the consumer does.
+///
+/// ```no_run
+/// # use cqrs_core::prelude::*;
+/// # #[derive(Debug, Clone, Serialize, Deserialize)] pub struct Placed { pub order: u32 }
+/// # #[derive(Debug, Clone, Event)] pub enum OrderEvent { Placed(Placed) }
+/// # #[derive(Debug, Serialize, Deserialize, Command)]
+/// # #[command(aggregate = Order, id = order, idempotent)] pub struct Ship { pub order: u32 }
+/// # #[derive(Debug, Default)] pub struct Order;
+/// # #[aggregate(event = OrderEvent, error = std::convert::Infallible)]
+/// # impl Order {
+/// #     #[command_handler] fn ship(&self, _: &Ship) -> Result<(), std::convert::Infallible> { Ok(()) }
+/// #     #[event_handler] fn on_placed(&mut self, _: &Placed) {}
+/// # }
+/// # #[derive(Default, Serialize, Deserialize)] pub struct Shipping;
+/// # #[saga(commands(Ship))]
+/// # impl Shipping {
+/// #     #[event_handler(key = order, start)]
+/// #     fn on_placed(&mut self, p: &Placed) -> Ship { Ship { order: p.order } }
+/// # }
+/// use cqrs_postgres::PostgresEventStore;
+/// use cqrs_postgres::saga::SagaRunner;
+///
+/// # async fn doc(pool: sqlx::PgPool, event: RecordedEvent) -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = CommandBus::builder(PostgresEventStore::new(pool.clone()))
+///     .aggregate::<Order>(())
+///     .build();
+/// let (shipping, input) = SagaRunner::<Shipping>::new(&pool, &bus).start_external().await?;
+///
+/// // For each event received from elsewhere:
+/// let mut tx = pool.begin().await?;
+/// input.handle(&mut tx, &event).await?;
+/// // ... record the source's offset through `tx` ...
+/// tx.commit().await?;
+/// input.committed();
+/// # shipping.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub struct SagaInput<S> {
+    options: SagaOptions,
+    wake: Arc<Notify>,
+    saga: PhantomData<fn() -> S>,
+}
+
+impl<S> Clone for SagaInput<S> {
+    fn clone(&self) -> Self {
+        Self {
+            options: self.options.clone(),
+            wake: Arc::clone(&self.wake),
+            saga: PhantomData,
+        }
+    }
+}
+
+impl<S: Saga> std::fmt::Debug for SagaInput<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SagaInput")
+            .field("saga", &S::NAME)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What became of an event handed to a [`SagaInput`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputOutcome {
+    /// No instance takes it (none started, or it ended).
+    Ignored,
+    /// Its instance is parked: it waits in the instance's inbox.
+    Queued,
+    /// The handler ran: state, commands and deadlines are written.
+    Handled,
+    /// The handler kept failing ([`SagaOptions::handler_attempts`]): the instance is parked
+    /// on this event.
+    Parked,
+}
+
+/// Why an event handed to a [`SagaInput`] was not taken; roll the transaction back.
+#[derive(Debug, thiserror::Error)]
+pub enum SagaInputError {
+    /// The database failed: worth trying again.
+    #[error("saga `{saga}`: database error: {source}")]
+    Database {
+        /// The saga.
+        saga: &'static str,
+        /// What the driver said.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The event cannot be handed to an instance: its payload does not decode into the
+    /// handler's type (so it names no instance), or a message does not serialize. Trying
+    /// again does not help.
+    #[error("saga `{saga}`: {message}")]
+    Undeliverable {
+        /// The saga.
+        saga: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl<S: Saga> SagaInput<S> {
+    /// Takes `event`'s step for its instance through `conn`, which should be inside the
+    /// caller's transaction: nothing is committed here. Events of types the saga does not
+    /// handle are [`InputOutcome::Ignored`].
+    pub async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        event: &RecordedEvent,
+    ) -> Result<InputOutcome, SagaInputError> {
+        let message = SagaMessage::Event(event.clone());
+        let delivered = tx::deliver::<S>(
+            conn,
+            &message,
+            None,
+            self.options.clock.now(),
+            self.options.handler_attempts,
+        )
+        .await
+        .map_err(|error| match error {
+            tx::DeliverError::Database(source) => SagaInputError::Database {
+                saga: S::NAME,
+                source,
+            },
+            other => SagaInputError::Undeliverable {
+                saga: S::NAME,
+                message: other.to_string(),
+            },
+        })?;
+        Ok(match delivered {
+            tx::Delivered::Ignored => InputOutcome::Ignored,
+            tx::Delivered::Queued => InputOutcome::Queued,
+            tx::Delivered::Handled => InputOutcome::Handled,
+            tx::Delivered::Parked => InputOutcome::Parked,
+        })
+    }
+
+    /// Tells this process's runner that steps were committed, so it sends their commands now
+    /// rather than at its next poll ([`SagaOptions::poll_interval`]). A runner in another
+    /// process finds them by that poll.
+    pub fn committed(&self) {
+        self.wake.notify_one();
     }
 }
 

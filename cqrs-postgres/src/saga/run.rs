@@ -31,6 +31,11 @@ pub(crate) struct Runner<S> {
     pub lead_retry: Duration,
     pub observe: Option<Arc<dyn Fn(SagaStep) + Send + Sync>>,
     pub status: watch::Sender<SagaStatus>,
+    /// Events come from elsewhere ([`SagaInput`](super::SagaInput)): the store's are not read.
+    pub external: bool,
+    /// Wakes the command dispatcher: after an event's step here, or a step committed by an
+    /// external input.
+    pub wake: Arc<Notify>,
     pub saga: PhantomData<fn() -> S>,
 }
 
@@ -126,16 +131,23 @@ impl<S: Saga> Runner<S> {
         let mut work = self.own_connection(&options).await?;
         // Commands are sent by a task of their own, on its own connection, while events are
         // handled here: the two overlap. It dies with this leadership (its guard aborts it).
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::clone(&self.wake);
         let mut dispatcher = AbortOnDrop(tokio::spawn({
             let runner = Arc::clone(self);
             let wake = Arc::clone(&wake);
             let conn = self.own_connection(&options).await?;
             async move { runner.dispatch(conn, &wake).await }
         }));
-        let mut listener = Listener::start(&self.pool)
-            .await
-            .map_err(|e| self.database(e))?;
+        // Fed from elsewhere, the runner has no store events to wait for.
+        let mut listener = if self.external {
+            None
+        } else {
+            Some(
+                Listener::start(&self.pool)
+                    .await
+                    .map_err(|e| self.database(e))?,
+            )
+        };
         let name = checkpoint_name::<S>();
         let mut at = checkpoint::ensure(&self.pool, &name)
             .await
@@ -147,7 +159,7 @@ impl<S: Saga> Runner<S> {
             if dispatcher.0.is_finished() {
                 return Self::dispatcher_ended((&mut dispatcher.0).await);
             }
-            let handled = self.read_events(&mut work, &name, &mut at).await?;
+            let handled = !self.external && self.read_events(&mut work, &name, &mut at).await?;
             if handled {
                 wake.notify_one();
             }
@@ -167,8 +179,14 @@ impl<S: Saga> Runner<S> {
                 .await
                 .map_err(|e| self.database(e))?;
             let wait = self.next_wait().await?;
+            let woken = async {
+                match listener.as_mut() {
+                    Some(listener) => listener.woken().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                woken = listener.woken() => woken.map_err(|e| self.database(e))?,
+                woken = woken => woken.map_err(|e| self.database(e))?,
                 () = tokio::time::sleep(wait) => {}
                 ended = &mut dispatcher.0 => return Self::dispatcher_ended(ended),
                 _ = shutdown.changed() => return Ok(()),

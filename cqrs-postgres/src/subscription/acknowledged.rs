@@ -7,6 +7,7 @@ use std::sync::Arc;
 use cqrs_core::trace_context::event_span;
 use cqrs_core::{BoxFuture, RecordedEvent};
 use sqlx::PgPool;
+use tokio::task::JoinHandle;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -54,6 +55,18 @@ pub trait Forwarder: Send + 'static {
 }
 
 /// The delivery behind [`Subscription::acknowledged`](super::Subscription::acknowledged).
+///
+/// Why the stored checkpoint never passes an event that is not confirmed:
+/// - `in_flight` holds the confirmations in forwarding order, each with its event's
+///   checkpoint, and a batch's end marker after its events; later batches' entries come after
+///   earlier ones, so the checkpoints in it only grow.
+/// - `confirmed` moves only when the front entry is popped after its confirmation resolved
+///   `Ok` (or is a marker), so every entry before it was popped the same way: a later
+///   confirmation arriving first is not looked at until the earlier ones have.
+/// - Entries leave otherwise only by `clear`, on an error that ends the attempt, and nothing
+///   is forwarded again before `resume` sets `confirmed` back to the stored checkpoint.
+/// - `stored` is only ever written from `confirmed`, and the update never moves it back, so
+///   stores that finish late or out of turn cannot pass it either.
 pub(super) struct Acknowledged<F> {
     forwarder: F,
     max_in_flight: usize,
@@ -64,6 +77,9 @@ pub(super) struct Acknowledged<F> {
     confirmed: Checkpoint,
     /// The stored checkpoint.
     stored: Checkpoint,
+    /// A store of a confirmed checkpoint still running, beside the forwarding of the next
+    /// batch: what it stores once it has.
+    storing: Option<(Checkpoint, JoinHandle<Result<(), sqlx::Error>>)>,
 }
 
 impl<F> Acknowledged<F> {
@@ -74,6 +90,7 @@ impl<F> Acknowledged<F> {
             in_flight: VecDeque::new(),
             confirmed: Checkpoint::START,
             stored: Checkpoint::START,
+            storing: None,
         }
     }
 }
@@ -121,8 +138,54 @@ impl<F: Forwarder> Acknowledged<F> {
         Ok(())
     }
 
-    /// Stores the confirmed checkpoint if it moved.
+    /// Waits for the store running in the background, if any; on success its checkpoint is
+    /// the stored one.
+    async fn stored_in_background(&mut self) -> Result<(), SubscriptionError> {
+        let Some((at, task)) = self.storing.take() else {
+            return Ok(());
+        };
+        let name = self.forwarder.name();
+        match task.await {
+            Ok(Ok(())) => {
+                self.stored = self.stored.max(at);
+                Ok(())
+            }
+            Ok(Err(source)) => Err(SubscriptionError::database(name, source)),
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(error) => Err(SubscriptionError::database(
+                name,
+                sqlx::Error::Io(std::io::Error::other(error.to_string())),
+            )),
+        }
+    }
+
+    /// Stores the confirmed checkpoint, if it moved, in a task beside the forwarding: a
+    /// batch's end does not wait for the database. One store runs at a time; its outcome
+    /// (an error ends the attempt) is taken in at the next batch's end. The stored checkpoint
+    /// only ever trails the confirmed one, and the update never moves it back, so storing it
+    /// later weakens nothing: a crash meanwhile forwards a few more events again.
+    async fn store_beside(&mut self, pool: &PgPool) -> Result<(), SubscriptionError> {
+        if self
+            .storing
+            .as_ref()
+            .is_some_and(|(_, task)| task.is_finished())
+        {
+            self.stored_in_background().await?;
+        }
+        if self.storing.is_none() && self.confirmed > self.stored {
+            let (pool, name, at) = (pool.clone(), self.forwarder.name(), self.confirmed);
+            let task = tokio::spawn(async move {
+                let mut conn = pool.acquire().await?;
+                checkpoint::advance(&mut conn, name, at).await
+            });
+            self.storing = Some((at, task));
+        }
+        Ok(())
+    }
+
+    /// Stores the confirmed checkpoint if it moved, after any store running beside.
     async fn store(&mut self, pool: &PgPool) -> Result<(), SubscriptionError> {
+        self.stored_in_background().await?;
         if self.confirmed > self.stored {
             let name = self.forwarder.name();
             let database = |source| SubscriptionError::database(name, source);
@@ -158,10 +221,10 @@ impl<F: Forwarder> Acknowledged<F> {
         // everything before is confirmed.
         self.in_flight.push_back((batch.next, None));
         self.confirm_arrived()?;
-        self.store(pool).await?;
+        self.store_beside(pool).await?;
         Ok(Delivered {
             read: batch.next,
-            done: self.confirmed,
+            done: self.stored,
         })
     }
 
@@ -176,6 +239,9 @@ impl<F: Forwarder> Acknowledged<F> {
     /// On a failure, keep what was confirmed: the retry starts at the first event that was not.
     async fn keep_confirmed(&mut self, pool: &PgPool) {
         self.in_flight.clear();
+        if let Err(error) = self.stored_in_background().await {
+            tracing::warn!(subscription = self.forwarder.name(), %error, "a checkpoint store beside the forwarding failed");
+        }
         if let Err(error) = self.store(pool).await {
             tracing::warn!(subscription = self.forwarder.name(), %error, "could not store the confirmed checkpoint after a failure");
         }
@@ -201,8 +267,12 @@ impl<F: Forwarder> Deliver for Acknowledged<F> {
         pool: &'a PgPool,
     ) -> BoxFuture<'a, Result<Checkpoint, sqlx::Error>> {
         Box::pin(async move {
-            // What a failed attempt left in flight is forwarded again from the stored point.
+            // What a failed attempt left in flight is forwarded again from the stored point;
+            // a store it left running finishes first, so that the point read is its latest.
             self.in_flight.clear();
+            if let Some((_, task)) = self.storing.take() {
+                let _ = task.await;
+            }
             let stored = checkpoint::ensure(pool, self.forwarder.name()).await?;
             self.confirmed = stored;
             self.stored = stored;

@@ -354,14 +354,16 @@ async fn run(
         if moved {
             let delivered = if batch.full && delivery.reads_ahead() {
                 // More is waiting: read it while this batch is delivered. The read is the
-                // one the next turn would make, only earlier.
-                let (delivered, next) = tokio::join!(
-                    delivery.deliver(pool, checkpoint, &batch),
-                    read::next_batch(pool, name, batch.next, types, options.batch_size),
-                );
-                let delivered = delivered?;
+                // one the next turn would make, only earlier. A task of its own, so that
+                // decoding the rows runs on another worker thread beside the delivery rather
+                // than taking turns with it; aborted if the delivery fails.
+                let next = AbortOnDrop(tokio::spawn({
+                    let (pool, after, limit) = (pool.clone(), batch.next, options.batch_size);
+                    async move { read::next_batch(&pool, name, after, types, limit).await }
+                }));
+                let delivered = delivery.deliver(pool, checkpoint, &batch).await?;
                 if delivered.read == batch.next {
-                    ahead = Some(next?);
+                    ahead = Some(next.finish(name).await?);
                 }
                 delivered
             } else {
@@ -419,6 +421,29 @@ fn recovered(
         s.failures = 0;
         s.last_error = None;
     });
+}
+
+/// A spawned read that is aborted when dropped unfinished.
+struct AbortOnDrop(JoinHandle<Result<Batch, SubscriptionError>>);
+
+impl AbortOnDrop {
+    async fn finish(mut self, name: &'static str) -> Result<Batch, SubscriptionError> {
+        match (&mut self.0).await {
+            Ok(read) => read,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            // Only a runtime shutting down cancels it: this guard alone aborts it.
+            Err(error) => Err(SubscriptionError::database(
+                name,
+                sqlx::Error::Io(std::io::Error::other(error.to_string())),
+            )),
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 const PENDING_DELAY_MIN: Duration = Duration::from_millis(5);
