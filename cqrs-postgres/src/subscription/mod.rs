@@ -214,9 +214,12 @@
 //! ```
 
 mod acknowledged;
+mod admin;
 pub(crate) mod checkpoint;
 mod consistency;
+mod fault;
 mod handle;
+mod lease;
 pub(crate) mod read;
 pub(crate) mod run;
 
@@ -228,8 +231,12 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
 pub use acknowledged::{Confirmation, ForwardError, Forwarder};
+pub use admin::{
+    AdminError, ParkedStream, ProjectionAdmin, ProjectionState, ProjectionStatus, SkippedEvent,
+};
 pub use checkpoint::{Checkpoint, Checkpoints};
 pub use consistency::{AfterPosition, Consistency, ReadYourWrites, ReadYourWritesError};
+pub use fault::{FaultPolicy, GiveUp};
 pub use handle::{Progress, SubscriptionHandle, SubscriptionStatus};
 
 /// The channel appends notify and subscriptions listen on.
@@ -286,6 +293,17 @@ pub enum SubscriptionError {
         /// What the forwarder reported.
         #[source]
         source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// The subscription was asked for something its delivery mode does not offer: a
+    /// [`FaultPolicy`] that skips or parks (transactional and at-least-once only), or a
+    /// name of its own ([`Subscription::named`]; not for an acknowledged subscription,
+    /// whose forwarder names it). Nothing was started.
+    #[error("subscription `{name}`: {what} is not available in this delivery mode")]
+    Unsupported {
+        /// The subscription.
+        name: &'static str,
+        /// What was asked for.
+        what: &'static str,
     },
     /// A handler panicked; the subscription stopped.
     #[error("subscription `{name}` panicked: {message}")]
@@ -354,8 +372,16 @@ pub struct SubscriptionOptions {
     pub retry_initial: Duration,
     /// Longest delay between retries. Default 30 s.
     pub retry_max: Duration,
-    /// Give up after this many failed attempts in a row. Default `None`: retry forever.
+    /// Give up after this many failed attempts in a row, whatever failed. Default `None`:
+    /// outages are retried forever (the projection's own failures follow `fault_policy`).
     pub max_consecutive_failures: Option<u32>,
+    /// What to do with an event the projection keeps failing on. Default
+    /// [`FaultPolicy::stop`].
+    pub fault_policy: FaultPolicy,
+    /// How often a standby worker tries to take the lease of a durable subscription whose
+    /// worker runs elsewhere: it takes over within this long of that worker's death.
+    /// Default 1 s.
+    pub lead_retry: Duration,
 }
 
 impl Default for SubscriptionOptions {
@@ -367,6 +393,8 @@ impl Default for SubscriptionOptions {
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(30),
             max_consecutive_failures: None,
+            fault_policy: FaultPolicy::default(),
+            lead_retry: Duration::from_secs(1),
         }
     }
 }
@@ -420,6 +448,8 @@ impl Default for SubscriptionOptions {
 pub struct Subscription {
     delivery: Box<dyn run::Deliver>,
     options: SubscriptionOptions,
+    /// A name the delivery refused to take ([`Subscription::named`]).
+    refused_name: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -428,6 +458,7 @@ impl std::fmt::Debug for Subscription {
             .field("name", &self.delivery.name())
             .field("event_types", &self.delivery.event_types())
             .field("options", &self.options)
+            .field("refused_name", &self.refused_name)
             .finish()
     }
 }
@@ -440,8 +471,9 @@ impl Subscription {
         P: Projection<Context = PgConnection>,
     {
         Self {
-            delivery: Box::new(run::Transactional(projection)),
+            delivery: Box::new(run::Transactional::new(projection)),
             options: SubscriptionOptions::default(),
+            refused_name: None,
         }
     }
 
@@ -454,8 +486,9 @@ impl Subscription {
     /// [`in_memory`](Self::in_memory).
     pub fn at_least_once<S: Subscriber>(subscriber: S) -> Self {
         Self {
-            delivery: Box::new(run::AtLeastOnce(subscriber)),
+            delivery: Box::new(run::AtLeastOnce::new(subscriber)),
             options: SubscriptionOptions::default(),
+            refused_name: None,
         }
     }
 
@@ -500,6 +533,7 @@ impl Subscription {
         Self {
             delivery: Box::new(run::InMemory::new(model)),
             options: SubscriptionOptions::default(),
+            refused_name: None,
         }
     }
 
@@ -519,6 +553,7 @@ impl Subscription {
         Self {
             delivery: Box::new(acknowledged::Acknowledged::new(forwarder, max_in_flight)),
             options: SubscriptionOptions::default(),
+            refused_name: None,
         }
     }
 
@@ -567,6 +602,37 @@ impl Subscription {
         self
     }
 
+    /// Runs the subscription under `name` instead of the projection's
+    /// [`Projection::NAME`]: its checkpoint, lease, parked streams and skipped events are
+    /// kept under `name`. This is how a projection is rebuilt blue/green: give the new
+    /// instance (writing to a new table, taken as data by the projection) a new name, let
+    /// it catch up from the first event while the old one keeps serving, wait for it with
+    /// [`ProjectionAdmin::wait_caught_up`], then point the query side at the new table.
+    /// Transactional and at-least-once subscriptions only ([`start`](Self::start) fails
+    /// with [`SubscriptionError::Unsupported`] otherwise).
+    pub fn named(mut self, name: &'static str) -> Self {
+        if !self.delivery.rename(name) {
+            self.refused_name = Some(name);
+        }
+        self
+    }
+
+    /// What to do with an event the projection keeps failing on (default
+    /// [`FaultPolicy::stop`]). Skipping and parking need a durable subscription with a
+    /// checkpoint of its own (transactional or at-least-once); [`start`](Self::start) fails
+    /// with [`SubscriptionError::Unsupported`] otherwise.
+    pub fn fault_policy(mut self, policy: FaultPolicy) -> Self {
+        self.options.fault_policy = policy;
+        self
+    }
+
+    /// How often a standby worker tries to take over the subscription (default 1 s): the
+    /// longest a durable subscription goes without a worker after its worker dies.
+    pub fn lead_retry(mut self, every: Duration) -> Self {
+        self.options.lead_retry = every;
+        self
+    }
+
     /// Durable: creates the checkpoint if this name has none, loads it, and returns once the
     /// subscription follows in a background task. In memory: starts the background task at
     /// the first event and returns once the model holds every event committed before the
@@ -580,6 +646,19 @@ impl Subscription {
     /// replay is retried and `start` waits).
     pub async fn start(mut self, pool: &PgPool) -> Result<SubscriptionHandle, SubscriptionError> {
         let name = self.delivery.name();
+        if self.refused_name.is_some() {
+            return Err(SubscriptionError::Unsupported {
+                name,
+                what: "a name of its own",
+            });
+        }
+        if self.options.fault_policy.needs_dead_letters() && self.delivery.dead_letters().is_none()
+        {
+            return Err(SubscriptionError::Unsupported {
+                name,
+                what: "a fault policy that skips or parks",
+            });
+        }
         let database = |e| SubscriptionError::database(name, e);
         let checkpoint = self.delivery.resume(pool).await.map_err(database)?;
         self.delivery.check_start(checkpoint)?;
