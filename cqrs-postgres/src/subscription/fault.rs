@@ -1,40 +1,6 @@
 //! Fault policies: what a durable subscription does with an event its projection keeps
 //! failing on, and the parked streams, held events and skipped events that follow.
-//!
-//! # Decisions
-//!
-//! - **What counts.** Only the projection's own failures on an event (its handler's error, an
-//!   event that does not decode for it) are judged by the policy. A failing read or commit,
-//!   and a handler error caused by the database connection (an I/O error, a closed or
-//!   exhausted pool, SQLSTATE class `08`, an administrator's shutdown `57P`, a serialization
-//!   failure or deadlock `40001`/`40P01`), is an outage: retried with backoff as always, never
-//!   skipped or parked, since the next attempt may well succeed.
-//! - **Attempts.** An event is tried [`FaultPolicy::attempts`] times in a row (with the
-//!   subscription's backoff between attempts) before the policy gives up on it.
-//! - **Stop (the default).** The subscription ends: its task returns the handler's error
-//!   ([`SubscriptionHandle::join`](super::SubscriptionHandle::join)), it is logged at error
-//!   level, and the lease passes to a standby worker (which tries again). Nothing is passed.
-//! - **Skip (recorded).** The event is passed over and a row in `cqrs_skipped_events` keeps
-//!   its position, stream, id, type, the error and `skipped_by = 'policy'`, in the
-//!   transaction that moves the checkpoint past it; [`ProjectionAdmin::skipped`] lists them.
-//! - **Park.** The event's stream is parked: a row in `cqrs_parked_streams` (the error, the
-//!   failed event) and the event in `cqrs_parked_events`, and every later event of that
-//!   stream the subscription reads joins it there, in `(tx, position)` order, in the
-//!   transaction that moves the checkpoint past it (the batch's transaction for a
-//!   transactional projection; for an at-least-once subscriber, the transaction that stores
-//!   its checkpoint). The global checkpoint goes on and every other stream stays live.
-//! - **Retry and skip of a parked stream** are requests ([`ProjectionAdmin::retry`],
-//!   [`ProjectionAdmin::skip`]) carried out by the running worker, which holds the
-//!   projection itself: it replays the held events in their order, in one transaction with
-//!   their release for a transactional projection, and only then treats the stream as live
-//!   again. Events of the stream arriving meanwhile are held behind them, since the worker
-//!   does one thing at a time. A replay that fails again leaves the stream parked on the new
-//!   failure (what was applied before it is kept for an at-least-once subscriber, whose
-//!   effects cannot be rolled back).
-//!
-//! [`ProjectionAdmin::skipped`]: super::ProjectionAdmin::skipped
-//! [`ProjectionAdmin::retry`]: super::ProjectionAdmin::retry
-//! [`ProjectionAdmin::skip`]: super::ProjectionAdmin::skip
+//! See [`FaultPolicy`] for the decisions.
 
 use std::collections::HashSet;
 
@@ -62,8 +28,42 @@ pub enum GiveUp {
 /// of times in a row (with the subscription's backoff in between), then [`GiveUp`].
 ///
 /// The default is [`FaultPolicy::stop`]: five attempts, then the subscription stops loudly.
-/// Nothing is ever passed without a record. See the [module docs](self) for what counts as a
-/// failure of the projection rather than an outage.
+/// Nothing is ever passed without a record.
+///
+/// # Decisions
+///
+/// - **What counts.** Only the projection's own failures on an event (its handler's error, an
+///   event that does not decode for it) are judged by the policy. A failing read or commit,
+///   and a handler error caused by the database connection (an I/O error, a closed or
+///   exhausted pool, SQLSTATE class `08`, an administrator's shutdown `57P`, a serialization
+///   failure or deadlock `40001`/`40P01`), is an outage: retried with backoff as always, never
+///   skipped or parked, since the next attempt may well succeed.
+/// - **Attempts.** An event is tried [`FaultPolicy::attempts`] times in a row (with the
+///   subscription's backoff between attempts) before the policy gives up on it.
+/// - **Stop (the default).** The subscription ends: its task returns the handler's error
+///   ([`SubscriptionHandle::join`](super::SubscriptionHandle::join)), it is logged at error
+///   level, and the lease passes to a standby worker (which tries again). Nothing is passed.
+/// - **Skip (recorded).** The event is passed over and a row in `cqrs_skipped_events` keeps
+///   its position, stream, id, type, the error and `skipped_by = 'policy'`, in the
+///   transaction that moves the checkpoint past it; [`ProjectionAdmin::skipped`] lists them.
+/// - **Park.** The event's stream is parked: a row in `cqrs_parked_streams` (the error, the
+///   failed event) and the event in `cqrs_parked_events`, and every later event of that
+///   stream the subscription reads joins it there, in `(tx, position)` order, in the
+///   transaction that moves the checkpoint past it (the batch's transaction for a
+///   transactional projection; for an at-least-once subscriber, the transaction that stores
+///   its checkpoint). The global checkpoint goes on and every other stream stays live.
+/// - **Retry and skip of a parked stream** are requests ([`ProjectionAdmin::retry`],
+///   [`ProjectionAdmin::skip`]) carried out by the running worker, which holds the
+///   projection itself: it replays the held events in their order, in one transaction with
+///   their release for a transactional projection, and only then treats the stream as live
+///   again. Events of the stream arriving meanwhile are held behind them, since the worker
+///   does one thing at a time. A replay that fails again leaves the stream parked on the new
+///   failure (what was applied before it is kept for an at-least-once subscriber, whose
+///   effects cannot be rolled back).
+///
+/// [`ProjectionAdmin::skipped`]: super::ProjectionAdmin::skipped
+/// [`ProjectionAdmin::retry`]: super::ProjectionAdmin::retry
+/// [`ProjectionAdmin::skip`]: super::ProjectionAdmin::skip
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FaultPolicy {
     attempts: Option<u32>,

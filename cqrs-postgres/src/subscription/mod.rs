@@ -111,11 +111,30 @@
 //! A transactional batch locks its checkpoint row (`SELECT ... FOR UPDATE`) and checks it is
 //! still where the batch was read from; two instances of the same subscription therefore
 //! never both apply a batch — the second one adopts the stored checkpoint and goes on.
-//! At-least-once subscribers have no such guard: run one instance per name.
 //!
-//! To rebuild a read model from scratch, stop its subscription, then in one transaction empty
-//! its rows and reset its checkpoint ([`Checkpoints::reset_in`]), and start it again.
-//! [`Checkpoints::reset`] does the reset alone, for a subscriber with nothing to empty.
+//! # One worker per name, across processes
+//!
+//! A durable subscription (transactional, at-least-once, acknowledged) delivers only while
+//! it holds its name's lease: a session-level advisory lock on a connection of its own
+//! (ARCHITECTURE.md, Decisions, says why a lock and not a lease row). Start it in every
+//! process: one worker leads, the others stand by (their [`SubscriptionStatus::leading`]
+//! is `false`, and their progress follows the stored checkpoint, so
+//! [`SubscriptionHandle::wait_for`] works in every process), and when the leader dies, a
+//! standby takes over within [`Subscription::lead_retry`] (default 1 s). An in-memory
+//! subscription takes no lease: each process feeds its own model.
+//!
+//! # Rebuilds
+//!
+//! To rebuild a read model in place, stop its subscription, then in one transaction empty
+//! its rows and reset it ([`ProjectionAdmin::reset_in`], which refuses while a worker runs
+//! and also forgets parked streams and skipped events; [`Checkpoints::reset_in`] resets the
+//! checkpoint alone), and start it again. To rebuild while the old model keeps serving
+//! (blue/green), give the projection a new table (as data) and the subscription a new name
+//! ([`Subscription::named`]), start it beside the old one, wait with
+//! [`ProjectionAdmin::wait_caught_up`], then point the query side at the new table and stop
+//! the old subscription. A rebuild's batches are short transactions like any other; a
+//! handler that holds its batch transaction open for long holds back every subscription of
+//! the database (the read horizon waits for it), so keep rebuild handlers to plain writes.
 //!
 //! # Following live
 //!
@@ -137,6 +156,15 @@
 //! [`SubscriptionOptions::max_consecutive_failures`] it gives up after that many failures in
 //! a row and [`SubscriptionHandle::join`] / [`SubscriptionHandle::shutdown`] return the last
 //! error.
+//!
+//! An event the projection itself keeps failing on is judged by its [`FaultPolicy`]
+//! ([`Subscription::fault_policy`]): after [`FaultPolicy::attempts`] attempts in a row the
+//! subscription stops (the default, with the error), skips the event (recorded in
+//! `cqrs_skipped_events`), or parks the event's stream (it and the stream's later events
+//! wait in `cqrs_parked_events` while other streams go on). [`ProjectionAdmin`] lists parked
+//! streams and skipped events, asks the running worker to retry or skip a parked stream,
+//! and reports each projection's checkpoint, head, lag and state (also as `metrics` gauges,
+//! feature `metrics`). The decisions are written down on [`FaultPolicy`].
 //!
 //! # Read your writes
 //!
