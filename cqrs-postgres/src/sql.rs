@@ -629,3 +629,10 @@ pub const FORGET_FAULTS: &str = "\
 WITH s AS (DELETE FROM cqrs_parked_streams WHERE subscription = $1),
      p AS (DELETE FROM cqrs_parked_events WHERE subscription = $1)
 DELETE FROM cqrs_skipped_events WHERE subscription = $1";
+
+/// The events held behind parked stream `$2` of subscription `$1`, in order: position, id,
+/// type.
+pub const HELD_LIST: &str = "\
+SELECT position, event_id, event_type FROM cqrs_parked_events
+ WHERE subscription = $1 AND stream_id = $2
+ ORDER BY tx, position";

@@ -289,6 +289,36 @@ async fn the_skip_policy_passes_a_failing_event_and_records_it() {
     subscription.shutdown().await.expect("shutdown");
 }
 
+/// Stream `a` is parked on its version 2, with it and the later versions held in order.
+async fn assert_parked_on_a2(admin: &ProjectionAdmin, events: &[Appended]) {
+    let parked = admin.parked(Ledger::NAME).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].stream_id, "a");
+    assert_eq!(
+        parked[0].held_events, 4,
+        "the failed event and the three after it"
+    );
+    assert_eq!(parked[0].failed_event_id, Some(events[2].event_id));
+    assert!(
+        parked[0].error.contains("poisoned event a@2"),
+        "{}",
+        parked[0].error
+    );
+    let held: Vec<Uuid> = admin
+        .held_events(Ledger::NAME, "a")
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.event_id)
+        .collect();
+    let a_from_2: Vec<Uuid> = events
+        .iter()
+        .filter(|e| e.stream_id == "a" && e.stream_version >= 2)
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(held, a_from_2, "held in order, the failed event first");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_parked_stream_waits_while_others_go_on_and_a_retry_replays_it_in_order() {
     let db = TestDb::create(8).await;
@@ -327,19 +357,7 @@ async fn a_parked_stream_waits_while_others_go_on_and_a_retry_replays_it_in_orde
     assert_eq!(applied.iter().filter(|(s, _)| *s == "b").count(), 5);
 
     let admin = ProjectionAdmin::new(db.pool.clone());
-    let parked = admin.parked(Ledger::NAME).await.unwrap();
-    assert_eq!(parked.len(), 1);
-    assert_eq!(parked[0].stream_id, "a");
-    assert_eq!(
-        parked[0].held_events, 4,
-        "the failed event and the three after it"
-    );
-    assert_eq!(parked[0].failed_event_id, Some(events[2].event_id));
-    assert!(
-        parked[0].error.contains("poisoned event a@2"),
-        "{}",
-        parked[0].error
-    );
+    assert_parked_on_a2(&admin, &events).await;
     let status = admin.status(Ledger::NAME).await.unwrap();
     assert_eq!(status.state, ProjectionState::Parked);
     assert_eq!(status.parked_streams, 1);

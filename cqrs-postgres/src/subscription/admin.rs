@@ -76,6 +76,17 @@ pub struct ParkedStream {
     pub request: Option<String>,
 }
 
+/// An event waiting behind a parked stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldEvent {
+    /// Its global position.
+    pub position: GlobalPosition,
+    /// Its id.
+    pub event_id: Uuid,
+    /// Its type.
+    pub event_type: String,
+}
+
 /// An event a projection passed without applying it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkippedEvent {
@@ -256,6 +267,28 @@ impl ProjectionAdmin {
                     }
                 },
             )
+            .collect())
+    }
+
+    /// The events held behind parked stream `stream` of subscription `name`, the failed one
+    /// first, in the order a retry replays them.
+    pub async fn held_events(
+        &self,
+        name: &str,
+        stream: &str,
+    ) -> Result<Vec<HeldEvent>, sqlx::Error> {
+        let rows: Vec<(i64, Uuid, String)> = sqlx::query_as(sql::HELD_LIST)
+            .bind(name)
+            .bind(stream)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(position, event_id, event_type)| HeldEvent {
+                position: GlobalPosition(u64::try_from(position).unwrap_or(0)),
+                event_id,
+                event_type,
+            })
             .collect())
     }
 

@@ -260,7 +260,8 @@ use tokio::sync::watch;
 
 pub use acknowledged::{Confirmation, ForwardError, Forwarder};
 pub use admin::{
-    AdminError, ParkedStream, ProjectionAdmin, ProjectionState, ProjectionStatus, SkippedEvent,
+    AdminError, HeldEvent, ParkedStream, ProjectionAdmin, ProjectionState, ProjectionStatus,
+    SkippedEvent,
 };
 pub use checkpoint::{Checkpoint, Checkpoints};
 pub use consistency::{AfterPosition, Consistency, ReadYourWrites, ReadYourWritesError};
