@@ -161,9 +161,20 @@ impl FailedEvent {
 }
 
 /// Whether a projection's error comes from the database connection rather than the event.
+/// Walks the whole chain: an error type that wraps `sqlx::Error` transparently shows only
+/// what is under it (the I/O error, the server's error).
 pub(super) fn is_outage(error: &ProjectionError) -> bool {
+    let transient_code = |code: &str| {
+        code.starts_with("08") || code.starts_with("57P") || code == "40001" || code == "40P01"
+    };
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(current) = source {
+        if current.is::<std::io::Error>() {
+            return true;
+        }
+        if let Some(error) = current.downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+            return transient_code(error.code());
+        }
         if let Some(error) = current.downcast_ref::<sqlx::Error>() {
             return match error {
                 sqlx::Error::Io(_)
@@ -172,12 +183,7 @@ pub(super) fn is_outage(error: &ProjectionError) -> bool {
                 | sqlx::Error::PoolClosed
                 | sqlx::Error::WorkerCrashed
                 | sqlx::Error::Protocol(_) => true,
-                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                    code.starts_with("08")
-                        || code.starts_with("57P")
-                        || code == "40001"
-                        || code == "40P01"
-                }),
+                sqlx::Error::Database(db) => db.code().is_some_and(|code| transient_code(&code)),
                 _ => false,
             };
         }
@@ -462,4 +468,38 @@ pub(super) async fn repark(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use cqrs_core::GlobalPosition;
+
+    use super::*;
+
+    fn handler(source: Box<dyn std::error::Error + Send + Sync>) -> ProjectionError {
+        ProjectionError::Handler {
+            projection: "p",
+            event_type: "t".to_owned(),
+            position: GlobalPosition(1),
+            source,
+        }
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum Wrapped {
+        #[error(transparent)]
+        Database(#[from] sqlx::Error),
+    }
+
+    #[test]
+    fn connection_failures_are_outages_and_the_projections_own_errors_are_not() {
+        let io = || std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(is_outage(&handler(Box::new(sqlx::Error::Io(io())))));
+        assert!(is_outage(&handler(Box::new(Wrapped::from(
+            sqlx::Error::Io(io())
+        )))));
+        assert!(is_outage(&handler(Box::new(sqlx::Error::PoolTimedOut))));
+        assert!(!is_outage(&handler("no such account".into())));
+        assert!(!is_outage(&handler(Box::new(sqlx::Error::RowNotFound))));
+    }
 }
