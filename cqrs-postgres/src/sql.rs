@@ -497,6 +497,9 @@ SELECT $1, $2, c.command::jsonb FROM unnest($5::text[]) WITH ORDINALITY AS c(com
 /// name's hash as the object.
 pub const PROJECTION_TRY_LEAD: &str = "SELECT pg_try_advisory_lock(1668444784, hashtext($1))";
 
+/// Gives the lease of subscription `$1` up (on the session holding it).
+pub const PROJECTION_UNLEAD: &str = "SELECT pg_advisory_unlock(1668444784, hashtext($1))";
+
 /// The same lock for the rest of a transaction: `false` while a worker of `$1` runs.
 pub const PROJECTION_TRY_LOCK_IN_TX: &str =
     "SELECT pg_try_advisory_xact_lock(1668444784, hashtext($1))";

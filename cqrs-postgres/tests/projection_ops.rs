@@ -988,3 +988,61 @@ async fn one_worker_per_name_across_processes_and_a_standby_takes_over_when_it_i
         standby.shutdown().await.expect("shutdown");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_whose_lease_session_is_killed_gives_way_and_leads_again() {
+    let db = TestDb::create(8).await;
+    let store = store_on(&db).await;
+    create_ledger(&db.pool, "ledger").await;
+    let worker = subscription("transactional", &db.pool, "only")
+        .retry_backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .start(&db.pool)
+        .await
+        .expect("start");
+    eventually("the worker leads", || async { worker.status().leading }).await;
+    let mut events = Vec::new();
+    for n in 0..10 {
+        events.push(append(&store, "s", n).await);
+    }
+    worker
+        .wait_for(events.last().unwrap().position, PATIENCE)
+        .await
+        .expect("caught up");
+
+    // The session holding the lock ends, as when its connection breaks.
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks \
+         WHERE locktype = 'advisory' AND classid = 1668444784::bigint::oid AND granted \
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(terminated, vec![true], "one session held the lease");
+    for n in 10..20 {
+        events.push(append(&store, "s", n).await);
+    }
+    let admin = ProjectionAdmin::new(db.pool.clone());
+    worker
+        .wait_for(events.last().unwrap().position, PATIENCE)
+        .await
+        .expect("the worker takes the lease again and goes on");
+    // Within a second of the loss the worker notices, gives way, and takes the lease again.
+    eventually("the lease is held again", || async {
+        admin.status(Ledger::NAME).await.unwrap().state == ProjectionState::Running
+    })
+    .await;
+    eventually("the worker leads again", || async {
+        worker.status().leading
+    })
+    .await;
+    events.push(append(&store, "s", 20).await);
+    worker
+        .wait_for(events.last().unwrap().position, PATIENCE)
+        .await
+        .expect("delivers under the new lease");
+    let rows = counts(&ledger(&db.pool, "ledger").await);
+    assert_eq!(rows.len(), events.len());
+    assert!(rows.values().all(|n| *n == 1), "exactly once");
+    worker.shutdown().await.expect("shutdown");
+}

@@ -37,6 +37,7 @@ pub(super) const CONFIRM_EVERY: Duration = Duration::from_secs(1);
 
 /// The lease of one subscription name, held by this worker while the connection lives.
 pub(super) struct Lease {
+    name: String,
     conn: PgConnection,
     confirmed: Instant,
 }
@@ -65,6 +66,7 @@ impl Lease {
                 tracing::info!(subscription = name, "subscription worker leads");
                 status.send_modify(|s| s.leading = true);
                 return Ok(Some(Self {
+                    name: name.to_owned(),
                     conn,
                     confirmed: Instant::now(),
                 }));
@@ -107,8 +109,14 @@ impl Lease {
         Ok(())
     }
 
-    /// Gives the lease up at once (closing the session releases the lock).
-    pub(super) async fn release(self) {
+    /// Gives the lease up at once: unlocked before this returns (so that a status read
+    /// next sees no worker), then the session closed (which would release it anyway).
+    pub(super) async fn release(mut self) {
+        sqlx::query(sql::PROJECTION_UNLEAD)
+            .bind(&self.name)
+            .execute(&mut self.conn)
+            .await
+            .ok();
         self.conn.close().await.ok();
     }
 }
