@@ -639,6 +639,56 @@ impl Subscription {
     /// [`ProjectionAdmin::wait_caught_up`], then point the query side at the new table.
     /// Transactional and at-least-once subscriptions only ([`start`](Self::start) fails
     /// with [`SubscriptionError::Unsupported`] otherwise).
+    ///
+    /// ```no_run
+    /// # use cqrs_core::prelude::*;
+    /// # use sqlx::PgConnection;
+    /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    /// # pub struct Placed { pub total: i64 }
+    /// # #[derive(Debug, Clone, PartialEq, Event)]
+    /// # pub enum OrderEvent { #[event(name = "order.placed")] Placed(Placed) }
+    /// use std::time::Duration;
+    ///
+    /// use cqrs_postgres::subscription::{FaultPolicy, ProjectionAdmin, Subscription};
+    ///
+    /// /// Order totals, in the table it is given.
+    /// struct OrderTotals {
+    ///     table: &'static str,
+    /// }
+    ///
+    /// #[projection(context = PgConnection)]
+    /// impl OrderTotals {
+    ///     #[event_handler]
+    ///     async fn on_placed(
+    ///         &mut self,
+    ///         placed: &Placed,
+    ///         event: &RecordedEvent,
+    ///         db: &mut PgConnection,
+    ///     ) -> Result<(), sqlx::Error> {
+    ///         let insert = format!("INSERT INTO {} (id, total) VALUES ($1, $2)", self.table);
+    ///         sqlx::query(&insert)
+    ///             .bind(&event.stream_id)
+    ///             .bind(placed.total)
+    ///             .execute(db)
+    ///             .await?;
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # async fn doc(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    /// // Blue serves from `order_totals`; green rebuilds `order_totals_v2` from the first event.
+    /// let green = Subscription::transactional(OrderTotals { table: "order_totals_v2" })
+    ///     .named("OrderTotals_v2")
+    ///     .fault_policy(FaultPolicy::park())
+    ///     .start(&pool)
+    ///     .await?;
+    /// ProjectionAdmin::new(pool.clone())
+    ///     .wait_caught_up("OrderTotals_v2", Duration::from_secs(600))
+    ///     .await?;
+    /// // Now point the query side at `order_totals_v2`, then stop the blue subscription.
+    /// # green.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn named(mut self, name: &'static str) -> Self {
         if !self.delivery.rename(name) {
             self.refused_name = Some(name);
