@@ -85,7 +85,12 @@
 //!
 //! # Features
 //!
-//! The crate has no optional features. It depends on `sqlx` (Postgres, tokio runtime; no
+//! | feature | what it adds |
+//! |---|---|
+//! | `otel` | OpenTelemetry export of the subscriptions' `event_handled` spans (`cqrs-core/otel`) |
+//! | `metrics` | [`ProjectionAdmin::export_metrics`](subscription::ProjectionAdmin): projections' checkpoint, head, lag, parked streams and state as `metrics` gauges |
+//!
+//! None is on by default. The crate depends on `sqlx` (Postgres, tokio runtime; no
 //! compile-time checked queries, so building needs no database), `cqrs-core`, `serde_json`,
 //! `thiserror`, `tokio` and `tracing`.
 //!

@@ -27,6 +27,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0004_idempotency.sql"),
     ),
     (5, "sagas", include_str!("../migrations/0005_sagas.sql")),
+    (
+        6,
+        "projection_faults",
+        include_str!("../migrations/0006_projection_faults.sql"),
+    ),
 ];
 
 /// Serializes concurrent runners within one database (`pg_advisory_xact_lock` key:

@@ -489,3 +489,153 @@ WITH saved AS (
 )
 INSERT INTO cqrs_saga_outbox (saga, instance, command)
 SELECT $1, $2, c.command::jsonb FROM unnest($5::text[]) WITH ORDINALITY AS c(command, n) ORDER BY c.n";
+
+// ---------------------------------------------------------------- projections (`crate::subscription`)
+
+/// Takes the lease of subscription `$1` for the session: one active worker per subscription
+/// name across processes. Two-key form: `'cqrp'` as the class (sagas use `'cqrs'`), the
+/// name's hash as the object.
+pub const PROJECTION_TRY_LEAD: &str = "SELECT pg_try_advisory_lock(1668444784, hashtext($1))";
+
+/// Gives the lease of subscription `$1` up (on the session holding it).
+pub const PROJECTION_UNLEAD: &str = "SELECT pg_advisory_unlock(1668444784, hashtext($1))";
+
+/// The same lock for the rest of a transaction: `false` while a worker of `$1` runs.
+pub const PROJECTION_TRY_LOCK_IN_TX: &str =
+    "SELECT pg_try_advisory_xact_lock(1668444784, hashtext($1))";
+
+/// Whether a session holds the lease of subscription `$1` (in this database).
+pub const PROJECTION_HAS_WORKER: &str = "\
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+     WHERE locktype = 'advisory' AND granted
+       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+       AND classid = 1668444784::bigint::oid
+       AND objid = (hashtext($1)::bigint & 4294967295)::oid
+       AND objsubid = 2)";
+
+/// The parked streams of subscription `$1`.
+pub const PARKED_STREAMS: &str =
+    "SELECT stream_id FROM cqrs_parked_streams WHERE subscription = $1";
+
+/// Parks stream `$2` of subscription `$1` on the failed event at position `$4`, error `$3`.
+pub const PARK_STREAM: &str = "\
+INSERT INTO cqrs_parked_streams (subscription, stream_id, error, failed_position)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (subscription, stream_id) DO NOTHING";
+
+/// Holds an event of a parked stream: `$1` subscription, `$2` stream, `$3` tx, `$4` position,
+/// `$5` event id, `$6` type.
+pub const HOLD_EVENT: &str = "\
+INSERT INTO cqrs_parked_events (subscription, stream_id, tx, position, event_id, event_type)
+VALUES ($1, $2, $3::text::xid8, $4, $5, $6)
+ON CONFLICT DO NOTHING";
+
+/// Records a skipped event: `$1` subscription, `$2` tx, `$3` position, `$4` stream, `$5` event
+/// id, `$6` type, `$7` error, `$8` who skipped it.
+pub const RECORD_SKIP: &str = "\
+INSERT INTO cqrs_skipped_events
+    (subscription, tx, position, stream_id, event_id, event_type, error, skipped_by)
+VALUES ($1, $2::text::xid8, $3, $4, $5, $6, $7, $8)
+ON CONFLICT DO NOTHING";
+
+/// The operators' requests on parked streams of subscription `$1`.
+pub const PARKED_REQUESTS: &str = "\
+SELECT stream_id, request, error FROM cqrs_parked_streams
+ WHERE subscription = $1 AND request IS NOT NULL
+ ORDER BY parked_at";
+
+/// A parked stream's row, locked: `$1` subscription, `$2` stream.
+pub const PARKED_STREAM_FOR_UPDATE: &str = "\
+SELECT request, error FROM cqrs_parked_streams
+ WHERE subscription = $1 AND stream_id = $2 FOR UPDATE";
+
+/// The events held behind parked stream `$2` of subscription `$1`, read back from the store
+/// in `(tx, position)` order, with the columns of the catch-up read.
+pub const HELD_EVENTS: &str = "\
+SELECT e.tx::text AS tx, e.position, e.event_id, e.event_type,
+       e.schema_version::bigint AS schema_version, e.stream_id,
+       e.stream_version::bigint AS stream_version, e.payload, e.metadata, e.recorded_at
+  FROM cqrs_parked_events p
+  JOIN cqrs_events e ON e.position = p.position
+ WHERE p.subscription = $1 AND p.stream_id = $2
+ ORDER BY p.tx, p.position";
+
+/// Lets go of held events `$3` (positions) of stream `$2`, subscription `$1`.
+pub const RELEASE_HELD: &str = "\
+DELETE FROM cqrs_parked_events
+ WHERE subscription = $1 AND stream_id = $2 AND position = ANY($3)";
+
+/// Unparks stream `$2` of subscription `$1`.
+pub const UNPARK_STREAM: &str =
+    "DELETE FROM cqrs_parked_streams WHERE subscription = $1 AND stream_id = $2";
+
+/// A retry that failed again: the stream stays parked on the event at `$4` with error `$3`.
+pub const REPARK_STREAM: &str = "\
+UPDATE cqrs_parked_streams
+   SET error = $3, failed_position = $4, request = NULL, parked_at = now()
+ WHERE subscription = $1 AND stream_id = $2";
+
+/// An operator's request on parked stream `$2` of subscription `$1`: `$3` 'retry' or 'skip'.
+pub const REQUEST_ON_PARKED: &str = "\
+UPDATE cqrs_parked_streams SET request = $3 WHERE subscription = $1 AND stream_id = $2";
+
+/// The parked streams of subscription `$1` for an operator: stream, error, failed event
+/// (position, id, type), parked at, held events, pending request.
+pub const PARKED_LIST: &str = "\
+SELECT s.stream_id, s.error, s.failed_position, e.event_id, e.event_type, s.parked_at,
+       (SELECT count(*) FROM cqrs_parked_events p
+         WHERE p.subscription = s.subscription AND p.stream_id = s.stream_id) AS held,
+       s.request
+  FROM cqrs_parked_streams s
+  LEFT JOIN cqrs_events e ON e.position = s.failed_position
+ WHERE s.subscription = $1
+ ORDER BY s.parked_at, s.stream_id";
+
+/// The events subscription `$1` skipped, in order.
+pub const SKIPPED_LIST: &str = "\
+SELECT position, stream_id, event_id, event_type, error, skipped_by, skipped_at
+  FROM cqrs_skipped_events WHERE subscription = $1 ORDER BY tx, position";
+
+/// A subscription's status in one snapshot: `$1` name. Whether it has a stored checkpoint,
+/// the checkpoint (the start when none), the head, the events after the checkpoint and the
+/// age in seconds of the oldest of them, the parked streams, and whether a worker holds the
+/// lease ([`PROJECTION_HAS_WORKER`]).
+pub const PROJECTION_STATUS: &str = "\
+WITH stored AS (SELECT tx, position FROM cqrs_checkpoints WHERE name = $1),
+     c AS (SELECT coalesce((SELECT tx FROM stored), '0'::xid8) AS tx,
+                  coalesce((SELECT position FROM stored), 0) AS position),
+     h AS (SELECT tx, position FROM cqrs_events ORDER BY tx DESC, position DESC LIMIT 1)
+SELECT EXISTS (SELECT 1 FROM stored) AS known,
+       (SELECT tx::text FROM c) AS checkpoint_tx,
+       (SELECT position FROM c) AS checkpoint_position,
+       (SELECT tx::text FROM h) AS head_tx,
+       (SELECT position FROM h) AS head_position,
+       (SELECT count(*) FROM cqrs_events e, c WHERE (e.tx, e.position) > (c.tx, c.position))
+           AS lag_events,
+       (SELECT extract(epoch FROM now() - e.recorded_at)::float8
+          FROM cqrs_events e, c
+         WHERE (e.tx, e.position) > (c.tx, c.position)
+         ORDER BY e.tx, e.position LIMIT 1) AS lag_seconds,
+       (SELECT count(*) FROM cqrs_parked_streams WHERE subscription = $1) AS parked_streams,
+       EXISTS (
+    SELECT 1 FROM pg_locks
+     WHERE locktype = 'advisory' AND granted
+       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+       AND classid = 1668444784::bigint::oid
+       AND objid = (hashtext($1)::bigint & 4294967295)::oid
+       AND objsubid = 2) AS has_worker";
+
+/// Forgets everything stored about subscription `$1` but its checkpoint: parked streams, held
+/// and skipped events (a rebuild starts clean).
+pub const FORGET_FAULTS: &str = "\
+WITH s AS (DELETE FROM cqrs_parked_streams WHERE subscription = $1),
+     p AS (DELETE FROM cqrs_parked_events WHERE subscription = $1)
+DELETE FROM cqrs_skipped_events WHERE subscription = $1";
+
+/// The events held behind parked stream `$2` of subscription `$1`, in order: position, id,
+/// type.
+pub const HELD_LIST: &str = "\
+SELECT position, event_id, event_type FROM cqrs_parked_events
+ WHERE subscription = $1 AND stream_id = $2
+ ORDER BY tx, position";

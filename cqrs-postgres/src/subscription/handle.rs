@@ -21,6 +21,13 @@ pub struct SubscriptionStatus {
     pub failures: u32,
     /// The most recent failure, cleared when `failures` is reset.
     pub last_error: Option<SubscriptionError>,
+    /// Whether this worker holds the subscription's lease and delivers; `false` while it
+    /// stands by behind another process's worker (its checkpoint then follows the stored
+    /// one) and once it stopped. Always `false` for an in-memory subscription, which needs
+    /// no lease.
+    pub leading: bool,
+    /// Streams parked by the fault policy, as this worker knows them.
+    pub parked_streams: usize,
 }
 
 /// A running subscription, returned by [`Subscription::start`](super::Subscription::start).

@@ -111,11 +111,30 @@
 //! A transactional batch locks its checkpoint row (`SELECT ... FOR UPDATE`) and checks it is
 //! still where the batch was read from; two instances of the same subscription therefore
 //! never both apply a batch — the second one adopts the stored checkpoint and goes on.
-//! At-least-once subscribers have no such guard: run one instance per name.
 //!
-//! To rebuild a read model from scratch, stop its subscription, then in one transaction empty
-//! its rows and reset its checkpoint ([`Checkpoints::reset_in`]), and start it again.
-//! [`Checkpoints::reset`] does the reset alone, for a subscriber with nothing to empty.
+//! # One worker per name, across processes
+//!
+//! A durable subscription (transactional, at-least-once, acknowledged) delivers only while
+//! it holds its name's lease: a session-level advisory lock on a connection of its own
+//! (ARCHITECTURE.md, Decisions, says why a lock and not a lease row). Start it in every
+//! process: one worker leads, the others stand by (their [`SubscriptionStatus::leading`]
+//! is `false`, and their progress follows the stored checkpoint, so
+//! [`SubscriptionHandle::wait_for`] works in every process), and when the leader dies, a
+//! standby takes over within [`Subscription::lead_retry`] (default 1 s). An in-memory
+//! subscription takes no lease: each process feeds its own model.
+//!
+//! # Rebuilds
+//!
+//! To rebuild a read model in place, stop its subscription, then in one transaction empty
+//! its rows and reset it ([`ProjectionAdmin::reset_in`], which refuses while a worker runs
+//! and also forgets parked streams and skipped events; [`Checkpoints::reset_in`] resets the
+//! checkpoint alone), and start it again. To rebuild while the old model keeps serving
+//! (blue/green), give the projection a new table (as data) and the subscription a new name
+//! ([`Subscription::named`]), start it beside the old one, wait with
+//! [`ProjectionAdmin::wait_caught_up`], then point the query side at the new table and stop
+//! the old subscription. A rebuild's batches are short transactions like any other; a
+//! handler that holds its batch transaction open for long holds back every subscription of
+//! the database (the read horizon waits for it), so keep rebuild handlers to plain writes.
 //!
 //! # Following live
 //!
@@ -137,6 +156,15 @@
 //! [`SubscriptionOptions::max_consecutive_failures`] it gives up after that many failures in
 //! a row and [`SubscriptionHandle::join`] / [`SubscriptionHandle::shutdown`] return the last
 //! error.
+//!
+//! An event the projection itself keeps failing on is judged by its [`FaultPolicy`]
+//! ([`Subscription::fault_policy`]): after [`FaultPolicy::attempts`] attempts in a row the
+//! subscription stops (the default, with the error), skips the event (recorded in
+//! `cqrs_skipped_events`), or parks the event's stream (it and the stream's later events
+//! wait in `cqrs_parked_events` while other streams go on). [`ProjectionAdmin`] lists parked
+//! streams and skipped events, asks the running worker to retry or skip a parked stream,
+//! and reports each projection's checkpoint, head, lag and state (also as `metrics` gauges,
+//! feature `metrics`). The decisions are written down on [`FaultPolicy`].
 //!
 //! # Read your writes
 //!
@@ -214,9 +242,12 @@
 //! ```
 
 mod acknowledged;
+mod admin;
 pub(crate) mod checkpoint;
 mod consistency;
+mod fault;
 mod handle;
+mod lease;
 pub(crate) mod read;
 pub(crate) mod run;
 
@@ -228,8 +259,13 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
 pub use acknowledged::{Confirmation, ForwardError, Forwarder};
+pub use admin::{
+    AdminError, HeldEvent, ParkedStream, ProjectionAdmin, ProjectionState, ProjectionStatus,
+    SkippedEvent,
+};
 pub use checkpoint::{Checkpoint, Checkpoints};
 pub use consistency::{AfterPosition, Consistency, ReadYourWrites, ReadYourWritesError};
+pub use fault::{FaultPolicy, GiveUp};
 pub use handle::{Progress, SubscriptionHandle, SubscriptionStatus};
 
 /// The channel appends notify and subscriptions listen on.
@@ -286,6 +322,17 @@ pub enum SubscriptionError {
         /// What the forwarder reported.
         #[source]
         source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// The subscription was asked for something its delivery mode does not offer: a
+    /// [`FaultPolicy`] that skips or parks (transactional and at-least-once only), or a
+    /// name of its own ([`Subscription::named`]; not for an acknowledged subscription,
+    /// whose forwarder names it). Nothing was started.
+    #[error("subscription `{name}`: {what} is not available in this delivery mode")]
+    Unsupported {
+        /// The subscription.
+        name: &'static str,
+        /// What was asked for.
+        what: &'static str,
     },
     /// A handler panicked; the subscription stopped.
     #[error("subscription `{name}` panicked: {message}")]
@@ -354,8 +401,16 @@ pub struct SubscriptionOptions {
     pub retry_initial: Duration,
     /// Longest delay between retries. Default 30 s.
     pub retry_max: Duration,
-    /// Give up after this many failed attempts in a row. Default `None`: retry forever.
+    /// Give up after this many failed attempts in a row, whatever failed. Default `None`:
+    /// outages are retried forever (the projection's own failures follow `fault_policy`).
     pub max_consecutive_failures: Option<u32>,
+    /// What to do with an event the projection keeps failing on. Default
+    /// [`FaultPolicy::stop`].
+    pub fault_policy: FaultPolicy,
+    /// How often a standby worker tries to take the lease of a durable subscription whose
+    /// worker runs elsewhere: it takes over within this long of that worker's death.
+    /// Default 1 s.
+    pub lead_retry: Duration,
 }
 
 impl Default for SubscriptionOptions {
@@ -367,6 +422,8 @@ impl Default for SubscriptionOptions {
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(30),
             max_consecutive_failures: None,
+            fault_policy: FaultPolicy::default(),
+            lead_retry: Duration::from_secs(1),
         }
     }
 }
@@ -420,6 +477,8 @@ impl Default for SubscriptionOptions {
 pub struct Subscription {
     delivery: Box<dyn run::Deliver>,
     options: SubscriptionOptions,
+    /// A name the delivery refused to take ([`Subscription::named`]).
+    refused_name: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -428,6 +487,7 @@ impl std::fmt::Debug for Subscription {
             .field("name", &self.delivery.name())
             .field("event_types", &self.delivery.event_types())
             .field("options", &self.options)
+            .field("refused_name", &self.refused_name)
             .finish()
     }
 }
@@ -440,8 +500,9 @@ impl Subscription {
         P: Projection<Context = PgConnection>,
     {
         Self {
-            delivery: Box::new(run::Transactional(projection)),
+            delivery: Box::new(run::Transactional::new(projection)),
             options: SubscriptionOptions::default(),
+            refused_name: None,
         }
     }
 
@@ -454,8 +515,9 @@ impl Subscription {
     /// [`in_memory`](Self::in_memory).
     pub fn at_least_once<S: Subscriber>(subscriber: S) -> Self {
         Self {
-            delivery: Box::new(run::AtLeastOnce(subscriber)),
+            delivery: Box::new(run::AtLeastOnce::new(subscriber)),
             options: SubscriptionOptions::default(),
+            refused_name: None,
         }
     }
 
@@ -500,6 +562,7 @@ impl Subscription {
         Self {
             delivery: Box::new(run::InMemory::new(model)),
             options: SubscriptionOptions::default(),
+            refused_name: None,
         }
     }
 
@@ -519,6 +582,7 @@ impl Subscription {
         Self {
             delivery: Box::new(acknowledged::Acknowledged::new(forwarder, max_in_flight)),
             options: SubscriptionOptions::default(),
+            refused_name: None,
         }
     }
 
@@ -567,6 +631,87 @@ impl Subscription {
         self
     }
 
+    /// Runs the subscription under `name` instead of the projection's
+    /// [`Projection::NAME`]: its checkpoint, lease, parked streams and skipped events are
+    /// kept under `name`. This is how a projection is rebuilt blue/green: give the new
+    /// instance (writing to a new table, taken as data by the projection) a new name, let
+    /// it catch up from the first event while the old one keeps serving, wait for it with
+    /// [`ProjectionAdmin::wait_caught_up`], then point the query side at the new table.
+    /// Transactional and at-least-once subscriptions only ([`start`](Self::start) fails
+    /// with [`SubscriptionError::Unsupported`] otherwise).
+    ///
+    /// ```no_run
+    /// # use cqrs_core::prelude::*;
+    /// # use sqlx::PgConnection;
+    /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    /// # pub struct Placed { pub total: i64 }
+    /// # #[derive(Debug, Clone, PartialEq, Event)]
+    /// # pub enum OrderEvent { #[event(name = "order.placed")] Placed(Placed) }
+    /// use std::time::Duration;
+    ///
+    /// use cqrs_postgres::subscription::{FaultPolicy, ProjectionAdmin, Subscription};
+    ///
+    /// /// Order totals, in the table it is given.
+    /// struct OrderTotals {
+    ///     table: &'static str,
+    /// }
+    ///
+    /// #[projection(context = PgConnection)]
+    /// impl OrderTotals {
+    ///     #[event_handler]
+    ///     async fn on_placed(
+    ///         &mut self,
+    ///         placed: &Placed,
+    ///         event: &RecordedEvent,
+    ///         db: &mut PgConnection,
+    ///     ) -> Result<(), sqlx::Error> {
+    ///         let insert = format!("INSERT INTO {} (id, total) VALUES ($1, $2)", self.table);
+    ///         sqlx::query(&insert)
+    ///             .bind(&event.stream_id)
+    ///             .bind(placed.total)
+    ///             .execute(db)
+    ///             .await?;
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # async fn doc(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    /// // Blue serves from `order_totals`; green rebuilds `order_totals_v2` from the first event.
+    /// let green = Subscription::transactional(OrderTotals { table: "order_totals_v2" })
+    ///     .named("OrderTotals_v2")
+    ///     .fault_policy(FaultPolicy::park())
+    ///     .start(&pool)
+    ///     .await?;
+    /// ProjectionAdmin::new(pool.clone())
+    ///     .wait_caught_up("OrderTotals_v2", Duration::from_secs(600))
+    ///     .await?;
+    /// // Now point the query side at `order_totals_v2`, then stop the blue subscription.
+    /// # green.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn named(mut self, name: &'static str) -> Self {
+        if !self.delivery.rename(name) {
+            self.refused_name = Some(name);
+        }
+        self
+    }
+
+    /// What to do with an event the projection keeps failing on (default
+    /// [`FaultPolicy::stop`]). Skipping and parking need a durable subscription with a
+    /// checkpoint of its own (transactional or at-least-once); [`start`](Self::start) fails
+    /// with [`SubscriptionError::Unsupported`] otherwise.
+    pub fn fault_policy(mut self, policy: FaultPolicy) -> Self {
+        self.options.fault_policy = policy;
+        self
+    }
+
+    /// How often a standby worker tries to take over the subscription (default 1 s): the
+    /// longest a durable subscription goes without a worker after its worker dies.
+    pub fn lead_retry(mut self, every: Duration) -> Self {
+        self.options.lead_retry = every;
+        self
+    }
+
     /// Durable: creates the checkpoint if this name has none, loads it, and returns once the
     /// subscription follows in a background task. In memory: starts the background task at
     /// the first event and returns once the model holds every event committed before the
@@ -580,6 +725,19 @@ impl Subscription {
     /// replay is retried and `start` waits).
     pub async fn start(mut self, pool: &PgPool) -> Result<SubscriptionHandle, SubscriptionError> {
         let name = self.delivery.name();
+        if self.refused_name.is_some() {
+            return Err(SubscriptionError::Unsupported {
+                name,
+                what: "a name of its own",
+            });
+        }
+        if self.options.fault_policy.needs_dead_letters() && self.delivery.dead_letters().is_none()
+        {
+            return Err(SubscriptionError::Unsupported {
+                name,
+                what: "a fault policy that skips or parks",
+            });
+        }
         let database = |e| SubscriptionError::database(name, e);
         let checkpoint = self.delivery.resume(pool).await.map_err(database)?;
         self.delivery.check_start(checkpoint)?;

@@ -159,7 +159,7 @@ pub(crate) async fn next_batch(
     })
 }
 
-fn decode_event(
+pub(crate) fn decode_event(
     name: &'static str,
     at: Checkpoint,
     row: &sqlx::postgres::PgRow,

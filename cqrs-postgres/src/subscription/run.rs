@@ -6,16 +6,19 @@ use std::time::Duration;
 use cqrs_core::trace_context::event_span;
 use cqrs_core::{BoxFuture, Projection, ReadModel, StateLocation, Subscriber};
 use sqlx::postgres::PgListener;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::checkpoint::{self, Checkpoint};
+use super::fault::{self, DeadLetters, FailedEvent, FaultPolicy, GiveUp, Pending, Request, Route};
+use super::lease::Lease;
 use super::read::{self, Batch};
 use super::{
     EventTypes, NOTIFY_CHANNEL, SubscriptionError, SubscriptionOptions, SubscriptionStatus,
 };
+use crate::sql;
 
 /// What a delivery reached: where the next read starts, and how far the consumer is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +80,31 @@ pub(super) trait Deliver: Send + 'static {
         Ok(())
     }
 
+    /// Whether one worker per name runs at a time, across processes (a durable
+    /// subscription); `false` for a consumer each process holds its own of.
+    fn exclusive(&self) -> bool {
+        true
+    }
+
+    /// Takes `name` as the subscription's name instead of its own; `false` when the
+    /// delivery cannot.
+    fn rename(&mut self, _name: &'static str) -> bool {
+        false
+    }
+
+    /// The parked streams and the fault policy's verdicts, for a delivery that keeps them.
+    fn dead_letters(&mut self) -> Option<&mut DeadLetters> {
+        None
+    }
+
+    /// Carries out operators' requests on parked streams; called before each batch.
+    fn maintain<'a>(
+        &'a mut self,
+        _pool: &'a PgPool,
+    ) -> BoxFuture<'a, Result<(), SubscriptionError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     /// Delivers `batch`, read after checkpoint `from`, and returns where the next read
     /// starts and how far the consumer is done.
     fn deliver<'a>(
@@ -88,15 +116,148 @@ pub(super) trait Deliver: Send + 'static {
 }
 
 /// Read-model rows and checkpoint in one transaction per batch: exactly once.
-pub(super) struct Transactional<P>(pub P);
+pub(super) struct Transactional<P> {
+    projection: P,
+    name: &'static str,
+    dead: DeadLetters,
+}
+
+impl<P: Projection<Context = PgConnection>> Transactional<P> {
+    pub(super) fn new(projection: P) -> Self {
+        Self {
+            projection,
+            name: P::NAME,
+            dead: DeadLetters::default(),
+        }
+    }
+
+    /// Replays the events held behind `stream`, in order, in one transaction with their
+    /// release; on a failure nothing of it is kept and the stream stays parked.
+    async fn replay(
+        &mut self,
+        pool: &PgPool,
+        stream: &str,
+        request: Request,
+        error: &str,
+    ) -> Result<(), SubscriptionError> {
+        let name = self.name;
+        let database = |source| SubscriptionError::database(name, source);
+        let mut tx = pool.begin().await.map_err(database)?;
+        // The checkpoint row lock keeps the replay and a batch of another instance apart.
+        checkpoint::lock(&mut tx, name).await.map_err(database)?;
+        let row: Option<(Option<String>, String)> = sqlx::query_as(sql::PARKED_STREAM_FOR_UPDATE)
+            .bind(name)
+            .bind(stream)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(database)?;
+        if !matches!(row, Some((Some(_), _))) {
+            // Carried out (or the stream released) meanwhile.
+            tx.rollback().await.map_err(database)?;
+            return Ok(());
+        }
+        let mut held = fault::held(&mut tx, name, stream).await?;
+        if request == Request::Skip && !held.is_empty() {
+            let (at, event) = held.remove(0);
+            fault::record_skip(
+                &mut tx,
+                name,
+                at,
+                stream,
+                event.event_id,
+                &event.event_type,
+                error,
+                "operator",
+            )
+            .await
+            .map_err(database)?;
+            fault::release(&mut tx, name, stream, &[at], false)
+                .await
+                .map_err(database)?;
+        }
+        let mut savepoint = tx.begin().await.map_err(database)?;
+        for (at, event) in &held {
+            if let Err(failure) = self
+                .projection
+                .project(event, &mut savepoint)
+                .instrument(event_span(name, event))
+                .await
+            {
+                savepoint.rollback().await.map_err(database)?;
+                tracing::warn!(subscription = name, stream, %failure, "a parked stream failed again; it stays parked");
+                fault::repark(&mut tx, name, stream, *at, &failure.to_string())
+                    .await
+                    .map_err(database)?;
+                tx.commit().await.map_err(database)?;
+                return Ok(());
+            }
+        }
+        savepoint.commit().await.map_err(database)?;
+        let done: Vec<Checkpoint> = held.iter().map(|(at, _)| *at).collect();
+        fault::release(&mut tx, name, stream, &done, true)
+            .await
+            .map_err(database)?;
+        tx.commit().await.map_err(database)?;
+        self.dead.unparked(stream);
+        tracing::info!(
+            subscription = name,
+            stream,
+            replayed = done.len(),
+            "a parked stream is live again"
+        );
+        Ok(())
+    }
+}
 
 impl<P: Projection<Context = PgConnection>> Deliver for Transactional<P> {
     fn name(&self) -> &'static str {
-        P::NAME
+        self.name
     }
 
     fn event_types(&self) -> EventTypes {
         EventTypes::Only(P::EVENT_TYPES)
+    }
+
+    fn rename(&mut self, name: &'static str) -> bool {
+        self.name = name;
+        true
+    }
+
+    fn dead_letters(&mut self) -> Option<&mut DeadLetters> {
+        Some(&mut self.dead)
+    }
+
+    fn resume<'a>(
+        &'a mut self,
+        pool: &'a PgPool,
+    ) -> BoxFuture<'a, Result<Checkpoint, sqlx::Error>> {
+        Box::pin(async move {
+            let checkpoint = checkpoint::ensure(pool, self.name).await?;
+            self.dead.load(pool, self.name).await?;
+            Ok(checkpoint)
+        })
+    }
+
+    fn maintain<'a>(
+        &'a mut self,
+        pool: &'a PgPool,
+    ) -> BoxFuture<'a, Result<(), SubscriptionError>> {
+        Box::pin(async move {
+            if self.dead.parked_streams() == 0 {
+                return Ok(());
+            }
+            let name = self.name;
+            let requests = fault::requests(pool, name)
+                .await
+                .map_err(|e| SubscriptionError::database(name, e))?;
+            for (stream, request, error) in requests {
+                self.replay(pool, &stream, request, &error).await?;
+            }
+            self.dead
+                .load(pool, name)
+                .await
+                .map_err(|e| SubscriptionError::database(name, e))
+        })
     }
 
     fn deliver<'a>(
@@ -106,56 +267,227 @@ impl<P: Projection<Context = PgConnection>> Deliver for Transactional<P> {
         batch: &'a Batch,
     ) -> BoxFuture<'a, Result<Delivered, SubscriptionError>> {
         Box::pin(async move {
-            let database = |source| SubscriptionError::database(P::NAME, source);
+            let name = self.name;
+            let database = |source| SubscriptionError::database(name, source);
             let mut tx = pool.begin().await.map_err(database)?;
             // The row lock serializes two instances of one subscription; the comparison makes
             // the loser drop a batch the winner already applied.
-            let stored = checkpoint::lock(&mut tx, P::NAME).await.map_err(database)?;
+            let stored = checkpoint::lock(&mut tx, name).await.map_err(database)?;
             if stored != from {
                 tx.rollback().await.map_err(database)?;
                 tracing::info!(
-                    subscription = P::NAME,
+                    subscription = name,
                     %stored,
                     expected = %from,
                     "checkpoint moved under this subscription; continuing from the stored one"
                 );
                 return Ok(Delivered::at(stored));
             }
-            for (_, event) in &batch.events {
-                self.0
-                    .project(event, &mut tx)
-                    .instrument(event_span(P::NAME, event))
-                    .await
-                    .map_err(|e| SubscriptionError::Projection(Arc::new(e)))?;
+            let mut rows = Vec::new();
+            for (at, event) in &batch.events {
+                match self.dead.route(*at, event, &rows) {
+                    Route::Deliver => {
+                        if let Err(error) = self
+                            .projection
+                            .project(event, &mut tx)
+                            .instrument(event_span(name, event))
+                            .await
+                        {
+                            self.dead.failed = Some(FailedEvent::new(*at, event, &error));
+                            return Err(SubscriptionError::Projection(Arc::new(error)));
+                        }
+                    }
+                    route => rows.push(DeadLetters::pending(*at, event, route)),
+                }
             }
-            checkpoint::advance(&mut tx, P::NAME, batch.next)
+            fault::write(&mut tx, name, &rows).await.map_err(database)?;
+            checkpoint::advance(&mut tx, name, batch.next)
                 .await
                 .map_err(database)?;
             tx.commit().await.map_err(database)?;
+            self.dead.committed(rows);
             Ok(Delivered::at(batch.next))
         })
     }
 }
 
 /// Handler first, checkpoint after: at least once.
-pub(super) struct AtLeastOnce<S>(pub S);
+pub(super) struct AtLeastOnce<S> {
+    subscriber: S,
+    name: &'static str,
+    dead: DeadLetters,
+}
+
+impl<S: Subscriber> AtLeastOnce<S> {
+    pub(super) fn new(subscriber: S) -> Self {
+        let name = subscriber.name();
+        Self {
+            subscriber,
+            name,
+            dead: DeadLetters::default(),
+        }
+    }
+
+    /// Stores the checkpoint at `to` with the dead-letter `rows` in one transaction.
+    async fn store(
+        &mut self,
+        pool: &PgPool,
+        to: Checkpoint,
+        rows: Vec<Pending>,
+    ) -> Result<(), SubscriptionError> {
+        let name = self.name;
+        let database = |source| SubscriptionError::database(name, source);
+        if rows.is_empty() {
+            let mut conn = pool.acquire().await.map_err(database)?;
+            return checkpoint::advance(&mut conn, name, to)
+                .await
+                .map_err(database);
+        }
+        let mut tx = pool.begin().await.map_err(database)?;
+        fault::write(&mut tx, name, &rows).await.map_err(database)?;
+        checkpoint::advance(&mut tx, name, to)
+            .await
+            .map_err(database)?;
+        tx.commit().await.map_err(database)?;
+        self.dead.committed(rows);
+        Ok(())
+    }
+
+    /// Hands the events held behind `stream` to the subscriber again, in order; releases
+    /// each one handled, and leaves the stream parked on one that fails again.
+    async fn replay(
+        &mut self,
+        pool: &PgPool,
+        stream: &str,
+        request: Request,
+        error: &str,
+    ) -> Result<(), SubscriptionError> {
+        let name = self.name;
+        let database = |source| SubscriptionError::database(name, source);
+        let mut conn = pool.acquire().await.map_err(database)?;
+        let mut held = fault::held(&mut conn, name, stream).await?;
+        if request == Request::Skip && !held.is_empty() {
+            let (at, event) = held.remove(0);
+            let mut tx = conn.begin().await.map_err(database)?;
+            fault::record_skip(
+                &mut tx,
+                name,
+                at,
+                stream,
+                event.event_id,
+                &event.event_type,
+                error,
+                "operator",
+            )
+            .await
+            .map_err(database)?;
+            fault::release(&mut tx, name, stream, &[at], false)
+                .await
+                .map_err(database)?;
+            tx.commit().await.map_err(database)?;
+        }
+        let mut done = Vec::with_capacity(held.len());
+        let mut failed = None;
+        for (at, event) in &held {
+            match self
+                .subscriber
+                .handle(event)
+                .instrument(event_span(name, event))
+                .await
+            {
+                Ok(()) => done.push(*at),
+                Err(failure) => {
+                    failed = Some((*at, failure));
+                    break;
+                }
+            }
+        }
+        let mut tx = conn.begin().await.map_err(database)?;
+        fault::release(&mut tx, name, stream, &done, failed.is_none())
+            .await
+            .map_err(database)?;
+        match &failed {
+            Some((at, failure)) => {
+                tracing::warn!(subscription = name, stream, %failure, "a parked stream failed again; it stays parked");
+                fault::repark(&mut tx, name, stream, *at, &failure.to_string())
+                    .await
+                    .map_err(database)?;
+            }
+            None => {
+                tracing::info!(
+                    subscription = name,
+                    stream,
+                    replayed = done.len(),
+                    "a parked stream is live again"
+                );
+            }
+        }
+        tx.commit().await.map_err(database)?;
+        if failed.is_none() {
+            self.dead.unparked(stream);
+        }
+        Ok(())
+    }
+}
 
 impl<S: Subscriber> Deliver for AtLeastOnce<S> {
     fn name(&self) -> &'static str {
-        self.0.name()
+        self.name
     }
 
     fn event_types(&self) -> EventTypes {
-        EventTypes::Only(self.0.event_types())
+        EventTypes::Only(self.subscriber.event_types())
+    }
+
+    fn rename(&mut self, name: &'static str) -> bool {
+        self.name = name;
+        true
+    }
+
+    fn dead_letters(&mut self) -> Option<&mut DeadLetters> {
+        Some(&mut self.dead)
+    }
+
+    fn resume<'a>(
+        &'a mut self,
+        pool: &'a PgPool,
+    ) -> BoxFuture<'a, Result<Checkpoint, sqlx::Error>> {
+        Box::pin(async move {
+            let checkpoint = checkpoint::ensure(pool, self.name).await?;
+            self.dead.load(pool, self.name).await?;
+            Ok(checkpoint)
+        })
+    }
+
+    fn maintain<'a>(
+        &'a mut self,
+        pool: &'a PgPool,
+    ) -> BoxFuture<'a, Result<(), SubscriptionError>> {
+        Box::pin(async move {
+            if self.dead.parked_streams() == 0 {
+                return Ok(());
+            }
+            let name = self.name;
+            let requests = fault::requests(pool, name)
+                .await
+                .map_err(|e| SubscriptionError::database(name, e))?;
+            for (stream, request, error) in requests {
+                self.replay(pool, &stream, request, &error).await?;
+            }
+            self.dead
+                .load(pool, name)
+                .await
+                .map_err(|e| SubscriptionError::database(name, e))
+        })
     }
 
     /// A subscriber whose state lives in process memory starts empty: resuming it from a
     /// stored checkpoint past the start would leave out every event before it, silently.
     fn check_start(&self, from: Checkpoint) -> Result<(), SubscriptionError> {
-        if self.0.state_location() != StateLocation::InMemory {
+        if self.subscriber.state_location() != StateLocation::InMemory {
             return Ok(());
         }
-        let name = self.0.name();
+        let name = self.name;
         if from != Checkpoint::START {
             return Err(SubscriptionError::InMemoryBehindCheckpoint {
                 name,
@@ -177,31 +509,31 @@ impl<S: Subscriber> Deliver for AtLeastOnce<S> {
         batch: &'a Batch,
     ) -> BoxFuture<'a, Result<Delivered, SubscriptionError>> {
         Box::pin(async move {
-            let name = self.0.name();
-            let database = |source| SubscriptionError::database(name, source);
+            let name = self.name;
             let mut done = from;
+            let mut rows = Vec::new();
             for (at, event) in &batch.events {
-                if let Err(error) = self
-                    .0
-                    .handle(event)
-                    .instrument(event_span(name, event))
-                    .await
-                {
-                    // Keep what succeeded so the retry starts at the failed event.
-                    if done > from {
-                        let mut conn = pool.acquire().await.map_err(database)?;
-                        checkpoint::advance(&mut conn, name, done)
+                match self.dead.route(*at, event, &rows) {
+                    Route::Deliver => {
+                        if let Err(error) = self
+                            .subscriber
+                            .handle(event)
+                            .instrument(event_span(name, event))
                             .await
-                            .map_err(database)?;
+                        {
+                            self.dead.failed = Some(FailedEvent::new(*at, event, &error));
+                            // Keep what succeeded so the retry starts at the failed event.
+                            if done > from {
+                                self.store(pool, done, rows).await?;
+                            }
+                            return Err(SubscriptionError::Projection(Arc::new(error)));
+                        }
                     }
-                    return Err(SubscriptionError::Projection(Arc::new(error)));
+                    route => rows.push(DeadLetters::pending(*at, event, route)),
                 }
                 done = *at;
             }
-            let mut conn = pool.acquire().await.map_err(database)?;
-            checkpoint::advance(&mut conn, name, batch.next)
-                .await
-                .map_err(database)?;
+            self.store(pool, batch.next, rows).await?;
             Ok(Delivered::at(batch.next))
         })
     }
@@ -240,6 +572,11 @@ impl<P: Projection<Context = ()>> Deliver for InMemory<P> {
         true
     }
 
+    /// Each process feeds its own model.
+    fn exclusive(&self) -> bool {
+        false
+    }
+
     fn deliver<'a>(
         &'a mut self,
         _: &'a PgPool,
@@ -262,7 +599,9 @@ impl<P: Projection<Context = ()>> Deliver for InMemory<P> {
     }
 }
 
-/// Runs a subscription until shutdown, retrying failures with backoff.
+/// Runs a subscription until shutdown: takes the name's lease (standing by while another
+/// worker has it), retries failures with backoff, and applies the fault policy to an event
+/// the projection keeps failing on.
 pub(super) async fn supervise(
     mut delivery: Box<dyn Deliver>,
     pool: PgPool,
@@ -271,21 +610,64 @@ pub(super) async fn supervise(
     status: watch::Sender<SubscriptionStatus>,
 ) -> Result<(), SubscriptionError> {
     let name = delivery.name();
+    let policy = options.fault_policy;
+    let mut lease: Option<Lease> = None;
     let mut failures = 0u32;
+    // The event the projection failed on last, and how many attempts in a row it failed.
+    let mut failing: Option<(uuid::Uuid, u32)> = None;
     loop {
-        let error = match run(
-            &mut *delivery,
-            &pool,
-            &options,
-            &mut shutdown,
-            &status,
-            &mut failures,
-        )
-        .await
-        {
-            Ok(()) => return Ok(()),
+        let attempt = async {
+            if delivery.exclusive() && lease.is_none() {
+                match Lease::acquire(&pool, name, options.lead_retry, &mut shutdown, &status).await
+                {
+                    Ok(Some(acquired)) => lease = Some(acquired),
+                    Ok(None) => return Ok(()),
+                    Err(error) => return Err(SubscriptionError::database(name, error)),
+                }
+            }
+            run(
+                &mut *delivery,
+                &pool,
+                &options,
+                &mut shutdown,
+                &status,
+                &mut failures,
+                lease.as_mut(),
+            )
+            .await
+        };
+        let error = match attempt.await {
+            Ok(()) => {
+                if let Some(lease) = lease.take() {
+                    lease.release().await;
+                }
+                return Ok(());
+            }
             Err(error) => error,
         };
+        if let Some(held) = lease.as_mut()
+            && held.confirm(true).await.is_err()
+        {
+            // The lock's session is gone, and the lock with it: another worker may lead now.
+            tracing::warn!(subscription = name, "lost the subscription's lease");
+            lease = None;
+            status.send_modify(|s| s.leading = false);
+        }
+        match judge(&mut *delivery, &error, policy, failures, &mut failing) {
+            Judgement::Retry => {}
+            Judgement::Passed => continue,
+            Judgement::Stop => {
+                status.send_modify(|s| {
+                    s.failures = failures.saturating_add(1);
+                    s.last_error = Some(error.clone());
+                    s.leading = false;
+                });
+                if let Some(lease) = lease.take() {
+                    lease.release().await;
+                }
+                return Err(error);
+            }
+        }
         failures = failures.saturating_add(1);
         status.send_modify(|s| {
             s.failures = failures;
@@ -296,6 +678,10 @@ pub(super) async fn supervise(
             .is_some_and(|max| failures >= max)
         {
             tracing::error!(subscription = name, failures, %error, "subscription stopped: too many consecutive failures");
+            status.send_modify(|s| s.leading = false);
+            if let Some(lease) = lease.take() {
+                lease.release().await;
+            }
             return Err(error);
         }
         let delay = backoff(&options, failures);
@@ -305,6 +691,56 @@ pub(super) async fn supervise(
             () = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// What the fault policy makes of a failed attempt.
+enum Judgement {
+    /// Try again after the backoff (an outage, or attempts left).
+    Retry,
+    /// The policy gave up on the event and skips or parks it: try again at once.
+    Passed,
+    /// The policy gave up on the event: stop.
+    Stop,
+}
+
+/// Applies `policy` to `error`; `failing` is the event failed on last and its attempts in a
+/// row, `failures` the failed attempts in a row before this one.
+fn judge(
+    delivery: &mut dyn Deliver,
+    error: &SubscriptionError,
+    policy: FaultPolicy,
+    failures: u32,
+    failing: &mut Option<(uuid::Uuid, u32)>,
+) -> Judgement {
+    let SubscriptionError::Projection(failure) = error else {
+        return Judgement::Retry;
+    };
+    if fault::is_outage(failure) {
+        return Judgement::Retry;
+    }
+    let name = delivery.name();
+    let failed = delivery.dead_letters().and_then(|dead| dead.failed.take());
+    let id = failed.as_ref().map(|f| f.event_id);
+    // A run of failures ended by a delivered batch (`failures` back at 0) starts the count
+    // again.
+    let attempts = match *failing {
+        Some((on, n)) if failures > 0 && (Some(on) == id || id.is_none()) => n + 1,
+        _ => 1,
+    };
+    *failing = Some((id.unwrap_or_default(), attempts));
+    if policy.attempts().is_none_or(|max| attempts < max) {
+        return Judgement::Retry;
+    }
+    if let (GiveUp::Skip | GiveUp::Park, Some(failed), Some(dead)) =
+        (policy.then(), failed, delivery.dead_letters())
+    {
+        tracing::error!(subscription = name, %error, attempts, policy = ?policy.then(), stream = %failed.stream_id, "giving up on an event");
+        dead.give_up(failed, policy.then());
+        *failing = None;
+        return Judgement::Passed;
+    }
+    tracing::error!(subscription = name, attempts, %error, "subscription stopped: its projection keeps failing on an event");
+    Judgement::Stop
 }
 
 fn backoff(options: &SubscriptionOptions, failures: u32) -> Duration {
@@ -324,6 +760,7 @@ async fn run(
     shutdown: &mut watch::Receiver<bool>,
     status: &watch::Sender<SubscriptionStatus>,
     failures: &mut u32,
+    mut lease: Option<&mut Lease>,
 ) -> Result<(), SubscriptionError> {
     let name = delivery.name();
     let types = delivery.event_types();
@@ -336,7 +773,11 @@ async fn run(
         None
     };
     let mut checkpoint = delivery.resume(pool).await.map_err(database)?;
-    status.send_modify(|s| s.checkpoint = checkpoint);
+    let parked = delivery.dead_letters().map_or(0, |d| d.parked_streams());
+    status.send_modify(|s| {
+        s.checkpoint = checkpoint;
+        s.parked_streams = parked;
+    });
 
     let mut pending_delay = PENDING_DELAY_MIN;
     let mut ahead: Option<Batch> = None;
@@ -345,6 +786,14 @@ async fn run(
             // Whatever is in flight is finished, so that the next start need not redo it.
             delivery.settle(pool).await?;
             return Ok(());
+        }
+        if let Some(lease) = lease.as_deref_mut() {
+            lease.confirm(false).await.map_err(database)?;
+        }
+        delivery.maintain(pool).await?;
+        if let Some(dead) = delivery.dead_letters() {
+            let parked = dead.parked_streams();
+            status.send_modify(|s| s.parked_streams = parked);
         }
         let batch = match ahead.take() {
             Some(batch) => batch,
@@ -371,6 +820,10 @@ async fn run(
             };
             checkpoint = delivered.read;
             recovered(failures, status, delivered.done);
+            if let Some(dead) = delivery.dead_letters() {
+                let parked = dead.parked_streams();
+                status.send_modify(|s| s.parked_streams = parked);
+            }
             pending_delay = PENDING_DELAY_MIN;
             if batch.full || checkpoint != batch.next {
                 continue;
