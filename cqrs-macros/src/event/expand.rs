@@ -5,6 +5,7 @@ use proc_macro2::{Literal, TokenStream};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 
+use super::ast::Step;
 use super::{ast, check};
 use crate::internals::syntax::{at_user, path_at};
 
@@ -31,10 +32,12 @@ pub fn expand(event: &check::Event<'_>) -> TokenStream {
 fn event_impl(event: &check::Event<'_>, p: &TokenStream) -> TokenStream {
     let ident = event.ident;
     let mut types = Vec::new();
+    let mut aliases = Vec::new();
     let mut event_types = Vec::new();
     let mut versions = Vec::new();
     let mut to_payload = Vec::new();
     let mut from_payload = Vec::new();
+    let mut decode_all = Vec::new();
     for variant in &event.variants {
         let v = variant.ident;
         let name = &variant.name;
@@ -43,6 +46,9 @@ fn event_impl(event: &check::Event<'_>, p: &TokenStream) -> TokenStream {
         types.push(quote! {
             #p::EventType { name: #name, version: #version, variant: #variant_name }
         });
+        for alias in &variant.aliases {
+            aliases.push(quote!(#p::EventAlias { alias: #alias, name: #name }));
+        }
         let pattern = if variant.payload.is_some() {
             quote!(Self::#v(..))
         } else {
@@ -65,26 +71,97 @@ fn event_impl(event: &check::Event<'_>, p: &TokenStream) -> TokenStream {
             });
             quote!(::core::result::Result::Ok(Self::#v))
         };
-        from_payload.push(quote! {
-            #name => {
-                if version != #version {
-                    return ::core::result::Result::Err(
-                        #p::unsupported_version(event_type, version, #version),
-                    );
+        let stored_names = stored_names(variant);
+        if variant.upcasts.is_empty() {
+            from_payload.push(quote! {
+                #stored_names => {
+                    if version != #version {
+                        return ::core::result::Result::Err(
+                            #p::unsupported_version(event_type, version, #version),
+                        );
+                    }
+                    #decode
                 }
-                #decode
+            });
+            continue;
+        }
+        // The current version first, straight to serde; older ones through their chain.
+        let mut old_versions = Vec::new();
+        let mut many_versions = Vec::new();
+        for from in variant.upcasts.keys() {
+            let from_lit = Literal::u32_unsuffixed(*from);
+            let (steps, end) = chain(variant, *from, p);
+            match end {
+                End::Event(event) => old_versions.push(quote! {
+                    #from_lit => {
+                        #(#steps)*
+                        ::core::result::Result::Ok(#event)
+                    },
+                }),
+                End::Many(events) => {
+                    old_versions.push(quote! {
+                        #from_lit => #p::exactly_one(
+                            event_type,
+                            version,
+                            <Self as #p::Event>::decode_all(event_type, version, payload)?,
+                        ),
+                    });
+                    many_versions.push(quote! {
+                            #from_lit => {
+                            #(#steps)*
+                            return ::core::result::Result::Ok(#p::Decoded::Many(#events));
+                        }
+                    });
+                }
             }
+        }
+        from_payload.push(quote! {
+            #stored_names => match version {
+                #version => #decode,
+                #(#old_versions)*
+                _ => ::core::result::Result::Err(
+                    #p::unsupported_version(event_type, version, #version),
+                ),
+            },
         });
+        if !many_versions.is_empty() {
+            decode_all.push(quote! {
+                #stored_names => match version {
+                    #(#many_versions)*
+                    _ => {}
+                },
+            });
+        }
     }
     let payload_unused = event
         .variants
         .iter()
-        .all(|variant| variant.payload.is_none())
+        .all(|variant| variant.payload.is_none() && variant.upcasts.is_empty())
         .then(|| quote!(let _ = payload;));
+    let aliases = (!aliases.is_empty()).then(|| {
+        quote!(const ALIASES: &'static [#p::EventAlias] = &[#(#aliases),*];)
+    });
+    let decode_all = (!decode_all.is_empty()).then(|| {
+        quote! {
+            fn decode_all(
+                event_type: &str,
+                version: u32,
+                payload: &#p::Payload,
+            ) -> ::core::result::Result<#p::Decoded<Self>, #p::EventDecodeError> {
+                match event_type {
+                    #(#decode_all)*
+                    _ => {}
+                }
+                <Self as #p::Event>::from_payload(event_type, version, payload)
+                    .map(#p::Decoded::One)
+            }
+        }
+    });
     quote! {
         #[automatically_derived]
         impl #p::Event for #ident {
             const TYPES: &'static [#p::EventType] = &[#(#types),*];
+            #aliases
             fn event_type(&self) -> &'static str {
                 match self {
                     #(#event_types,)*
@@ -113,8 +190,139 @@ fn event_impl(event: &check::Event<'_>, p: &TokenStream) -> TokenStream {
                     _ => ::core::result::Result::Err(#p::unknown_event(event_type)),
                 }
             }
+            #decode_all
         }
     }
+}
+
+/// The pattern of the names a variant is stored under: its name and its aliases.
+fn stored_names(variant: &check::Variant<'_>) -> TokenStream {
+    let name = &variant.name;
+    let aliases = &variant.aliases;
+    quote!(#name #(| #aliases)*)
+}
+
+/// Where an upcast chain ends.
+enum End {
+    /// The variant, built from `v`.
+    Event(TokenStream),
+    /// Current events, from an upcaster of the `many` kind.
+    Many(TokenStream),
+}
+
+/// What `v` holds between two steps of a chain.
+#[derive(Clone, Copy)]
+enum Held {
+    /// Nothing yet: the stored payload is still text.
+    Stored,
+    /// A JSON value (after a raw upcaster).
+    Json,
+    /// The typed payload the next step reads (annotated by the step before).
+    Typed,
+}
+
+/// The statements taking a stored payload of version `from` through the upcasters to the
+/// current version. Each typed step's output is annotated with the type the next step reads,
+/// spanned at the user's `with = T`, so a wrong `Upcast::Next` is reported there.
+fn chain(variant: &check::Variant<'_>, from: u32, p: &TokenStream) -> (Vec<TokenStream>, End) {
+    let mut steps = Vec::new();
+    let mut held = Held::Stored;
+    let mut at = from;
+    let value = quote!(#p::serde_json::Value);
+    while at < variant.version {
+        let Some(step) = variant.upcasts.get(&at) else {
+            // The check rejected chains with a gap.
+            break;
+        };
+        match step {
+            Step::With(ty) => {
+                let span = at_user(ty);
+                let ps = path_at(p, span);
+                match held {
+                    Held::Stored => steps.push(quote_spanned! {span=>
+                        let v: #ty = #ps::decode_variant(event_type, payload)?;
+                    }),
+                    Held::Json => steps.push(quote_spanned! {span=>
+                        let v: #ty = #ps::from_json_value(event_type, v)?;
+                    }),
+                    Held::Typed => {}
+                }
+                let next = at + 1;
+                let upcast = quote_spanned!(span=> #ps::upcast::<#ty>(v));
+                if next == variant.version {
+                    let target = variant.payload.map_or_else(|| quote!(()), |t| quote!(#t));
+                    steps.push(quote_spanned!(span=> let v: #target = #upcast;));
+                    held = Held::Typed;
+                } else {
+                    match variant.upcasts.get(&next) {
+                        Some(Step::With(target)) => {
+                            steps.push(quote_spanned!(span=> let v: #target = #upcast;));
+                            held = Held::Typed;
+                        }
+                        Some(Step::Raw(_)) => {
+                            let next = Literal::u32_unsuffixed(next);
+                            steps.push(quote_spanned! {span=>
+                                let v: #value = #ps::to_json_value(event_type, #next, &#upcast)?;
+                            });
+                            held = Held::Json;
+                        }
+                        Some(Step::Many(_)) | None => {
+                            steps.push(quote_spanned!(span=> let v = #upcast;));
+                            held = Held::Typed;
+                        }
+                    }
+                }
+            }
+            Step::Raw(f) => {
+                let span = at_user(f);
+                let ps = path_at(p, span);
+                if let Held::Stored = held {
+                    steps.push(quote_spanned! {span=>
+                        let v: #value = #ps::decode_variant(event_type, payload)?;
+                    });
+                }
+                let at_lit = Literal::u32_unsuffixed(at);
+                steps.push(quote_spanned! {span=>
+                    let v: #value = #ps::raw_step(event_type, #at_lit, #f(v))?;
+                });
+                held = Held::Json;
+            }
+            Step::Many(f) => {
+                let span = at_user(f);
+                let ps = path_at(p, span);
+                let arg = match held {
+                    Held::Stored => quote_spanned!(span=> #ps::decode_variant(event_type, payload)?),
+                    Held::Json => quote_spanned!(span=> #ps::from_json_value(event_type, v)?),
+                    Held::Typed => quote!(v),
+                };
+                let events = quote_spanned! {span=>
+                    {
+                        let events: #ps::std::vec::Vec<Self> = #f(#arg);
+                        events
+                    }
+                };
+                return (steps, End::Many(events));
+            }
+        }
+        at += 1;
+    }
+    let v = variant.ident;
+    let event = match (variant.payload, held) {
+        (Some(payload), Held::Json) => {
+            let span = at_user(payload);
+            let ps = path_at(p, span);
+            steps.push(quote_spanned! {span=>
+                let v: #payload = #ps::from_json_value(event_type, v)?;
+            });
+            quote!(Self::#v(v))
+        }
+        (Some(_), _) => quote!(Self::#v(v)),
+        (None, _) => {
+            steps.push(quote!(let _ = v;));
+            quote!(Self::#v)
+        }
+    };
+    (steps, End::Event(event))
 }
 
 fn payload_impls(
@@ -129,12 +337,16 @@ fn payload_impls(
     let version = Literal::u32_unsuffixed(variant.version);
     let other_variants =
         (event.variants.len() > 1).then(|| quote!(_ => ::core::option::Option::None,));
+    let stored = stored_types(event, variant);
+    let stored_types =
+        (stored.len() > 1).then(|| quote!(const STORED_TYPES: &'static [&'static str] = &[#(#stored),*];));
     quote! {
         #[automatically_derived]
         impl #p::EventPayload for #payload {
             type Event = #ident;
             const EVENT_TYPE: &'static str = #name;
             const SCHEMA_VERSION: u32 = #version;
+            #stored_types
             fn into_event(self) -> #ident {
                 #ident::#v(self)
             }
@@ -160,6 +372,22 @@ fn payload_impls(
             }
         }
     }
+}
+
+/// The names a stored event read as `variant` may carry: its name, its aliases, and those of
+/// every variant with an upcaster of the `many` kind (which may produce any variant).
+fn stored_types<'a>(event: &'a check::Event<'_>, variant: &'a check::Variant<'_>) -> Vec<&'a str> {
+    let mut names = vec![variant.name.as_str()];
+    let own = std::iter::once(variant);
+    let splitting = event.variants.iter().filter(|v| v.has_many());
+    for v in own.chain(splitting) {
+        for name in std::iter::once(&v.name).chain(&v.aliases) {
+            if !names.contains(&name.as_str()) {
+                names.push(name);
+            }
+        }
+    }
+    names
 }
 
 /// The generic parameter naming the aggregate in the impls below.
