@@ -115,6 +115,10 @@ pub struct EventAlias {
 ///     }
 /// }
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is declared as an old payload version (`upcast(with = {Self})`) but does not implement `Upcast`",
+    note = "implement `Upcast` for it, with `type Next` the payload the next version reads"
+)]
 pub trait Upcast {
     /// The payload of the next schema version.
     type Next;
