@@ -224,7 +224,7 @@ pub trait EventPayload: Sized + Send + Sync + 'static {
 }
 
 /// Errors turning a stored `(name, version, payload)` back into an event.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum EventDecodeError {
     /// The stored type name is not declared by the event enum.
     #[error("unknown event type `{name}`")]

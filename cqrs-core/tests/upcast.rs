@@ -99,8 +99,8 @@ pub enum AccountEvent {
     Noted,
 }
 
-#[derive(Debug, Command)]
-#[command(aggregate = Account, id = id)]
+#[derive(Debug, Serialize, Deserialize, Command)]
+#[command(aggregate = Account, id = id, idempotent)]
 pub struct Deposit {
     pub id: u32,
     pub amount: u64,
@@ -186,6 +186,22 @@ impl Fees {
     fn on_fee(&mut self, e: &FeeCharged) {
         self.total += e.fee;
     }
+}
+
+/// Follows accounts by owner, and deposits and fees by amount.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Follow;
+
+#[saga(commands(Deposit))]
+impl Follow {
+    #[event_handler(key = owner, start)]
+    fn on_opened(&mut self, _: &Opened) {}
+
+    #[event_handler(key = amount)]
+    fn on_deposited(&mut self, _: &Deposited) {}
+
+    #[event_handler(key = fee)]
+    fn on_fee(&mut self, _: &FeeCharged) {}
 }
 
 fn stored(event_type: &'static str, version: u32, payload: Value) -> NewEvent {
@@ -533,4 +549,110 @@ fn the_current_version_reads_as_is_under_its_name_and_its_alias() {
         AccountEvent::from_payload("account.created", 3, &payload),
         Ok(opened)
     );
+}
+
+#[test]
+fn a_saga_finds_the_instance_of_an_event_stored_under_an_old_name_and_version() {
+    use cqrs_core::saga::Saga;
+    let association = Follow::associate(&recorded(1, "account.created", 1, json!({ "owner": "ada" })))
+        .unwrap()
+        .expect("an old `account.created` is an `Opened`");
+    assert_eq!((association.key.as_str(), association.start), ("ada", true));
+    // A split into one event the saga handles is that event.
+    let association = Follow::associate(&recorded(
+        2,
+        "account.deposited",
+        1,
+        json!({ "amount": 9, "fee": 0 }),
+    ))
+    .unwrap()
+    .expect("a deposit");
+    assert_eq!(association.key, "9");
+    assert!(<Follow as Saga>::EVENT_TYPES.contains(&"account.created"));
+}
+
+#[test]
+fn a_saga_refuses_an_event_split_into_several_it_handles() {
+    use cqrs_core::saga::{Saga, SagaError};
+    // One stored event, two events for the saga: choosing one would lose the other.
+    let error = Follow::associate(&recorded(
+        2,
+        "account.deposited",
+        1,
+        json!({ "amount": 9, "fee": 1 }),
+    ))
+    .unwrap_err();
+    match error {
+        SagaError::Decode { source, .. } => assert_eq!(
+            source,
+            EventDecodeError::NotOne {
+                name: "account.deposited".into(),
+                version: 1,
+                count: 2
+            }
+        ),
+        other => panic!("expected a decode error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_audit_reports_every_stored_form_and_whether_it_decodes() {
+    use cqrs_core::store::audit::Audit;
+    let store = InMemoryEventStore::new();
+    store
+        .append("Account-1", ExpectedVersion::NoStream, old_history())
+        .await
+        .unwrap();
+    let audit = Audit::new().event::<AccountEvent>().page_size(2);
+    let report = audit.run(&store).await.unwrap();
+    assert!(report.is_clean(), "{report}");
+    let forms: Vec<_> = report
+        .forms
+        .iter()
+        .map(|f| (f.event_type.as_str(), f.schema_version, f.events, f.read_as))
+        .collect();
+    assert_eq!(
+        forms,
+        [
+            ("account.created", 1, 1, 1),
+            ("account.deposited", 1, 2, 3),
+            ("account.noted", 1, 1, 0),
+            ("account.opened", 2, 1, 1),
+        ]
+    );
+
+    // A form the code cannot read, and a name no enum declares, fail the audit.
+    store
+        .append(
+            "Account-2",
+            ExpectedVersion::NoStream,
+            vec![
+                stored("account.opened", 5, json!({})),
+                stored("account.frozen", 1, json!({})),
+            ],
+        )
+        .await
+        .unwrap();
+    let report = audit.run(&store).await.unwrap();
+    assert!(!report.is_clean());
+    let failures: Vec<_> = report
+        .failures()
+        .map(|f| {
+            let failure = f.first_failure.as_ref().unwrap();
+            (
+                f.event_type.as_str(),
+                f.schema_version,
+                failure.stream_id.as_str(),
+                failure.stream_version,
+            )
+        })
+        .collect();
+    assert_eq!(
+        failures,
+        [
+            ("account.frozen", 1, "Account-2", 2),
+            ("account.opened", 5, "Account-2", 1)
+        ]
+    );
+    assert!(report.to_string().contains("account.opened | 5 | 1 | 0 | 0"));
 }
