@@ -11,8 +11,8 @@ pub use crate::saga::__private as saga;
 pub use crate::saga::IdempotentCommand;
 pub use crate::{
     Aggregate, Apply, ApplyUnit, Command, CommandContext, Decoded, Event, EventAlias,
-    EventDecodeError, EventPayload, EventType, Handles, HandlesQuery, IntoEvents, KeyChanges, Payload, Projection, ProjectionError,
-    Query, RecordedEvent, UniqueKeys, ValidationErrors,
+    EventDecodeError, EventPayload, EventType, Handles, HandlesQuery, IntoEvents, KeyChanges,
+    Payload, Projection, ProjectionError, Query, RecordedEvent, UniqueKeys, ValidationErrors,
 };
 
 /// Applies an event enum to an aggregate. Implemented by `#[derive(Event)]` for every

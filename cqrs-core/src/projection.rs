@@ -9,7 +9,8 @@ use tokio::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::list::AnsweredQueries;
 use crate::{
-    BoxFuture, Event, EventDecodeError, EventPayload, GlobalPosition, HandlesQuery, Query, RecordedEvent,
+    BoxFuture, Event, EventDecodeError, EventPayload, GlobalPosition, HandlesQuery, Query,
+    RecordedEvent,
 };
 
 /// A consumer of recorded events that subscribes to a fixed set of event types.

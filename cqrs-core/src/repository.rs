@@ -162,13 +162,14 @@ impl<A: Aggregate> Repository<A> {
             }
             // An old stored event an upcaster splits is applied as all its events, in order;
             // the stream version stays the stored event's.
-            let events = recorded
-                .decode_all::<A::Event>()
-                .map_err(|source| CommandError::Decode {
-                    stream: stream_id.to_owned(),
-                    version: recorded.stream_version,
-                    source,
-                })?;
+            let events =
+                recorded
+                    .decode_all::<A::Event>()
+                    .map_err(|source| CommandError::Decode {
+                        stream: stream_id.to_owned(),
+                        version: recorded.stream_version,
+                        source,
+                    })?;
             for event in events {
                 loaded.state.apply(&event);
             }

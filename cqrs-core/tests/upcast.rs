@@ -11,8 +11,7 @@ use cqrs_core::prelude::*;
 use cqrs_core::testing::Fixture;
 use cqrs_core::{
     Decoded, EventDecodeError, ExpectedVersion, GlobalPosition, NewEvent, Payload, ProjectionError,
-    Repository,
-    RepositoryOptions, Snapshot, Upcast,
+    Repository, RepositoryOptions, Snapshot, Upcast,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -235,7 +234,11 @@ fn old_history() -> Vec<NewEvent> {
         stored("account.deposited", 1, json!({ "amount": 50, "fee": 2 })),
         stored("account.noted", 1, json!({ "text": "called" })),
         stored("account.deposited", 1, json!({ "amount": 7, "fee": 0 })),
-        stored("account.opened", 2, json!({ "owner": "ada", "currency": "CHF" })),
+        stored(
+            "account.opened",
+            2,
+            json!({ "owner": "ada", "currency": "CHF" }),
+        ),
     ]
 }
 
@@ -554,9 +557,14 @@ fn the_current_version_reads_as_is_under_its_name_and_its_alias() {
 #[test]
 fn a_saga_finds_the_instance_of_an_event_stored_under_an_old_name_and_version() {
     use cqrs_core::saga::Saga;
-    let association = Follow::associate(&recorded(1, "account.created", 1, json!({ "owner": "ada" })))
-        .unwrap()
-        .expect("an old `account.created` is an `Opened`");
+    let association = Follow::associate(&recorded(
+        1,
+        "account.created",
+        1,
+        json!({ "owner": "ada" }),
+    ))
+    .unwrap()
+    .expect("an old `account.created` is an `Opened`");
     assert_eq!((association.key.as_str(), association.start), ("ada", true));
     // A split into one event the saga handles is that event.
     let association = Follow::associate(&recorded(
@@ -654,5 +662,9 @@ async fn the_audit_reports_every_stored_form_and_whether_it_decodes() {
             ("account.opened", 5, "Account-2", 1)
         ]
     );
-    assert!(report.to_string().contains("account.opened | 5 | 1 | 0 | 0"));
+    assert!(
+        report
+            .to_string()
+            .contains("account.opened | 5 | 1 | 0 | 0")
+    );
 }

@@ -171,7 +171,8 @@ impl Ledger {
 
     #[event_handler]
     fn on_fee(&mut self, e: &FeeCharged, meta: &RecordedEvent) {
-        self.lines.push(format!("{}: fee {}", meta.stream_id, e.fee));
+        self.lines
+            .push(format!("{}: fee {}", meta.stream_id, e.fee));
     }
 }
 
@@ -207,11 +208,7 @@ async fn old_store() -> (TestDb, PostgresEventStore) {
 }
 
 fn repository(store: &PostgresEventStore) -> Repository<Account> {
-    Repository::new(
-        Arc::new(store.clone()),
-        (),
-        RepositoryOptions::default(),
-    )
+    Repository::new(Arc::new(store.clone()), (), RepositoryOptions::default())
 }
 
 async fn last_position(store: &PostgresEventStore) -> GlobalPosition {
@@ -243,7 +240,11 @@ async fn rows_written_as_v1_by_sql_are_loaded_as_v3_by_the_aggregate() {
     );
     let second = repository.load("Account-2").await.expect("load");
     assert_eq!(
-        (second.state.currency.as_str(), second.state.balance, second.state.fees),
+        (
+            second.state.currency.as_str(),
+            second.state.balance,
+            second.state.fees
+        ),
         ("CHF", 20, 1)
     );
 
@@ -287,7 +288,10 @@ async fn rows_under_old_names_and_versions_reach_projections_through_the_sql_typ
         .start(&db.pool)
         .await
         .expect("start");
-    ledger_feed.wait_for(last, PATIENCE).await.expect("caught up");
+    ledger_feed
+        .wait_for(last, PATIENCE)
+        .await
+        .expect("caught up");
     fees_feed.wait_for(last, PATIENCE).await.expect("caught up");
 
     assert_eq!(
@@ -319,7 +323,10 @@ async fn the_checked_in_old_rows_all_decode_with_the_current_code() {
         .await
         .expect("audit");
     // Fails when a stored form stops decoding (an upcaster removed, a payload type changed).
-    assert!(report.is_clean(), "stored forms that no longer decode:\n{report}");
+    assert!(
+        report.is_clean(),
+        "stored forms that no longer decode:\n{report}"
+    );
     let forms: Vec<_> = report
         .forms
         .iter()
@@ -341,8 +348,7 @@ async fn the_checked_in_old_rows_all_decode_with_the_current_code() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_unknown_future_version_in_the_store_is_a_typed_error_naming_stream_version_and_type()
-{
+async fn an_unknown_future_version_in_the_store_is_a_typed_error_naming_stream_version_and_type() {
     let (_db, store) = old_store().await;
     sqlx::query(
         "INSERT INTO cqrs_events (stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)

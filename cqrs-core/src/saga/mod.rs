@@ -1141,9 +1141,7 @@ pub mod __private {
     /// saga takes one event per stored event, so a stored event that stands for more than
     /// one event of the saga's types is an error ([`crate::EventDecodeError::NotOne`]),
     /// never a silent choice of one.
-    pub fn decode<S: Saga, P: EventPayload>(
-        event: &RecordedEvent,
-    ) -> Result<Option<P>, SagaError> {
+    pub fn decode<S: Saga, P: EventPayload>(event: &RecordedEvent) -> Result<Option<P>, SagaError> {
         let error = |source| SagaError::Decode {
             saga: S::NAME,
             event_type: event.event_type.clone(),

@@ -34,7 +34,9 @@ pub struct Variant<'a> {
 impl Variant<'_> {
     /// Whether an upcaster may turn a stored event of this variant into other events.
     pub fn has_many(&self) -> bool {
-        self.upcasts.values().any(|step| matches!(step, Step::Many(_)))
+        self.upcasts
+            .values()
+            .any(|step| matches!(step, Step::Many(_)))
     }
 }
 

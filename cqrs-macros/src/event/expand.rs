@@ -138,9 +138,8 @@ fn event_impl(event: &check::Event<'_>, p: &TokenStream) -> TokenStream {
         .iter()
         .all(|variant| variant.payload.is_none() && variant.upcasts.is_empty())
         .then(|| quote!(let _ = payload;));
-    let aliases = (!aliases.is_empty()).then(|| {
-        quote!(const ALIASES: &'static [#p::EventAlias] = &[#(#aliases),*];)
-    });
+    let aliases = (!aliases.is_empty())
+        .then(|| quote!(const ALIASES: &'static [#p::EventAlias] = &[#(#aliases),*];));
     let decode_all = (!decode_all.is_empty()).then(|| {
         quote! {
             fn decode_all(
@@ -291,7 +290,9 @@ fn chain(variant: &check::Variant<'_>, from: u32, p: &TokenStream) -> (Vec<Token
                 let span = at_user(f);
                 let ps = path_at(p, span);
                 let arg = match held {
-                    Held::Stored => quote_spanned!(span=> #ps::decode_variant(event_type, payload)?),
+                    Held::Stored => {
+                        quote_spanned!(span=> #ps::decode_variant(event_type, payload)?)
+                    }
                     Held::Json => quote_spanned!(span=> #ps::from_json_value(event_type, v)?),
                     Held::Typed => quote!(v),
                 };
@@ -338,8 +339,8 @@ fn payload_impls(
     let other_variants =
         (event.variants.len() > 1).then(|| quote!(_ => ::core::option::Option::None,));
     let stored = stored_types(event, variant);
-    let stored_types =
-        (stored.len() > 1).then(|| quote!(const STORED_TYPES: &'static [&'static str] = &[#(#stored),*];));
+    let stored_types = (stored.len() > 1)
+        .then(|| quote!(const STORED_TYPES: &'static [&'static str] = &[#(#stored),*];));
     quote! {
         #[automatically_derived]
         impl #p::EventPayload for #payload {

@@ -331,4 +331,3 @@ pub fn stored_types(payloads: &[&Type], p: &proc_macro2::TokenStream) -> proc_ma
         }
     }
 }
-
