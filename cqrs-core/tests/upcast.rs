@@ -61,7 +61,7 @@ pub struct Deposited {
 }
 
 /// Version 1 of `account.deposited` carried the fee; it is now an event of its own.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize)]
 pub struct DepositedV1 {
     pub amount: u64,
     pub fee: u64,
@@ -439,7 +439,7 @@ async fn a_projection_fails_loudly_on_an_unknown_future_version() {
                 }
             );
         }
-        other => panic!("expected a decode error, got {other:?}"),
+        other @ ProjectionError::Handler { .. } => panic!("expected a decode error, got {other:?}"),
     }
 }
 

@@ -60,7 +60,7 @@ pub struct Deposited {
     pub amount: u64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize)]
 pub struct DepositedV1 {
     pub amount: u64,
     pub fee: u64,

@@ -67,7 +67,7 @@ pub struct Deposited {
 }
 
 /// Version 1 of `account.deposited` carried its fee.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize)]
 pub struct DepositedV1 {
     pub amount: u64,
     pub fee: u64,

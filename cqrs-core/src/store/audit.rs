@@ -43,7 +43,10 @@ struct Decoder {
 impl fmt::Debug for Audit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names: Vec<_> = self.decoders.iter().map(|d| d.name).collect();
-        f.debug_struct("Audit").field("events", &names).finish()
+        f.debug_struct("Audit")
+            .field("events", &names)
+            .field("page", &self.page)
+            .finish()
     }
 }
 

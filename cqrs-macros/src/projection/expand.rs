@@ -91,7 +91,6 @@ fn upcasted(projection: &Projection<'_>, p: &TokenStream) -> TokenStream {
         quote! {
             if let ::core::option::Option::Some(payload) = upcasted.take::<#payload>() {
                 #apply
-                continue;
             }
         }
     });
@@ -100,7 +99,7 @@ fn upcasted(projection: &Projection<'_>, p: &TokenStream) -> TokenStream {
             #p::UpcastedEvents::new(<Self as #p::Projection>::NAME, event);
         #(#decode)*
         for mut upcasted in upcasted.into_events() {
-            #(#take)*
+            #(#take)else*
         }
     }
 }
