@@ -203,6 +203,16 @@ impl Follow {
     fn on_fee(&mut self, _: &FeeCharged) {}
 }
 
+/// Deposits only.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Deposits;
+
+#[saga(commands(Deposit))]
+impl Deposits {
+    #[event_handler(key = amount, start)]
+    fn on_deposited(&mut self, _: &Deposited) {}
+}
+
 fn stored(event_type: &'static str, version: u32, payload: Value) -> NewEvent {
     NewEvent {
         event_id: Uuid::now_v7(),
@@ -666,5 +676,24 @@ async fn the_audit_reports_every_stored_form_and_whether_it_decodes() {
         report
             .to_string()
             .contains("account.opened | 5 | 1 | 0 | 0")
+    );
+}
+
+#[test]
+fn a_saga_takes_the_one_event_it_handles_out_of_a_split() {
+    use cqrs_core::saga::Saga;
+    // The fee charged beside the deposit is not this saga's.
+    let association = Deposits::associate(&recorded(
+        2,
+        "account.deposited",
+        1,
+        json!({ "amount": 9, "fee": 1 }),
+    ))
+    .unwrap()
+    .expect("the deposit");
+    assert_eq!(association.key, "9");
+    assert_eq!(
+        Deposits::associate(&recorded(3, "account.fee_charged", 1, json!({ "fee": 1 }))).unwrap(),
+        None
     );
 }

@@ -1140,8 +1140,12 @@ pub mod __private {
     /// come from (an old version, an old name, an event an upcaster splits) is upcast; a
     /// saga takes one event per stored event, so a stored event that stands for more than
     /// one event of the saga's types is an error ([`crate::EventDecodeError::NotOne`]),
-    /// never a silent choice of one.
-    pub fn decode<S: Saga, P: EventPayload>(event: &RecordedEvent) -> Result<Option<P>, SagaError> {
+    /// never a silent choice of one. `handled` lists the current names of the saga's
+    /// handlers' payload types.
+    pub fn decode<S: Saga, P: EventPayload>(
+        event: &RecordedEvent,
+        handled: &[&str],
+    ) -> Result<Option<P>, SagaError> {
         let error = |source| SagaError::Decode {
             saga: S::NAME,
             event_type: event.event_type.clone(),
@@ -1161,7 +1165,7 @@ pub mod __private {
         let count = decoded.len();
         let mut handled = decoded
             .into_iter()
-            .filter(|e| S::EVENT_TYPES.contains(&crate::Event::event_type(e)));
+            .filter(|e| handled.contains(&crate::Event::event_type(e)));
         match (handled.next(), handled.next()) {
             (None, _) => Ok(None),
             (Some(one), None) => Ok(P::from_event(one)),

@@ -44,6 +44,11 @@ fn saga_impl(saga: &Saga<'_>, p: &TokenStream) -> TokenStream {
     let krate = saga.krate;
     let payloads: Vec<&syn::Type> = saga.events.iter().map(|h| &h.handler.message).collect();
     let event_types = stored_types(&payloads, &quote!(#krate::__private));
+    // The current names of the handlers' types: what an event split by an upcaster is
+    // checked against (`EVENT_TYPES` may name more, see `EventPayload::STORED_TYPES`).
+    let handled = quote! {
+        const HANDLED: &[&str] = &[#(<#payloads as #p::EventPayload>::EVENT_TYPE),*];
+    };
     let command_names = saga
         .commands
         .iter()
@@ -57,7 +62,7 @@ fn saga_impl(saga: &Saga<'_>, p: &TokenStream) -> TokenStream {
         let key = quote_spanned!(span=> #pk::ToString::to_string(&payload #(.#members)*));
         let (start, end) = (h.start, h.end);
         quote! {
-            if let ::core::option::Option::Some(payload) = #p::decode::<Self, #payload>(event)? {
+            if let ::core::option::Option::Some(payload) = #p::decode::<Self, #payload>(event, HANDLED)? {
                 return ::core::result::Result::Ok(::core::option::Option::Some(
                     #p::association(#key, #start, #end),
                 ));
@@ -68,7 +73,7 @@ fn saga_impl(saga: &Saga<'_>, p: &TokenStream) -> TokenStream {
         let payload = &h.handler.message;
         let call = call(&h.handler, p, &quote!(&payload));
         quote! {
-            if let ::core::option::Option::Some(payload) = #p::decode::<Self, #payload>(event)? {
+            if let ::core::option::Option::Some(payload) = #p::decode::<Self, #payload>(event, HANDLED)? {
                 #call
                 return ::core::result::Result::Ok(());
             }
@@ -107,6 +112,7 @@ fn saga_impl(saga: &Saga<'_>, p: &TokenStream) -> TokenStream {
             fn associate(
                 event: &#p::RecordedEvent,
             ) -> ::core::result::Result<::core::option::Option<#p::Association>, #p::SagaError> {
+                #handled
                 #(#associate)*
                 ::core::result::Result::Ok(::core::option::Option::None)
             }
@@ -116,6 +122,7 @@ fn saga_impl(saga: &Saga<'_>, p: &TokenStream) -> TokenStream {
                 event: &#p::RecordedEvent,
                 ctx: &mut #p::SagaContext<Self>,
             ) -> ::core::result::Result<(), #p::SagaError> {
+                #handled
                 #(#on_event)*
                 let _ = ctx;
                 ::core::result::Result::Ok(())
