@@ -17,10 +17,10 @@
 pub use core::clone::Clone;
 pub use cqrs_core::__private::{ApplyTo, UnitHandlersCheck, UnitVariants};
 pub use cqrs_core::{
-    Aggregate, Apply, ApplyUnit, Command, CommandContext, DispatchCommands, DispatchQueries, Event,
-    EventDecodeError, EventPayload, EventType, Handles, HandlesQuery, IntoEvents, KeyChanges,
-    Projection, ProjectionError, Query, RecordedEvent, UniqueKeys, ValidationErrors, aggregate,
-    projection,
+    Aggregate, Apply, ApplyUnit, Command, CommandContext, Decoded, DispatchCommands,
+    DispatchQueries, Event, EventAlias, EventDecodeError, EventPayload, EventType, Handles,
+    HandlesQuery, IntoEvents, KeyChanges, Payload, Projection, ProjectionError, Query,
+    RecordedEvent, UniqueKeys, Upcast, ValidationErrors, aggregate, projection,
 };
 pub use serde::Serialize;
 pub use serde::de::DeserializeOwned;
@@ -44,6 +44,47 @@ pub struct Moved {
     pub by: i64,
 }
 
+/// Version 1 of [`Moved`], stored as `counter.shifted`.
+#[derive(Debug, Deserialize)]
+pub struct MovedV1 {
+    /// By how much, in tenths.
+    pub tenths: i64,
+}
+
+/// Version 2 of [`Moved`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MovedV2 {
+    /// By how much.
+    pub by: i64,
+}
+
+impl Upcast for MovedV1 {
+    type Next = MovedV2;
+    fn upcast(self) -> MovedV2 {
+        MovedV2 {
+            by: self.tenths / 10,
+        }
+    }
+}
+
+/// Version 2 of [`Moved`] becomes version 3 unchanged in shape (a raw step).
+///
+/// # Errors
+///
+/// Never.
+pub fn moved_v2(payload: Value) -> Result<Value, String> {
+    Ok(payload)
+}
+
+/// Version 1 remarks were a list of texts: one event each.
+#[must_use]
+pub fn remarks_v1(texts: Vec<String>) -> Vec<CounterEvent> {
+    texts
+        .into_iter()
+        .map(|text| CounterEvent::Remarked(Remarked { text }))
+        .collect()
+}
+
 /// A remark nobody acts on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Remarked {
@@ -58,9 +99,11 @@ pub enum CounterEvent {
     #[event(name = "counter.created")]
     Created(Created),
     /// See [`Moved`].
-    #[event(name = "counter.moved", version = 3)]
+    #[event(name = "counter.moved", version = 3, alias = "counter.shifted",
+            upcast(from = 1, with = MovedV1), upcast(from = 2, raw = moved_v2))]
     Moved(Moved),
     /// See [`Remarked`].
+    #[event(version = 2, upcast(from = 1, many = remarks_v1))]
     Remarked(Remarked),
     /// The counter was frozen.
     Frozen,

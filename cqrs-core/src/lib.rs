@@ -272,7 +272,10 @@ pub use error::{
     CommandError, DispatchError, DomainError, DuplicateName, ErrorKind, FieldError, QueryError,
     ValidationErrors,
 };
-pub use event::{Apply, ApplyUnit, Event, EventDecodeError, EventPayload, EventType, IntoEvents};
+pub use event::{
+    Apply, ApplyUnit, Decoded, DecodedIter, Event, EventAlias, EventDecodeError, EventPayload,
+    EventType, IntoEvents, Upcast,
+};
 pub use idempotency::{IdempotencyRecord, IdempotentOutcome, IdempotentWrite, RecordedRejection};
 pub use list::AnsweredQueries;
 pub use metadata::{GlobalPosition, Metadata, NewEvent, Payload, RecordedEvent};

@@ -193,9 +193,19 @@ impl RecordedEvent {
         self.metadata.traceparent()
     }
 
-    /// Decodes the payload as event enum `E`.
+    /// Decodes the payload as event enum `E`, upcasting an old version (see
+    /// [`Event::from_payload`](crate::Event::from_payload)); an event an upcaster splits into
+    /// several, or none, is [`EventDecodeError::NotOne`](crate::EventDecodeError::NotOne).
     pub fn decode<E: crate::Event>(&self) -> Result<E, crate::EventDecodeError> {
         E::from_payload(&self.event_type, self.schema_version, &self.payload)
+    }
+
+    /// Decodes every event of enum `E` this stored event stands for (see
+    /// [`Event::decode_all`](crate::Event::decode_all)).
+    pub fn decode_all<E: crate::Event>(
+        &self,
+    ) -> Result<crate::Decoded<E>, crate::EventDecodeError> {
+        E::decode_all(&self.event_type, self.schema_version, &self.payload)
     }
 }
 

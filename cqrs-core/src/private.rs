@@ -6,13 +6,13 @@ pub use ::std;
 
 pub use crate::dispatch::{CommandVisitor, DispatchCommands, DispatchQueries, QueryVisitor};
 pub use crate::list::AnsweredQueries;
-pub use crate::projection::{decode_payload, handler_error};
+pub use crate::projection::{UpcastedEvents, decode_payload, handler_error};
 pub use crate::saga::__private as saga;
 pub use crate::saga::IdempotentCommand;
 pub use crate::{
-    Aggregate, Apply, ApplyUnit, Command, CommandContext, Event, EventDecodeError, EventPayload,
-    EventType, Handles, HandlesQuery, IntoEvents, KeyChanges, Payload, Projection, ProjectionError,
-    Query, RecordedEvent, UniqueKeys, ValidationErrors,
+    Aggregate, Apply, ApplyUnit, Command, CommandContext, Decoded, Event, EventAlias,
+    EventDecodeError, EventPayload, EventType, Handles, HandlesQuery, IntoEvents, KeyChanges,
+    Payload, Projection, ProjectionError, Query, RecordedEvent, UniqueKeys, ValidationErrors,
 };
 
 /// Applies an event enum to an aggregate. Implemented by `#[derive(Event)]` for every
@@ -147,6 +147,125 @@ pub fn decode_variant<T: serde::de::DeserializeOwned>(
             message: e.inner().to_string(),
         }),
     }
+}
+
+/// Deserializes the JSON value an upcaster of the raw kind produced into the type the next
+/// step (or the variant) reads.
+pub fn from_json_value<T: serde::de::DeserializeOwned>(
+    name: &str,
+    value: serde_json::Value,
+) -> Result<T, EventDecodeError> {
+    serde_path_to_error::deserialize(value).map_err(|e| EventDecodeError::Payload {
+        name: name.to_owned(),
+        path: e.path().to_string(),
+        message: e.inner().to_string(),
+    })
+}
+
+/// Serializes a typed upcaster's output for a raw upcaster reading version `version`.
+pub fn to_json_value<T: serde::Serialize>(
+    name: &str,
+    version: u32,
+    value: &T,
+) -> Result<serde_json::Value, EventDecodeError> {
+    serde_json::to_value(value).map_err(|e| EventDecodeError::Upcast {
+        name: name.to_owned(),
+        from: version,
+        message: e.to_string(),
+    })
+}
+
+/// The outcome of a raw upcaster reading version `from`.
+pub fn raw_step<E: std::fmt::Display>(
+    name: &str,
+    from: u32,
+    result: Result<serde_json::Value, E>,
+) -> Result<serde_json::Value, EventDecodeError> {
+    result.map_err(|e| EventDecodeError::Upcast {
+        name: name.to_owned(),
+        from,
+        message: e.to_string(),
+    })
+}
+
+/// The one event a stored event stands for, or [`EventDecodeError::NotOne`].
+pub fn exactly_one<E>(
+    name: &str,
+    version: u32,
+    decoded: Decoded<E>,
+) -> Result<E, EventDecodeError> {
+    let count = decoded.len();
+    let mut events = decoded.into_iter();
+    match (events.next(), count) {
+        (Some(event), 1) => Ok(event),
+        _ => Err(EventDecodeError::NotOne {
+            name: name.to_owned(),
+            version,
+            count,
+        }),
+    }
+}
+
+/// One upcast step: `<T as Upcast>::upcast`, a function so that a mismatched `Next` is
+/// reported at the user's type.
+pub fn upcast<T: crate::Upcast>(value: T) -> T::Next {
+    value.upcast()
+}
+
+/// The number of distinct names in `groups`; usable in constants.
+pub const fn distinct_len(groups: &[&[&str]]) -> usize {
+    let mut count = 0;
+    let mut g = 0;
+    while g < groups.len() {
+        let mut i = 0;
+        while i < groups[g].len() {
+            if !seen_before(groups, g, i) {
+                count += 1;
+            }
+            i += 1;
+        }
+        g += 1;
+    }
+    count
+}
+
+/// The distinct names of `groups`, in order of first appearance; `N` is
+/// [`distinct_len`]`(groups)`. Usable in constants: how `#[projection]` and `#[saga]` build
+/// the list of stored type names they read from their handlers' payload types.
+pub const fn distinct<const N: usize>(groups: &[&[&'static str]]) -> [&'static str; N] {
+    let mut out = [""; N];
+    let mut n = 0;
+    let mut g = 0;
+    while g < groups.len() {
+        let mut i = 0;
+        while i < groups[g].len() {
+            if !seen_before(groups, g, i) {
+                out[n] = groups[g][i];
+                n += 1;
+            }
+            i += 1;
+        }
+        g += 1;
+    }
+    out
+}
+
+/// Whether `groups[g][i]` appears earlier in `groups`.
+const fn seen_before(groups: &[&[&str]], g: usize, i: usize) -> bool {
+    let name = groups[g][i];
+    let mut h = 0;
+    while h <= g {
+        let end = if h == g { i } else { groups[h].len() };
+        let mut j = 0;
+        while j < end {
+            if str_eq(groups[h][j], name) {
+                return true;
+            }
+            j += 1;
+        }
+        h += 1;
+    }
+    false
 }
 
 /// Serializes one variant's payload.

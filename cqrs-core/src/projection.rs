@@ -1,5 +1,6 @@
 //! Projections: read models and reactors fed by recorded events.
 
+use std::any::{Any, TypeId};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +9,8 @@ use tokio::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::list::AnsweredQueries;
 use crate::{
-    BoxFuture, EventDecodeError, EventPayload, GlobalPosition, HandlesQuery, Query, RecordedEvent,
+    BoxFuture, Event, EventDecodeError, EventPayload, GlobalPosition, HandlesQuery, Query,
+    RecordedEvent,
 };
 
 /// A consumer of recorded events that subscribes to a fixed set of event types.
@@ -54,7 +56,9 @@ use crate::{
 pub trait Projection: Send + Sync + 'static {
     /// Stable name: the checkpoint key of durable subscriptions.
     const NAME: &'static str;
-    /// The event types this projection handles.
+    /// The stored event types this projection reads: its handlers' type names, their old
+    /// names (aliases), and the names of events an upcaster may split into one of them
+    /// ([`EventPayload::STORED_TYPES`]). Subscriptions filter on these.
     const EVENT_TYPES: &'static [&'static str];
     /// What handlers borrow mutably besides the event (`()` when nothing).
     type Context: ?Sized + Send;
@@ -117,6 +121,89 @@ pub fn decode_payload<P: EventPayload>(
             name: event.event_type.clone(),
         })
     })
+}
+
+/// The events an old stored form stands for, for a generated [`Projection::project`]: an
+/// event stored under an old name or version, or one an upcaster splits.
+///
+/// The generated code first tries each handler's current name and version (one string and
+/// one integer comparison, then serde straight into the payload). Only when none matches does
+/// it come here: the stored event is decoded once per event enum the handlers' payloads
+/// belong to, and each resulting event goes to the handler of its payload type, in order.
+/// Handlers may take payloads of several enums, which the macro cannot tell apart, so the
+/// decoded events are held as `Any` and matched back to their payload type.
+#[doc(hidden)]
+pub struct UpcastedEvents<'a> {
+    projection: &'static str,
+    event: &'a RecordedEvent,
+    enums: Vec<TypeId>,
+    events: Vec<UpcastedEvent>,
+}
+
+impl<'a> UpcastedEvents<'a> {
+    /// Nothing decoded yet.
+    pub fn new(projection: &'static str, event: &'a RecordedEvent) -> Self {
+        Self {
+            projection,
+            event,
+            enums: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Decodes the stored event with `P`'s enum, unless that enum was done already or the
+    /// stored type name cannot yield `P`.
+    pub fn decode<P: EventPayload>(&mut self) -> Result<(), ProjectionError> {
+        let event = self.event;
+        if !P::STORED_TYPES.contains(&event.event_type.as_str()) {
+            return Ok(());
+        }
+        let id = TypeId::of::<P::Event>();
+        if self.enums.contains(&id) {
+            return Ok(());
+        }
+        self.enums.push(id);
+        // The current form of a variant is that variant and nothing else; the handlers' own
+        // current forms were tried before, so this one is of a variant no handler takes.
+        if <P::Event as Event>::is_current(&event.event_type, event.schema_version) {
+            return Ok(());
+        }
+        let decoded = event
+            .decode_all::<P::Event>()
+            .map_err(|source| ProjectionError::Decode {
+                projection: self.projection,
+                stream_id: event.stream_id.clone(),
+                stream_version: event.stream_version,
+                source,
+            })?;
+        self.events.extend(
+            decoded
+                .into_iter()
+                .map(|e| UpcastedEvent(Some(Box::new(e) as Box<dyn Any + Send>))),
+        );
+        Ok(())
+    }
+
+    /// The decoded events, in order.
+    pub fn into_events(self) -> Vec<UpcastedEvent> {
+        self.events
+    }
+}
+
+/// One event of [`UpcastedEvents`], until a handler takes it.
+#[doc(hidden)]
+pub struct UpcastedEvent(Option<Box<dyn Any + Send>>);
+
+impl UpcastedEvent {
+    /// The payload, when the event is `P`'s variant (and not taken yet).
+    pub fn take<P: EventPayload>(&mut self) -> Option<P> {
+        let event = self.0.as_ref()?.downcast_ref::<P::Event>()?;
+        if event.event_type() != P::EVENT_TYPE {
+            return None;
+        }
+        let event = self.0.take()?.downcast::<P::Event>().ok()?;
+        P::from_event(*event)
+    }
 }
 
 #[doc(hidden)]

@@ -160,14 +160,19 @@ impl<A: Aggregate> Repository<A> {
                     .into(),
                 )));
             }
-            let event = recorded
-                .decode::<A::Event>()
-                .map_err(|source| CommandError::Decode {
-                    stream: stream_id.to_owned(),
-                    version: recorded.stream_version,
-                    source,
-                })?;
-            loaded.state.apply(&event);
+            // An old stored event an upcaster splits is applied as all its events, in order;
+            // the stream version stays the stored event's.
+            let events =
+                recorded
+                    .decode_all::<A::Event>()
+                    .map_err(|source| CommandError::Decode {
+                        stream: stream_id.to_owned(),
+                        version: recorded.stream_version,
+                        source,
+                    })?;
+            for event in events {
+                loaded.state.apply(&event);
+            }
             loaded.version = recorded.stream_version;
         }
         Ok(())

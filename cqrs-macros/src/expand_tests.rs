@@ -125,6 +125,25 @@ fn event_with_names_versions_and_a_unit_variant() {
 }
 
 #[test]
+fn event_with_upcasters_aliases_and_a_split() {
+    insta::assert_snapshot!(derive(
+        crate::event::derive,
+        quote! {
+            pub enum AccountEvent {
+                #[event(name = "account.opened", version = 4, alias = "account.created",
+                        upcast(from = 1, with = OpenedV1), upcast(from = 2, raw = opened_v2),
+                        upcast(from = 3, with = OpenedV3))]
+                Opened(Opened),
+                #[event(name = "account.deposited", version = 2, upcast(from = 1, many = split_deposit))]
+                Deposited(Deposited),
+                #[event(name = "account.closed")]
+                Closed,
+            }
+        }
+    ));
+}
+
+#[test]
 fn event_with_one_variant() {
     insta::assert_snapshot!(derive(
         crate::event::derive,

@@ -250,7 +250,9 @@ pub fn derive_query(input: TokenStream) -> TokenStream {
 /// #[derive(Event)]
 /// #[event(crate = "path")]
 /// enum Name {
-///     #[event(name = "stable.name", version = N)]
+///     #[event(name = "stable.name", version = N, alias = "old.name",
+///             upcast(from = 1, with = PayloadV1), upcast(from = 2, raw = path::to::fn),
+///             upcast(from = 3, many = path::to::fn))]
 ///     Variant(Payload),
 ///     #[event(name = "other.name")]
 ///     UnitVariant,
@@ -262,7 +264,19 @@ pub fn derive_query(input: TokenStream) -> TokenStream {
 /// | key | default | meaning |
 /// |---|---|---|
 /// | `name = "..."` | `"{Enum}.{Variant}"` | the type name stored with every event; it is what stored events are found by, so it never changes once events are written, and pinning it lets the variant be renamed |
-/// | `version = N` | `1` | the payload's schema version the current code writes and reads; a stored event of another version fails to decode with `EventDecodeError::UnsupportedVersion` |
+/// | `version = N` | `1` | the payload's schema version the current code writes; a stored event of an older version is read through the upcasters, one of a version without a path (or a newer one) fails to decode with `EventDecodeError::UnsupportedVersion` |
+/// | `alias = "..."` | none | an old name of this event type (repeatable): events stored under it are read as this variant, at any of its versions; subscriptions' type filters include it |
+/// | `upcast(from = N, with = T)` | none | a stored version-`N` payload is a `T` (`Deserialize`), and `T: Upcast` turns it into version `N + 1`: `type Next` is the `with` type of `upcast(from = N + 1, ...)`, or the variant's payload when `N + 1` is the current version |
+/// | `upcast(from = N, raw = f)` | none | `f(serde_json::Value) -> Result<serde_json::Value, E: Display>` turns version `N`'s JSON into version `N + 1`'s: for changes a struct cannot express; an `Err` is `EventDecodeError::Upcast` |
+/// | `upcast(from = N, many = f)` | none | `f(input) -> Vec<Enum>` turns a version-`N` event into current events, any number: a split or a drop. `input` is whatever `f` takes that deserializes from version `N` (or the typed output of the step before). Read such events with `Event::decode_all`; `from_payload` refuses a result that is not exactly one event |
+///
+/// Upcasting happens on read, wherever events are read (aggregate loads, projections, sagas,
+/// the test fixture's `given_stored`), and never rewrites a stored event. An event of the
+/// current name and version goes straight to serde; only older forms run their chain.
+/// Checked at compile time, each at the offending token: every `from` is below the version,
+/// no version has two upcasters, each `with`/`raw` step is followed by one from the next
+/// version (or reaches the current one), each `Upcast::Next` is the type the next step reads,
+/// and an alias is no other variant's name or alias.
 ///
 /// On the enum, `crate = "path"` names the path to `cqrs_core`.
 ///
@@ -298,6 +312,56 @@ pub fn derive_query(input: TokenStream) -> TokenStream {
 /// assert_eq!(AccountEvent::from_payload("account.deposited", 2, &stored).unwrap(), event);
 /// ```
 ///
+/// Old versions chain to the current one; a version-1 event stored under its old name:
+///
+/// ```
+/// use cqrs_core::{Event, Upcast};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// pub struct Opened { pub owner: String, pub currency: String }
+///
+/// /// Version 1 had no currency.
+/// #[derive(Deserialize)]
+/// pub struct OpenedV1 { pub owner: String }
+///
+/// impl Upcast for OpenedV1 {
+///     type Next = Opened;
+///     fn upcast(self) -> Opened { Opened { owner: self.owner, currency: "EUR".into() } }
+/// }
+///
+/// #[derive(Debug, Clone, PartialEq, Event)]
+/// pub enum AccountEvent {
+///     #[event(name = "account.opened", version = 2, alias = "account.created",
+///             upcast(from = 1, with = OpenedV1))]
+///     Opened(Opened),
+/// }
+///
+/// let stored = cqrs_core::Payload::from_json(r#"{"owner":"ada"}"#).unwrap();
+/// assert_eq!(
+///     AccountEvent::from_payload("account.created", 1, &stored).unwrap(),
+///     AccountEvent::Opened(Opened { owner: "ada".into(), currency: "EUR".into() }),
+/// );
+/// ```
+///
+/// A declared old version must reach the current one:
+///
+/// ```compile_fail
+/// # use cqrs_core::{Event, Upcast};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Clone, Serialize, Deserialize)]
+/// # pub struct Opened { pub owner: String }
+/// # #[derive(Deserialize)]
+/// # pub struct OpenedV1 { pub owner: String }
+/// # impl Upcast for OpenedV1 { type Next = Opened; fn upcast(self) -> Opened { Opened { owner: self.owner } } }
+/// #[derive(Debug, Clone, Event)]
+/// pub enum AccountEvent {
+///     // error: no upcaster from version 2: version 1 cannot reach version 3
+///     #[event(name = "account.opened", version = 3, upcast(from = 1, with = OpenedV1))]
+///     Opened(Opened),
+/// }
+/// ```
+///
 /// Fields belong in a payload struct, not in the variant:
 ///
 /// ```compile_fail
@@ -316,6 +380,13 @@ pub fn derive_query(input: TokenStream) -> TokenStream {
 /// - Projections subscribe by payload type, so they cannot subscribe to a unit variant: give the
 ///   variant a payload struct (even an empty one) when a read model needs it.
 /// - Two variants cannot share a name; the enum cannot be generic.
+/// - An upcaster reads one version and writes the next (`many` writes current events): a
+///   step that skips versions is written as a conversion straight to the payload the step
+///   from the skipped-to version reads.
+/// - A `many` upcaster may produce any variant, so every projection and saga handling any
+///   variant of the enum reads the stored events of its name (and checks, cheaply, that
+///   current-version ones are not its own). A saga takes one event per stored event: a split
+///   into two events it handles is `EventDecodeError::NotOne`.
 #[proc_macro_derive(Event, attributes(event))]
 pub fn derive_event(input: TokenStream) -> TokenStream {
     event::derive(&parse_macro_input!(input as DeriveInput)).into()

@@ -632,6 +632,10 @@ impl Consumer {
 
     /// Reads only the messages on subjects matching `subject` (such as
     /// `events.BankAccount.>`).
+    ///
+    /// Events are published under the type name they were stored with, which for old events
+    /// may be an alias (`#[event(alias = "...")]`): a filter naming event types must name the
+    /// old ones too, or those events never arrive. Filtering by category, as above, keeps them.
     pub fn filter_subject(mut self, subject: impl Into<String>) -> Self {
         self.filter_subject = subject.into();
         self

@@ -324,7 +324,9 @@ pub enum SagaRunError {
 pub trait Saga: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Stable name: the key of its stored instances and checkpoint.
     const NAME: &'static str;
-    /// The event types it reacts to.
+    /// The stored event types it reads: its handlers' type names, their old names, and the
+    /// names of events an upcaster may split into one of them
+    /// ([`EventPayload::STORED_TYPES`](crate::EventPayload::STORED_TYPES)).
     const EVENT_TYPES: &'static [&'static str];
     /// The [`Command::NAME`]s of the commands it may send.
     const COMMANDS: &'static [&'static str];
@@ -1132,19 +1134,47 @@ pub mod __private {
     /// Compiles only for a deadline type: JSON both ways.
     pub const fn deadline_type<D: serde::Serialize + DeserializeOwned + Send + Sync + 'static>() {}
 
-    /// Decodes `event` as payload `P`.
-    pub fn decode<S: Saga, P: EventPayload>(event: &RecordedEvent) -> Result<P, SagaError> {
+    /// Decodes `event` as payload `P`: `None` when it is not one.
+    ///
+    /// The current name and version go straight to serde. Any other stored form `P` may
+    /// come from (an old version, an old name, an event an upcaster splits) is upcast; a
+    /// saga takes one event per stored event, so a stored event that stands for more than
+    /// one event of the saga's types is an error ([`crate::EventDecodeError::NotOne`]),
+    /// never a silent choice of one. `handled` lists the current names of the saga's
+    /// handlers' payload types.
+    pub fn decode<S: Saga, P: EventPayload>(
+        event: &RecordedEvent,
+        handled: &[&str],
+    ) -> Result<Option<P>, SagaError> {
         let error = |source| SagaError::Decode {
             saga: S::NAME,
             event_type: event.event_type.clone(),
             source,
         };
-        let decoded = event.decode::<P::Event>().map_err(error)?;
-        P::from_event(decoded).ok_or_else(|| {
-            error(crate::EventDecodeError::UnknownType {
+        let event_type = event.event_type.as_str();
+        if event_type == P::EVENT_TYPE && event.schema_version == P::SCHEMA_VERSION {
+            let decoded = event.decode::<P::Event>().map_err(error)?;
+            return Ok(P::from_event(decoded));
+        }
+        if !P::STORED_TYPES.contains(&event_type)
+            || <P::Event as crate::Event>::is_current(event_type, event.schema_version)
+        {
+            return Ok(None);
+        }
+        let decoded = event.decode_all::<P::Event>().map_err(error)?;
+        let count = decoded.len();
+        let mut handled = decoded
+            .into_iter()
+            .filter(|e| handled.contains(&crate::Event::event_type(e)));
+        match (handled.next(), handled.next()) {
+            (None, _) => Ok(None),
+            (Some(one), None) => Ok(P::from_event(one)),
+            (Some(_), Some(_)) => Err(error(crate::EventDecodeError::NotOne {
                 name: event.event_type.clone(),
-            })
-        })
+                version: event.schema_version,
+                count,
+            })),
+        }
     }
 
     /// The association of an event with key `key`.

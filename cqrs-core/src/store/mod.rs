@@ -1,5 +1,7 @@
-//! The [`EventStore`] contract and the in-memory reference implementation.
+//! The [`EventStore`] contract, the in-memory reference implementation, and the [`audit`] of
+//! a store's stored event forms against the current code.
 
+pub mod audit;
 mod memory;
 
 use std::fmt;

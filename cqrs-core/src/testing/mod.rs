@@ -6,7 +6,8 @@
 use std::fmt::Debug;
 
 use crate::{
-    Aggregate, Command, CommandContext, CommandError, Handles, Metadata, ValidationErrors,
+    Aggregate, Command, CommandContext, CommandError, Event, Handles, Metadata, Payload,
+    ValidationErrors,
 };
 
 mod saga;
@@ -97,6 +98,66 @@ impl<A: Aggregate> Fixture<A> {
             self.version += 1;
         }
         self
+    }
+
+    /// Events that already happened, in their stored form `(type name, schema version,
+    /// JSON payload)`, read as the store's events are: old names and versions are upcast, and
+    /// a stored event an upcaster splits applies all of its events (one stream version).
+    ///
+    /// ```
+    /// # use cqrs_core::prelude::*;
+    /// # use cqrs_core::testing::Fixture;
+    /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    /// # pub struct Deposited { pub cents: u64 }
+    /// #[derive(Debug, Deserialize)]
+    /// pub struct DepositedV1 { pub amount: u64 }
+    /// impl cqrs_core::Upcast for DepositedV1 {
+    ///     type Next = Deposited;
+    ///     fn upcast(self) -> Deposited { Deposited { cents: self.amount * 100 } }
+    /// }
+    /// #[derive(Debug, Clone, PartialEq, Event)]
+    /// pub enum AccountEvent {
+    ///     #[event(name = "account.deposited", version = 2, upcast(from = 1, with = DepositedV1))]
+    ///     Deposited(Deposited),
+    /// }
+    /// # #[derive(Debug, Default)]
+    /// # pub struct Account { cents: u64 }
+    /// # #[aggregate(event = AccountEvent, error = std::convert::Infallible)]
+    /// # impl Account {
+    /// #     #[event_handler]
+    /// #     fn on_deposited(&mut self, e: &Deposited) { self.cents += e.cents }
+    /// # }
+    /// let fixture = Fixture::<Account>::default()
+    ///     .given_stored([("account.deposited", 1, serde_json::json!({ "amount": 5 }))]);
+    /// assert_eq!(fixture.state().cents, 500);
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When a stored event does not decode, with the decoder's error: a fixture's givens
+    /// are part of the test.
+    #[must_use]
+    #[track_caller]
+    pub fn given_stored<'a>(
+        mut self,
+        events: impl IntoIterator<Item = (&'a str, u32, serde_json::Value)>,
+    ) -> Self {
+        for (event_type, version, payload) in events {
+            let decoded = A::Event::decode_all(event_type, version, &Payload::from(payload))
+                .unwrap_or_else(|error| {
+                    panic!("given stored event `{event_type}` version {version}: {error}")
+                });
+            for event in decoded {
+                self.state.apply(&event);
+            }
+            self.version += 1;
+        }
+        self
+    }
+
+    /// The state after the given events.
+    pub fn state(&self) -> &A {
+        &self.state
     }
 
     /// Caller metadata the command runs with.

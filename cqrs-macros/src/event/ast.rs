@@ -3,7 +3,9 @@
 use syn::{Data, DeriveInput, Fields, Ident, LitInt, LitStr, Path, Type};
 
 use crate::internals::attr::{self, Attr};
-use crate::internals::symbol::{CRATE, EVENT, NAME, Symbol, VERSION};
+use crate::internals::symbol::{
+    ALIAS, CRATE, EVENT, FROM, MANY, NAME, RAW, Symbol, UPCAST, VERSION, WITH,
+};
 use crate::internals::{Ctxt, krate};
 
 /// An enum deriving `Event`.
@@ -22,10 +24,33 @@ pub struct Variant<'a> {
     pub name: Option<LitStr>,
     /// The version literal and its value (at least 1).
     pub version: Option<(LitInt, u32)>,
+    /// Old names (`alias = "..."`), in order.
+    pub aliases: Vec<LitStr>,
+    /// How old versions become the current one (`upcast(...)`), in order.
+    pub upcasts: Vec<Upcaster>,
+}
+
+/// One `upcast(from = N, with = T | raw = f | many = f)`.
+pub struct Upcaster {
+    /// The `from` literal and its value.
+    pub from: (LitInt, u32),
+    pub step: Step,
+}
+
+/// What an upcaster does with the payload of its version.
+pub enum Step {
+    /// `with = T`: the payload is a `T`, and `T: Upcast` gives the next version.
+    With(Type),
+    /// `raw = f`: `f(serde_json::Value) -> Result<serde_json::Value, E>` gives the next
+    /// version's JSON.
+    Raw(Path),
+    /// `many = f`: `f(payload) -> Vec<Enum>` gives current events, any number.
+    Many(Path),
 }
 
 const CONTAINER_KEYS: &[Symbol] = &[CRATE];
-const VARIANT_KEYS: &[Symbol] = &[NAME, VERSION];
+const VARIANT_KEYS: &[Symbol] = &[NAME, VERSION, ALIAS, UPCAST];
+const UPCAST_KEYS: &[Symbol] = &[FROM, WITH, RAW, MANY];
 
 impl<'a> Event<'a> {
     pub fn from_ast(cx: &Ctxt, input: &'a DeriveInput) -> Self {
@@ -87,9 +112,17 @@ impl<'a> Variant<'a> {
     fn from_ast(cx: &Ctxt, variant: &'a syn::Variant) -> Option<Self> {
         let mut name = Attr::none(cx, EVENT, NAME);
         let mut version = Attr::none(cx, EVENT, VERSION);
+        let mut aliases = Vec::new();
+        let mut upcasts = Vec::new();
         attr::parse_each(cx, &variant.attrs, EVENT, |meta| {
             if meta.path == NAME {
                 name.set(&meta.path, attr::name(&meta)?);
+            } else if meta.path == ALIAS {
+                aliases.push(attr::name(&meta)?);
+            } else if meta.path == UPCAST {
+                if let Some(upcaster) = Upcaster::parse(cx, &meta)? {
+                    upcasts.push(upcaster);
+                }
             } else if meta.path == VERSION {
                 let lit: LitInt = meta.value()?.parse()?;
                 let value: u32 = lit.base10_parse()?;
@@ -128,7 +161,45 @@ impl<'a> Variant<'a> {
             payload,
             name: name.get(),
             version: version.get(),
+            aliases,
+            upcasts,
         })
+    }
+}
+
+impl Upcaster {
+    /// Reads `upcast(from = N, with = T)` (or `raw = f`, `many = f`); `None` after an
+    /// error was recorded.
+    fn parse(cx: &Ctxt, meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<Option<Self>> {
+        let mut from = Attr::none(cx, UPCAST, FROM);
+        let mut step = Attr::none(cx, UPCAST, Symbol("with` / `raw` / `many"));
+        meta.parse_nested_meta(|inner| {
+            if inner.path == FROM {
+                let lit: LitInt = inner.value()?.parse()?;
+                let value: u32 = lit.base10_parse()?;
+                if value == 0 {
+                    return Err(syn::Error::new(lit.span(), "event versions start at 1"));
+                }
+                from.set(&inner.path, (lit, value));
+            } else if inner.path == WITH {
+                step.set(&inner.path, Step::With(inner.value()?.parse()?));
+            } else if inner.path == RAW {
+                step.set(&inner.path, Step::Raw(inner.value()?.parse()?));
+            } else if inner.path == MANY {
+                step.set(&inner.path, Step::Many(inner.value()?.parse()?));
+            } else {
+                attr::unknown_key(cx, UPCAST, &inner, UPCAST_KEYS)?;
+            }
+            Ok(())
+        })?;
+        let (Some(from), Some(step)) = (from.get(), step.get()) else {
+            cx.error_spanned_by(
+                &meta.path,
+                "an upcaster needs `from = N` and one of `with = OldPayload`, `raw = path::to::fn`, `many = path::to::fn`",
+            );
+            return Ok(None);
+        };
+        Ok(Some(Upcaster { from, step }))
     }
 }
 

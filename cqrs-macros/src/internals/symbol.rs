@@ -9,6 +9,12 @@ use syn::{Ident, Path};
 pub struct Symbol(pub &'static str);
 
 pub const AGGREGATE: Symbol = Symbol("aggregate");
+pub const ALIAS: Symbol = Symbol("alias");
+pub const FROM: Symbol = Symbol("from");
+pub const MANY: Symbol = Symbol("many");
+pub const RAW: Symbol = Symbol("raw");
+pub const UPCAST: Symbol = Symbol("upcast");
+pub const WITH: Symbol = Symbol("with");
 pub const COMMAND: Symbol = Symbol("command");
 pub const COMMANDS: Symbol = Symbol("commands");
 pub const CONTEXT: Symbol = Symbol("context");

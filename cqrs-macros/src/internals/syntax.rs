@@ -312,3 +312,22 @@ pub fn domain_code_fn(p: &proc_macro2::TokenStream, error: &Type) -> proc_macro2
         }
     }
 }
+
+/// The distinct stored type names of `payloads` (`EventPayload::STORED_TYPES`), as one
+/// constant slice. Payload types come from `#[derive(Event)]` enums, which are never generic,
+/// so the inner constants name no generic parameter of the impl.
+pub fn stored_types(payloads: &[&Type], p: &proc_macro2::TokenStream) -> proc_macro2::TokenStream {
+    let groups = payloads.iter().map(|payload| {
+        let span = at_user(payload);
+        let p = path_at(p, span);
+        quote::quote_spanned!(span=> <#payload as #p::EventPayload>::STORED_TYPES)
+    });
+    quote::quote! {
+        {
+            const __CQRS_GROUPS: &[&[&str]] = &[#(#groups),*];
+            const __CQRS_LEN: usize = #p::distinct_len(__CQRS_GROUPS);
+            const __CQRS_TYPES: [&str; __CQRS_LEN] = #p::distinct(__CQRS_GROUPS);
+            &__CQRS_TYPES
+        }
+    }
+}

@@ -5,7 +5,7 @@ use quote::{quote, quote_spanned};
 
 use super::ast::{EventArg, EventHandler, QueryHandler};
 use super::check::Projection;
-use crate::internals::syntax::{at_user, domain_code_fn, path_at};
+use crate::internals::syntax::{at_user, domain_code_fn, path_at, stored_types};
 
 pub fn expand(projection: &Projection<'_>) -> TokenStream {
     let krate = projection.krate;
@@ -53,18 +53,15 @@ fn projection_impl(projection: &Projection<'_>, p: &TokenStream) -> TokenStream 
     let context = projection
         .context
         .map_or_else(|| quote!(()), |ty| quote!(#ty));
-    let event_types = projection.events.iter().map(|handler| {
-        let payload = &handler.payload;
-        let span = at_user(payload);
-        let p = path_at(p, span);
-        quote_spanned!(span=> <#payload as #p::EventPayload>::EVENT_TYPE)
-    });
+    let payloads: Vec<&syn::Type> = projection.events.iter().map(|h| &h.payload).collect();
+    let event_types = stored_types(&payloads, p);
     let branches = projection.events.iter().map(|handler| branch(handler, p));
+    let upcasted = upcasted(projection, p);
     quote! {
         #[automatically_derived]
         impl #impl_generics #p::Projection for #self_ty #where_clause {
             const NAME: &'static str = #name;
-            const EVENT_TYPES: &'static [&'static str] = &[#(#event_types),*];
+            const EVENT_TYPES: &'static [&'static str] = #event_types;
             type Context = #context;
             async fn project(
                 &mut self,
@@ -74,20 +71,47 @@ fn projection_impl(projection: &Projection<'_>, p: &TokenStream) -> TokenStream 
                 let _ = ctx;
                 let event_type = event.event_type.as_str();
                 #(#branches)*
+                #upcasted
                 ::core::result::Result::Ok(())
             }
         }
     }
 }
 
-/// Decodes and applies one payload type, when the event is of that type.
-fn branch(handler: &EventHandler, p: &TokenStream) -> TokenStream {
+/// The events an old stored form stands for, each to the handler of its payload type, in
+/// order (reached only when no handler took the event in its current form).
+fn upcasted(projection: &Projection<'_>, p: &TokenStream) -> TokenStream {
+    let decode = projection.events.iter().map(|handler| {
+        let payload = &handler.payload;
+        quote!(upcasted.decode::<#payload>()?;)
+    });
+    let take = projection.events.iter().map(|handler| {
+        let payload = &handler.payload;
+        let apply = apply(handler, p);
+        quote! {
+            if let ::core::option::Option::Some(payload) = upcasted.take::<#payload>() {
+                #apply
+            }
+        }
+    });
+    quote! {
+        let mut upcasted =
+            #p::UpcastedEvents::new(<Self as #p::Projection>::NAME, event);
+        #(#decode)*
+        for mut upcasted in upcasted.into_events() {
+            #(#take)else*
+        }
+    }
+}
+
+/// Calls the handler with `payload`, mapping its error.
+fn apply(handler: &EventHandler, p: &TokenStream) -> TokenStream {
     let EventHandler {
         method,
         is_async,
-        payload,
         args,
         fallible,
+        ..
     } = handler;
     let args = args.iter().map(|arg| match arg {
         EventArg::Recorded => quote!(event),
@@ -95,7 +119,7 @@ fn branch(handler: &EventHandler, p: &TokenStream) -> TokenStream {
     });
     let await_ = is_async.then(|| quote!(.await));
     let call = quote!(self.#method(&payload, #(#args),*)#await_);
-    let apply = match fallible {
+    match fallible {
         None => quote!(#call;),
         Some(output) => {
             let span = at_user(output);
@@ -106,14 +130,23 @@ fn branch(handler: &EventHandler, p: &TokenStream) -> TokenStream {
             })?;
             }
         }
-    };
+    }
+}
+
+/// Decodes and applies one payload type, when the event is of that type in its current
+/// version: straight to serde.
+fn branch(handler: &EventHandler, p: &TokenStream) -> TokenStream {
+    let payload = &handler.payload;
+    let apply = apply(handler, p);
     let span = at_user(payload);
     let pp = path_at(p, span);
     let decode = quote_spanned! {span=>
         #pp::decode_payload::<#payload>(<Self as #pp::Projection>::NAME, event)?
     };
     quote! {
-        if event_type == <#payload as #p::EventPayload>::EVENT_TYPE {
+        if event_type == <#payload as #p::EventPayload>::EVENT_TYPE
+            && event.schema_version == <#payload as #p::EventPayload>::SCHEMA_VERSION
+        {
             let payload = #decode;
             #apply
             return ::core::result::Result::Ok(());

@@ -6,7 +6,7 @@ use quote::{format_ident, quote, quote_spanned};
 
 use super::ast::{Arg, Handler, Output};
 use super::check::Saga;
-use crate::internals::syntax::{at_user, path_at};
+use crate::internals::syntax::{at_user, path_at, stored_types};
 
 pub fn expand(saga: &Saga<'_>) -> TokenStream {
     let krate = saga.krate;
@@ -41,12 +41,14 @@ pub fn expand(saga: &Saga<'_>) -> TokenStream {
 #[allow(clippy::too_many_lines)]
 fn saga_impl(saga: &Saga<'_>, p: &TokenStream) -> TokenStream {
     let Saga { self_ty, name, .. } = saga;
-    let event_types = saga.events.iter().map(|h| {
-        let payload = &h.handler.message;
-        let span = at_user(payload);
-        let pp = path_at(p, span);
-        quote_spanned!(span=> <#payload as #pp::EventPayload>::EVENT_TYPE)
-    });
+    let krate = saga.krate;
+    let payloads: Vec<&syn::Type> = saga.events.iter().map(|h| &h.handler.message).collect();
+    let event_types = stored_types(&payloads, &quote!(#krate::__private));
+    // The current names of the handlers' types: what an event split by an upcaster is
+    // checked against (`EVENT_TYPES` may name more, see `EventPayload::STORED_TYPES`).
+    let handled = quote! {
+        const HANDLED: &[&str] = &[#(<#payloads as #p::EventPayload>::EVENT_TYPE),*];
+    };
     let command_names = saga
         .commands
         .iter()
@@ -60,8 +62,7 @@ fn saga_impl(saga: &Saga<'_>, p: &TokenStream) -> TokenStream {
         let key = quote_spanned!(span=> #pk::ToString::to_string(&payload #(.#members)*));
         let (start, end) = (h.start, h.end);
         quote! {
-            if event_type == <#payload as #p::EventPayload>::EVENT_TYPE {
-                let payload = #p::decode::<Self, #payload>(event)?;
+            if let ::core::option::Option::Some(payload) = #p::decode::<Self, #payload>(event, HANDLED)? {
                 return ::core::result::Result::Ok(::core::option::Option::Some(
                     #p::association(#key, #start, #end),
                 ));
@@ -72,8 +73,7 @@ fn saga_impl(saga: &Saga<'_>, p: &TokenStream) -> TokenStream {
         let payload = &h.handler.message;
         let call = call(&h.handler, p, &quote!(&payload));
         quote! {
-            if event_type == <#payload as #p::EventPayload>::EVENT_TYPE {
-                let payload = #p::decode::<Self, #payload>(event)?;
+            if let ::core::option::Option::Some(payload) = #p::decode::<Self, #payload>(event, HANDLED)? {
                 #call
                 return ::core::result::Result::Ok(());
             }
@@ -105,14 +105,14 @@ fn saga_impl(saga: &Saga<'_>, p: &TokenStream) -> TokenStream {
         #[automatically_derived]
         impl #p::Saga for #self_ty {
             const NAME: &'static str = #name;
-            const EVENT_TYPES: &'static [&'static str] = &[#(#event_types),*];
+            const EVENT_TYPES: &'static [&'static str] = #event_types;
             const COMMANDS: &'static [&'static str] = &[#(#command_names),*];
             const DEADLINES: &'static [&'static str] = &[#(#deadline_names),*];
 
             fn associate(
                 event: &#p::RecordedEvent,
             ) -> ::core::result::Result<::core::option::Option<#p::Association>, #p::SagaError> {
-                let event_type = event.event_type.as_str();
+                #handled
                 #(#associate)*
                 ::core::result::Result::Ok(::core::option::Option::None)
             }
@@ -122,7 +122,7 @@ fn saga_impl(saga: &Saga<'_>, p: &TokenStream) -> TokenStream {
                 event: &#p::RecordedEvent,
                 ctx: &mut #p::SagaContext<Self>,
             ) -> ::core::result::Result<(), #p::SagaError> {
-                let event_type = event.event_type.as_str();
+                #handled
                 #(#on_event)*
                 let _ = ctx;
                 ::core::result::Result::Ok(())
