@@ -343,4 +343,6 @@ pub mod subscription;
 
 pub use error::{MigrateError, PostgresStoreError};
 pub use migrate::MIGRATIONS;
-pub use store::{InlineProjection, MAX_STREAM_ID_BYTES, NotifyMode, PostgresEventStore};
+pub use store::{
+    GroupCommit, InlineProjection, MAX_STREAM_ID_BYTES, NotifyMode, PostgresEventStore,
+};
