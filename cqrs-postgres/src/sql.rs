@@ -341,10 +341,10 @@ SELECT inserted.position, inserted.stream_id, inserted.stream_version, inserted.
 /// nothing. An error (an event id already stored, a deadlock) fails the whole statement, and
 /// nothing is written.
 ///
-/// The store sends it unprepared: the planner then sees the arrays' real lengths and the
-/// tables' current sizes each time (one plan per batch of commands, not per command), where
-/// a cached generic plan could keep a sequential scan of `cqrs_streams` chosen while the
-/// table was small.
+/// The plan: the commands (a materialized CTE, estimated at one row per claim) drive index
+/// lookups of `cqrs_streams_pkey`, whatever the tables' sizes, so the prepared statement's
+/// generic plan is the same on an empty store as on a large one (the test
+/// `the_group_statement_plans_index_lookups` asserts it).
 ///
 /// This one notifies listeners, as [`APPEND_EXACT`] does.
 pub const APPEND_GROUP: &str = append_group!(notify!(), ", notified");

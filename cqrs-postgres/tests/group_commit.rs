@@ -324,3 +324,59 @@ async fn bad_input_under_group_commit_is_a_typed_error_and_writes_nothing() {
         .expect("count");
     assert_eq!(empty, 0);
 }
+
+/// The generic plan of the group statement, on a connection of `db`, for a batch of two
+/// commands.
+async fn group_plan(db: &TestDb) -> String {
+    let mut conn = db.pool.acquire().await.expect("connection");
+    sqlx::raw_sql("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
+        .await
+        .expect("generic plans");
+    sqlx::raw_sql(&format!(
+        "PREPARE grouped(text[], int8[], int8[], int8[], int8[], uuid[], text[], int4[], \
+         jsonb[], jsonb[]) AS {}",
+        cqrs_postgres::sql::APPEND_GROUP_QUIET
+    ))
+    .execute(&mut *conn)
+    .await
+    .expect("prepare");
+    let lines: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN EXECUTE grouped('{a,b}', '{3,0}', '{1,1}', '{1,2}', '{1,1}', \
+         '{00000000-0000-7000-8000-000000000001,00000000-0000-7000-8000-000000000002}', \
+         '{t,t}', '{1,1}', '{\"{}\",\"{}\"}', '{\"{}\",\"{}\"}')",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .expect("explain");
+    sqlx::raw_sql("DEALLOCATE grouped; RESET plan_cache_mode")
+        .execute(&mut *conn)
+        .await
+        .expect("clean up");
+    lines.join("\n")
+}
+
+/// The group statement is prepared once per connection and keeps its generic plan: that
+/// plan must look streams up by their key whether the tables were empty or large when it
+/// was made, never scan them.
+#[tokio::test]
+async fn the_group_statement_plans_index_lookups() {
+    let (db, _store) = grouped(2).await;
+    let empty = group_plan(&db).await;
+    sqlx::raw_sql(
+        "INSERT INTO cqrs_streams (stream_id, version, last_tx)
+         SELECT 'bulk-' || g, 1, pg_current_xact_id() FROM generate_series(1, 50000) AS g;
+         ANALYZE cqrs_streams",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("grow the streams table");
+    let large = group_plan(&db).await;
+    for (tables, plan) in [("empty", &empty), ("large", &large)] {
+        assert!(
+            plan.contains("Index Scan using cqrs_streams_pkey on cqrs_streams"),
+            "{tables} tables:\n{plan}"
+        );
+        assert!(!plan.contains("Seq Scan"), "{tables} tables:\n{plan}");
+    }
+}

@@ -8,8 +8,9 @@ use std::sync::{Arc, OnceLock};
 use chrono::{DateTime, Utc};
 use cqrs_core::{AppendResult, ExpectedVersion, GlobalPosition, Metadata, NewEvent, StoreError};
 use serde_json::value::RawValue;
+use sqlx::pool::PoolConnection;
 use sqlx::types::Json;
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Postgres, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::notify::AfterCommit;
@@ -204,26 +205,40 @@ struct Context {
     after_commit: AfterCommit,
 }
 
+/// A connection a batch used, offered to the next one.
+type Spare = Option<PoolConnection<Postgres>>;
+
 /// The writer: forms batches of waiting commands and runs up to `writers` at once. It ends
 /// when every clone of the store is gone and the last batch answered.
+///
+/// A batch's connection goes to the next batch when commands are waiting, so a busy writer
+/// does not pay the pool's check of each connection it hands out (a round trip); an idle
+/// writer holds none.
 async fn dispatch(
     context: Arc<Context>,
     mut queue: mpsc::UnboundedReceiver<Pending>,
     options: GroupCommit,
 ) {
-    let (done, mut finished) = mpsc::unbounded_channel::<Vec<String>>();
+    let (done, mut finished) = mpsc::unbounded_channel::<(Vec<String>, Spare)>();
     let mut waiting: VecDeque<Pending> = VecDeque::new();
     // The streams of the batches in flight: a stream is in one batch at a time, so two of
     // this store's batches never wait for each other's row locks (which could deadlock).
     let mut busy: HashSet<String> = HashSet::new();
+    let mut spare: Vec<PoolConnection<Postgres>> = Vec::new();
     let mut in_flight = 0_usize;
     let mut closed = false;
+    let settle = |(streams, conn): (Vec<String>, Spare),
+                  busy: &mut HashSet<String>,
+                  spare: &mut Vec<PoolConnection<Postgres>>| {
+        for stream in streams {
+            busy.remove(&stream);
+        }
+        spare.extend(conn);
+    };
     loop {
-        while let Ok(streams) = finished.try_recv() {
+        while let Ok(finished_batch) = finished.try_recv() {
             in_flight -= 1;
-            for stream in streams {
-                busy.remove(&stream);
-            }
+            settle(finished_batch, &mut busy, &mut spare);
         }
         while !closed {
             match queue.try_recv() {
@@ -239,21 +254,24 @@ async fn dispatch(
                 let streams = batch.iter().map(|p| p.stream_id.clone()).collect();
                 let guard = Finished {
                     streams: Some(streams),
+                    conn: None,
                     done: done.clone(),
                 };
-                tokio::spawn(run_batch(Arc::clone(&context), batch, guard));
+                tokio::spawn(run_batch(Arc::clone(&context), batch, spare.pop(), guard));
                 continue;
             }
+        }
+        if waiting.is_empty() {
+            // Nothing to hand the connections to: back to the pool.
+            spare.clear();
         }
         if closed && waiting.is_empty() && in_flight == 0 {
             return;
         }
         tokio::select! {
-            Some(streams) = finished.recv() => {
+            Some(finished_batch) = finished.recv() => {
                 in_flight -= 1;
-                for stream in streams {
-                    busy.remove(&stream);
-                }
+                settle(finished_batch, &mut busy, &mut spare);
             }
             pending = queue.recv(), if !closed => match pending {
                 Some(pending) => waiting.push_back(pending),
@@ -287,16 +305,18 @@ fn take_batch(
     batch
 }
 
-/// Tells the writer that a batch finished, also when its task ends early.
+/// Tells the writer that a batch finished (and hands back its connection, when it is fit
+/// for the next batch), also when the batch's task ends early.
 struct Finished {
     streams: Option<Vec<String>>,
-    done: mpsc::UnboundedSender<Vec<String>>,
+    conn: Spare,
+    done: mpsc::UnboundedSender<(Vec<String>, Spare)>,
 }
 
 impl Drop for Finished {
     fn drop(&mut self) {
         if let Some(streams) = self.streams.take() {
-            let _ = self.done.send(streams);
+            let _ = self.done.send((streams, self.conn.take()));
         }
     }
 }
@@ -311,31 +331,50 @@ enum BatchEnd {
     Failed(sqlx::Error),
 }
 
-async fn run_batch(context: Arc<Context>, batch: Vec<Pending>, _finished: Finished) {
-    match execute(&context, &batch).await {
-        BatchEnd::Rows(rows) => answer(&context, batch, rows),
+async fn run_batch(
+    context: Arc<Context>,
+    batch: Vec<Pending>,
+    conn: Spare,
+    mut finished: Finished,
+) {
+    let mut conn = match conn {
+        Some(conn) => conn,
+        None => match context.pool.acquire().await {
+            Ok(conn) => conn,
+            Err(error) => return fail(batch, &error),
+        },
+    };
+    match execute(&context, &mut conn, &batch).await {
+        BatchEnd::Rows(rows) => {
+            finished.conn = Some(conn);
+            answer(&context, batch, rows);
+        }
         BatchEnd::Refused => {
+            finished.conn = Some(conn);
             for pending in batch {
                 let _ = pending.reply.send(Outcome::Alone(pending.events));
             }
         }
-        BatchEnd::Failed(error) => {
-            let transient = transient_reason(&error);
-            let reason = error.to_string();
-            let commands = batch.len();
-            for pending in batch {
-                let failure = PostgresStoreError::GroupCommit {
-                    reason: format!("a batch of {commands} appends failed: {reason}"),
-                    transient,
-                };
-                let _ = pending.reply.send(Outcome::Failed(failure.into()));
-            }
-        }
+        // The connection goes back to the pool, which checks it before its next use.
+        BatchEnd::Failed(error) => fail(batch, &error),
     }
 }
 
-/// Sends the batch's statement (unprepared: see [`sql::APPEND_GROUP`]).
-async fn execute(context: &Context, batch: &[Pending]) -> BatchEnd {
+/// Answers every command of a batch whose outcome is unknown, or that could not start.
+fn fail(batch: Vec<Pending>, error: &sqlx::Error) {
+    let transient = transient_reason(error);
+    let commands = batch.len();
+    for pending in batch {
+        let failure = PostgresStoreError::GroupCommit {
+            reason: format!("a batch of {commands} appends failed: {error}"),
+            transient,
+        };
+        let _ = pending.reply.send(Outcome::Failed(failure.into()));
+    }
+}
+
+/// Sends the batch's statement.
+async fn execute(context: &Context, conn: &mut PgConnection, batch: &[Pending]) -> BatchEnd {
     let streams: Vec<&str> = batch.iter().map(|p| p.stream_id.as_str()).collect();
     let expected: Vec<i64> = batch.iter().map(|p| p.expected).collect();
     let total: usize = batch.iter().map(|p| p.events.len()).sum();
@@ -368,12 +407,7 @@ async fn execute(context: &Context, batch: &[Pending]) -> BatchEnd {
     } else {
         sql::APPEND_GROUP_QUIET
     };
-    let mut conn = match context.pool.acquire().await {
-        Ok(conn) => conn,
-        Err(error) => return BatchEnd::Failed(error),
-    };
     let result = sqlx::query(statement)
-        .persistent(false)
         .bind(&streams)
         .bind(&expected)
         .bind(&sizes)
@@ -384,7 +418,7 @@ async fn execute(context: &Context, batch: &[Pending]) -> BatchEnd {
         .bind(&schema_versions)
         .bind(&payloads)
         .bind(&metadata)
-        .fetch_all(&mut *conn)
+        .fetch_all(conn)
         .await;
     match result {
         Ok(rows) => {
