@@ -67,6 +67,9 @@ pub struct Settings {
     pub wal_commands: u64,
     /// g: client tasks, one row each (`BENCH_GROUP_CLIENTS`, default `1,8,32`).
     pub group_clients: Vec<usize>,
+    /// d, g: batches in flight under group commit (`BENCH_GROUP_WRITERS`, default the
+    /// store's default); 0 keeps the default.
+    pub group_writers: usize,
     /// h: commands per round (`BENCH_MEMORY_COMMANDS`, default 200000).
     pub memory_commands: u64,
 }
@@ -95,7 +98,18 @@ impl Settings {
             page: env_or("BENCH_PAGE", 1000_usize).max(1),
             wal_commands: env_or("BENCH_WAL_COMMANDS", 500_u64).max(1),
             group_clients: env_list("BENCH_GROUP_CLIENTS", &[1, 8, 32]),
+            group_writers: env_or("BENCH_GROUP_WRITERS", 0),
             memory_commands: env_or("BENCH_MEMORY_COMMANDS", 200_000_u64).max(1),
+        }
+    }
+
+    /// The group-commit options of parts d and g.
+    pub fn group_commit(&self) -> cqrs_postgres::GroupCommit {
+        let options = cqrs_postgres::GroupCommit::new();
+        if self.group_writers == 0 {
+            options
+        } else {
+            options.writers(self.group_writers)
         }
     }
 

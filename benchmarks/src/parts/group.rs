@@ -17,12 +17,16 @@ const ALONE: usize = 1;
 
 /// A bus on a store with or without group commit, with `accounts` accounts of its own
 /// (numbered from `first`) opened.
-async fn bus_with_accounts(pool: &PgPool, grouped: bool, first: u64, accounts: u64) -> Bus {
+async fn bus_with_accounts(
+    pool: &PgPool,
+    grouped: Option<GroupCommit>,
+    first: u64,
+    accounts: u64,
+) -> Bus {
     let store = PostgresEventStore::new(pool.clone());
-    let store = if grouped {
-        store.with_group_commit(GroupCommit::new())
-    } else {
-        store
+    let store = match grouped {
+        Some(options) => store.with_group_commit(options),
+        None => store,
     };
     let bus = CommandBus::builder(store).aggregate::<Account>(()).build();
     let openers: Vec<_> = (0..8)
@@ -51,13 +55,16 @@ pub async fn run(settings: &Settings) {
     let db = BenchDb::create(settings.pool).await;
     let accounts = settings.accounts;
     let buses = [
-        bus_with_accounts(&db.pool, true, 0, accounts).await,
-        bus_with_accounts(&db.pool, false, accounts, accounts).await,
+        bus_with_accounts(&db.pool, Some(settings.group_commit()), 0, accounts).await,
+        bus_with_accounts(&db.pool, None, accounts, accounts).await,
     ];
     println!(
         "## g. Group commit: one-event commands on {accounts} accounts through our store, \
-         commands/s (median (min–max) of {} rounds of {} s, pool of {} connections)\n",
-        settings.rounds, settings.seconds, settings.pool
+         commands/s (median (min–max) of {} rounds of {} s, pool of {} connections; {:?})\n",
+        settings.rounds,
+        settings.seconds,
+        settings.pool,
+        settings.group_commit()
     );
     let mut rows = Vec::new();
     for &clients in &settings.group_clients {
