@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use chrono::{DateTime, Utc};
 use cqrs_core::{AppendResult, ExpectedVersion, GlobalPosition, Metadata, NewEvent, StoreError};
@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use sqlx::pool::PoolConnection;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Postgres, Row};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::notify::AfterCommit;
 use super::read::to_u64;
@@ -102,12 +102,13 @@ struct Pending {
     reply: oneshot::Sender<Outcome>,
 }
 
-/// The store's side of group commit: the options, the queue (started with the first grouped
-/// append) and the count of appends under way.
+/// The store's side of group commit: the options, the shared queue (made with the first
+/// grouped append, which fixes the store settings it uses) and the count of appends under
+/// way.
 #[derive(Clone)]
 pub(super) struct GroupWriter {
     options: GroupCommit,
-    queue: Arc<OnceLock<mpsc::UnboundedSender<Pending>>>,
+    shared: Arc<OnceLock<Arc<Shared>>>,
     active: Arc<AtomicUsize>,
 }
 
@@ -124,7 +125,7 @@ impl GroupWriter {
     pub(super) fn new(options: GroupCommit) -> Self {
         GroupWriter {
             options,
-            queue: Arc::new(OnceLock::new()),
+            shared: Arc::new(OnceLock::new()),
             active: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -140,8 +141,9 @@ impl GroupWriter {
         (Active(Arc::clone(&self.active)), before > 0)
     }
 
-    /// Queues the append and waits for its batch. Must run inside a Tokio runtime: the writer
-    /// task starts on the runtime of the first grouped append.
+    /// Queues the append and waits for its batch. Must run inside a Tokio runtime: a batch
+    /// runs in a task of its own, so that a caller that stops waiting (a timeout) leaves the
+    /// other commands of its batch unharmed.
     pub(super) async fn append(
         &self,
         store: &PostgresEventStore,
@@ -149,15 +151,14 @@ impl GroupWriter {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Outcome {
-        let queue = self.queue.get_or_init(|| {
-            let (sender, receiver) = mpsc::unbounded_channel();
-            let context = Context {
+        let shared = self.shared.get_or_init(|| {
+            Arc::new(Shared {
                 pool: store.pool.clone(),
                 notify: store.notify,
                 after_commit: store.after_commit.clone(),
-            };
-            tokio::spawn(dispatch(Arc::new(context), receiver, self.options));
-            sender
+                options: self.options,
+                state: Mutex::new(State::default()),
+            })
         });
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
@@ -170,16 +171,20 @@ impl GroupWriter {
             events,
             reply,
         };
-        if let Err(refused) = queue.send(pending) {
-            // The writer's runtime is gone: nothing was sent for this command.
-            return Outcome::Alone(refused.0.events);
+        let start = {
+            let mut state = shared.lock();
+            state.waiting.push_back(pending);
+            shared.next_batch(&mut state)
+        };
+        if let Some((batch, conn)) = start {
+            tokio::spawn(run_batches(Arc::clone(shared), batch, conn));
         }
         answer.await.unwrap_or_else(|_| {
-            // The writer stopped (its runtime shut down) with this command in a batch.
+            // The batch's task ended without answering: its runtime shut down (or it
+            // panicked) while the statement may have run.
             Outcome::Failed(
                 PostgresStoreError::GroupCommit {
-                    reason: "the group-commit writer stopped before the batch's outcome was known"
-                        .to_owned(),
+                    reason: "the batch's task ended before its outcome was known".to_owned(),
                     transient: Some(cqrs_core::TransientReason::ConnectionLost),
                 }
                 .into(),
@@ -198,85 +203,87 @@ pub(super) fn groupable(events: &[NewEvent]) -> bool {
     events.iter().all(|e| seen.insert(e.event_id))
 }
 
-/// What a batch needs of the store.
-struct Context {
+/// What batches need of the store, and the queue they share.
+struct Shared {
     pool: PgPool,
     notify: NotifyMode,
     after_commit: AfterCommit,
+    options: GroupCommit,
+    state: Mutex<State>,
+}
+
+/// The commands waiting for a batch and the batches under way.
+#[derive(Default)]
+struct State {
+    waiting: VecDeque<Pending>,
+    /// The streams of the batches under way: a stream is in one batch at a time, so two of
+    /// this store's batches never wait for each other's row locks (which could deadlock).
+    busy: HashSet<String>,
+    in_flight: usize,
+    /// Connections of finished batches, for the next batch while commands are waiting: a
+    /// busy store does not pay the pool's check of each connection it hands out (a round
+    /// trip); an idle one holds none.
+    spare: Vec<PoolConnection<Postgres>>,
 }
 
 /// A connection a batch used, offered to the next one.
 type Spare = Option<PoolConnection<Postgres>>;
 
-/// The writer: forms batches of waiting commands and runs up to `writers` at once. It ends
-/// when every clone of the store is gone and the last batch answered.
-///
-/// A batch's connection goes to the next batch when commands are waiting, so a busy writer
-/// does not pay the pool's check of each connection it hands out (a round trip); an idle
-/// writer holds none.
-async fn dispatch(
-    context: Arc<Context>,
-    mut queue: mpsc::UnboundedReceiver<Pending>,
-    options: GroupCommit,
-) {
-    let (done, mut finished) = mpsc::unbounded_channel::<(Vec<String>, Spare)>();
-    let mut waiting: VecDeque<Pending> = VecDeque::new();
-    // The streams of the batches in flight: a stream is in one batch at a time, so two of
-    // this store's batches never wait for each other's row locks (which could deadlock).
-    let mut busy: HashSet<String> = HashSet::new();
-    let mut spare: Vec<PoolConnection<Postgres>> = Vec::new();
-    let mut in_flight = 0_usize;
-    let mut closed = false;
-    let settle = |(streams, conn): (Vec<String>, Spare),
-                  busy: &mut HashSet<String>,
-                  spare: &mut Vec<PoolConnection<Postgres>>| {
-        for stream in streams {
-            busy.remove(&stream);
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state stays consistent across a panic: every change is one assignment.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The next batch and a connection for it, when a writer is free and commands wait.
+    fn next_batch(&self, state: &mut State) -> Option<(Vec<Pending>, Spare)> {
+        if state.in_flight >= self.options.writers {
+            return None;
         }
-        spare.extend(conn);
-    };
-    loop {
-        while let Ok(finished_batch) = finished.try_recv() {
-            in_flight -= 1;
-            settle(finished_batch, &mut busy, &mut spare);
+        let batch = take_batch(state, self.options.max_batch);
+        if batch.is_empty() {
+            return None;
         }
-        while !closed {
-            match queue.try_recv() {
-                Ok(pending) => waiting.push_back(pending),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => closed = true,
-            }
-        }
-        if in_flight < options.writers {
-            let batch = take_batch(&mut waiting, &mut busy, options.max_batch);
-            if !batch.is_empty() {
-                in_flight += 1;
-                let streams = batch.iter().map(|p| p.stream_id.clone()).collect();
-                let guard = Finished {
-                    streams: Some(streams),
-                    conn: None,
-                    done: done.clone(),
-                };
-                tokio::spawn(run_batch(Arc::clone(&context), batch, spare.pop(), guard));
-                continue;
-            }
-        }
-        if waiting.is_empty() {
+        state.in_flight += 1;
+        Some((batch, state.spare.pop()))
+    }
+}
+
+/// Runs a batch, then, in the same task, the batches that formed meanwhile, until none is
+/// waiting.
+async fn run_batches(shared: Arc<Shared>, batch: Vec<Pending>, conn: Spare) {
+    let mut next = Some((batch, conn));
+    while let Some((batch, conn)) = next {
+        let release = Release {
+            shared: &shared,
+            streams: batch.iter().map(|p| p.stream_id.clone()).collect(),
+        };
+        let conn = run_batch(&shared, batch, conn).await;
+        drop(release);
+        let mut state = shared.lock();
+        state.spare.extend(conn);
+        next = shared.next_batch(&mut state);
+        if state.waiting.is_empty() {
             // Nothing to hand the connections to: back to the pool.
-            spare.clear();
+            state.spare.clear();
         }
-        if closed && waiting.is_empty() && in_flight == 0 {
-            return;
-        }
-        tokio::select! {
-            Some(finished_batch) = finished.recv() => {
-                in_flight -= 1;
-                settle(finished_batch, &mut busy, &mut spare);
-            }
-            pending = queue.recv(), if !closed => match pending {
-                Some(pending) => waiting.push_back(pending),
-                None => closed = true,
-            },
+    }
+}
+
+/// Frees a batch's streams and writer when the batch ends, also when its task ends early.
+struct Release<'a> {
+    shared: &'a Shared,
+    streams: Vec<String>,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.in_flight -= 1;
+        for stream in &self.streams {
+            state.busy.remove(stream);
         }
     }
 }
@@ -285,40 +292,20 @@ async fn dispatch(
 /// flight nor already taken; the others keep their place for a later batch. The batch is
 /// sorted by stream, so that concurrent batches (of other processes) lock stream rows in
 /// one order where the plan follows it.
-fn take_batch(
-    waiting: &mut VecDeque<Pending>,
-    busy: &mut HashSet<String>,
-    max: usize,
-) -> Vec<Pending> {
+fn take_batch(state: &mut State, max: usize) -> Vec<Pending> {
     let mut batch = Vec::new();
     let mut kept = VecDeque::new();
-    while let Some(pending) = waiting.pop_front() {
-        if batch.len() < max && !busy.contains(&pending.stream_id) {
-            busy.insert(pending.stream_id.clone());
+    while let Some(pending) = state.waiting.pop_front() {
+        if batch.len() < max && !state.busy.contains(&pending.stream_id) {
+            state.busy.insert(pending.stream_id.clone());
             batch.push(pending);
         } else {
             kept.push_back(pending);
         }
     }
-    *waiting = kept;
+    state.waiting = kept;
     batch.sort_by(|a, b| a.stream_id.cmp(&b.stream_id));
     batch
-}
-
-/// Tells the writer that a batch finished (and hands back its connection, when it is fit
-/// for the next batch), also when the batch's task ends early.
-struct Finished {
-    streams: Option<Vec<String>>,
-    conn: Spare,
-    done: mpsc::UnboundedSender<(Vec<String>, Spare)>,
-}
-
-impl Drop for Finished {
-    fn drop(&mut self) {
-        if let Some(streams) = self.streams.take() {
-            let _ = self.done.send((streams, self.conn.take()));
-        }
-    }
 }
 
 /// How the batch's statement ended.
@@ -331,32 +318,35 @@ enum BatchEnd {
     Failed(sqlx::Error),
 }
 
-async fn run_batch(
-    context: Arc<Context>,
-    batch: Vec<Pending>,
-    conn: Spare,
-    mut finished: Finished,
-) {
+/// Runs one batch and answers its commands; returns the connection when it is fit for the
+/// next batch.
+async fn run_batch(shared: &Shared, batch: Vec<Pending>, conn: Spare) -> Spare {
     let mut conn = match conn {
         Some(conn) => conn,
-        None => match context.pool.acquire().await {
+        None => match shared.pool.acquire().await {
             Ok(conn) => conn,
-            Err(error) => return fail(batch, &error),
+            Err(error) => {
+                fail(batch, &error);
+                return None;
+            }
         },
     };
-    match execute(&context, &mut conn, &batch).await {
+    match execute(shared, &mut conn, &batch).await {
         BatchEnd::Rows(rows) => {
-            finished.conn = Some(conn);
-            answer(&context, batch, rows);
+            answer(shared, batch, rows);
+            Some(conn)
         }
         BatchEnd::Refused => {
-            finished.conn = Some(conn);
             for pending in batch {
                 let _ = pending.reply.send(Outcome::Alone(pending.events));
             }
+            Some(conn)
         }
         // The connection goes back to the pool, which checks it before its next use.
-        BatchEnd::Failed(error) => fail(batch, &error),
+        BatchEnd::Failed(error) => {
+            fail(batch, &error);
+            None
+        }
     }
 }
 
@@ -374,7 +364,7 @@ fn fail(batch: Vec<Pending>, error: &sqlx::Error) {
 }
 
 /// Sends the batch's statement.
-async fn execute(context: &Context, conn: &mut PgConnection, batch: &[Pending]) -> BatchEnd {
+async fn execute(shared: &Shared, conn: &mut PgConnection, batch: &[Pending]) -> BatchEnd {
     let streams: Vec<&str> = batch.iter().map(|p| p.stream_id.as_str()).collect();
     let expected: Vec<i64> = batch.iter().map(|p| p.expected).collect();
     let total: usize = batch.iter().map(|p| p.events.len()).sum();
@@ -402,7 +392,7 @@ async fn execute(context: &Context, conn: &mut PgConnection, batch: &[Pending]) 
             metadata.push(Json(&event.metadata));
         }
     }
-    let statement = if context.notify == NotifyMode::InTransaction {
+    let statement = if shared.notify == NotifyMode::InTransaction {
         sql::APPEND_GROUP
     } else {
         sql::APPEND_GROUP_QUIET
@@ -478,7 +468,7 @@ fn refused(error: &sqlx::Error) -> bool {
 
 /// Gives each command its events' positions, or sends it to append on its own.
 fn answer(
-    context: &Context,
+    shared: &Shared,
     batch: Vec<Pending>,
     rows: Vec<(String, u64, GlobalPosition, DateTime<Utc>)>,
 ) {
@@ -492,9 +482,9 @@ fn answer(
             .push((version, position, recorded_at));
     }
     if let Some(last) = last
-        && context.notify == NotifyMode::AfterCommit
+        && shared.notify == NotifyMode::AfterCommit
     {
-        context.after_commit.committed(last);
+        shared.after_commit.committed(last);
     }
     for pending in batch {
         let outcome = match by_stream.remove(&pending.stream_id) {
