@@ -78,8 +78,8 @@ impl PostgresEventStore {
     ) -> Result<AppendResult, StoreError> {
         validate_stream_id(stream_id)?;
         let mut events = events;
-        // Under group commit, an append that finds another one of this store under way joins
-        // a batch; one that finds none runs alone at once (see `group::GroupCommit`).
+        // Under group commit, an append that finds enough others of this store under way
+        // joins a batch; otherwise it runs alone at once (see `group::GroupCommit`).
         let _active = match &self.group {
             Some(group) if self.inline.is_empty() && group::groupable(&events) => {
                 let (active, contended) = group.enter();

@@ -34,8 +34,9 @@ use crate::sql;
 ///
 /// What is grouped: [`EventStore::append`](cqrs_core::EventStore::append) (and
 /// `append_with_keys` without key changes) of a non-empty batch without repeated ids, on a
-/// store without inline projections. An append that finds no other append of the store under
-/// way runs on its own at once, as without group commit, so a single client pays nothing.
+/// store without inline projections, while at least [`GroupCommit::min_concurrency`] appends
+/// of the store are under way. With fewer, an append runs on its own at once, as without
+/// group commit, so a single client pays nothing.
 /// Appends with unique keys or idempotency keys, `append_in`, and every append of a store with
 /// inline projections run on their own as always.
 ///
@@ -49,22 +50,38 @@ use crate::sql;
 pub struct GroupCommit {
     max_batch: usize,
     writers: usize,
+    min_concurrency: usize,
 }
 
 impl Default for GroupCommit {
-    /// Batches of up to 128 commands, 2 batches in flight.
+    /// Batches of up to 128 commands, 4 batches in flight, grouping from 16 concurrent
+    /// appends.
     fn default() -> Self {
         GroupCommit {
             max_batch: 128,
-            writers: 2,
+            writers: 4,
+            min_concurrency: 16,
         }
     }
 }
 
 impl GroupCommit {
-    /// The default options: batches of up to 128 commands, 2 batches in flight.
+    /// The default options: batches of up to 128 commands, 4 batches in flight, grouping
+    /// from 16 concurrent appends.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An append joins a batch when at least `appends` appends of this store (itself
+    /// included) are under way; with fewer it runs alone, one statement of its own, as
+    /// without group commit. 1 groups every append. The default, 16, comes from
+    /// `BENCHMARKS.md` (part g): at 8 concurrent one-event commands, batches were slower than
+    /// PostgreSQL's own sharing of disk flushes between concurrent commits, at 32 much
+    /// faster; where the crossover lies depends on the disk and the cores.
+    #[must_use]
+    pub fn min_concurrency(mut self, appends: usize) -> Self {
+        self.min_concurrency = appends.max(1);
+        self
     }
 
     /// At most `commands` commands per batch (at least 1).
@@ -134,11 +151,12 @@ impl GroupWriter {
         self.options
     }
 
-    /// Counts an append as under way; the flag says whether another one already was, so
-    /// that this one should join a batch rather than run alone.
+    /// Counts an append as under way; the flag says whether enough are (this one
+    /// included) that it should join a batch rather than run alone.
     pub(super) fn enter(&self) -> (Active, bool) {
         let before = self.active.fetch_add(1, Ordering::AcqRel);
-        (Active(Arc::clone(&self.active)), before > 0)
+        let grouped = before + 1 >= self.options.min_concurrency;
+        (Active(Arc::clone(&self.active)), grouped)
     }
 
     /// Queues the append and waits for its batch. Must run inside a Tokio runtime: a batch
