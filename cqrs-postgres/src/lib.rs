@@ -358,8 +358,9 @@
 //!   [`GroupCommit::min_concurrency`] appends of the store are under way (default 16);
 //!   otherwise it runs alone at once, exactly as without group commit. Measured
 //!   (`BENCHMARKS.md`, part g), batches lost to one transaction per command at 8 concurrent
-//!   commands (0.6–0.8x: PostgreSQL already shares flushes among 8 concurrent commits, and a
-//!   batch of two pays for a larger statement and a task hop) and won at 32 (1.9–2.6x).
+//!   commands when every contended append was grouped (0.57–0.85x: PostgreSQL already shares
+//!   flushes among 8 concurrent commits, and a batch of two pays for a larger statement and a
+//!   task hop) and won at 32 (2.2–2.6x with 4 batches in flight, 1.5–1.9x with 2).
 //! - **The price.** A lost connection during a batch leaves all its commands in doubt, where
 //!   without grouping only one would be. Appending the same events again settles it (a
 //!   committed command reports `DuplicateEventId`); a command executed with an idempotency

@@ -382,3 +382,99 @@ async fn the_group_statement_plans_index_lookups() {
         assert!(!plan.contains("Seq Scan"), "{tables} tables:\n{plan}");
     }
 }
+
+/// A batch whose connection is ended by the server leaves its commands in doubt: each gets
+/// a retryable `ConnectionLost`, never a conflict or a success it cannot know; the commands
+/// waiting behind it form the next batch and commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_loses_its_connection_reports_each_command_in_doubt() {
+    let db = TestDb::create(8).await;
+    PostgresEventStore::migrate(&db.pool)
+        .await
+        .expect("migrate");
+    let store = PostgresEventStore::new(db.pool.clone())
+        .with_group_commit(GroupCommit::new().min_concurrency(1).writers(1));
+    for stream in ["held", "next-0", "next-1", "next-2"] {
+        store
+            .append(stream, ExpectedVersion::NoStream, vec![event(1)])
+            .await
+            .expect("seed");
+    }
+    // Another transaction holds the row of `held`, so the batch appending to it waits.
+    let mut holder = db.pool.begin().await.expect("begin");
+    sqlx::query("UPDATE cqrs_streams SET version = version WHERE stream_id = 'held'")
+        .execute(&mut *holder)
+        .await
+        .expect("lock the row");
+    let blocked = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .append("held", ExpectedVersion::Exact(1), vec![event(2)])
+                .await
+        })
+    };
+    let backend: i32 = loop {
+        let waiting: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'
+                AND query LIKE 'WITH command AS%'",
+        )
+        .fetch_optional(&db.pool)
+        .await
+        .expect("activity");
+        if let Some(pid) = waiting {
+            break pid;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    // The only writer is busy: these wait and form the next batch.
+    let behind: Vec<_> = (0..3)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append(
+                        &format!("next-{i}"),
+                        ExpectedVersion::Exact(1),
+                        vec![event(2)],
+                    )
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(backend)
+        .execute(&db.pool)
+        .await
+        .expect("end the batch's session");
+    let result = blocked.await.expect("task");
+    match &result {
+        Err(error @ StoreError::Transient { reason, .. }) => {
+            assert_eq!(
+                *reason,
+                cqrs_core::TransientReason::ConnectionLost,
+                "{error}"
+            );
+            assert!(error.is_retryable());
+        }
+        other => panic!("expected an append in doubt, got {other:?}"),
+    }
+    for (i, waiting) in behind.into_iter().enumerate() {
+        let result = waiting
+            .await
+            .expect("task")
+            .expect("the next batch commits");
+        assert_eq!(result.stream_version, 2, "next-{i}");
+    }
+    holder.rollback().await.expect("rollback");
+    // Here the session ended before the commit: nothing was written, and the same append
+    // tried again commits.
+    assert_eq!(store.stream_version("held").await.expect("version"), 1);
+    let again = store
+        .append("held", ExpectedVersion::Exact(1), vec![event(2)])
+        .await
+        .expect("the retry commits");
+    assert_eq!(again.stream_version, 2);
+}
