@@ -125,6 +125,11 @@ impl PostgresEventStore {
     #[must_use]
     pub fn with_notify(mut self, mode: NotifyMode) -> Self {
         self.notify = mode;
+        // Batches take the mode from the store that starts them: a store with another mode
+        // gets batches of its own.
+        if let Some(group) = &self.group {
+            self.group = Some(group::GroupWriter::new(group.options()));
+        }
         self
     }
 
