@@ -15,6 +15,7 @@
 //! | `d` | batches appended by many clients on distinct streams: `EventStore::append`, one multi-row INSERT |
 //! | `e` | catching up with the log: `read_all_from`, a plain keyset scan |
 //! | `f` | WAL bytes per event: ours, the hand-written one-INSERT loop |
+//! | `g` | one-event commands on many accounts through our store: group commit, one transaction per command |
 //! | `h` | in memory: `CommandBus::execute` against the same work called directly; `Uuid::now_v7()` |
 //!
 //! Each Postgres part creates a database of its own on `DATABASE_URL` (default
@@ -38,7 +39,7 @@ use measure::{env_list, env_or};
 /// Sizes and choices of one run, from environment variables.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    /// The parts to run, as letters (`BENCH_PARTS`, default `a,b,c,d,e,f,h`).
+    /// The parts to run, as letters (`BENCH_PARTS`, default `a,b,c,d,e,f,g,h`).
     pub parts: Vec<char>,
     /// Rounds per variant (`BENCH_ROUNDS`, default 3).
     pub rounds: usize,
@@ -64,6 +65,11 @@ pub struct Settings {
     pub page: usize,
     /// f: commands per round (`BENCH_WAL_COMMANDS`, default 500).
     pub wal_commands: u64,
+    /// g: client tasks, one row each (`BENCH_GROUP_CLIENTS`, default `1,8,32`).
+    pub group_clients: Vec<usize>,
+    /// d, g: batches in flight under group commit (`BENCH_GROUP_WRITERS`, default the
+    /// store's default); 0 keeps the default.
+    pub group_writers: usize,
     /// h: commands per round (`BENCH_MEMORY_COMMANDS`, default 200000).
     pub memory_commands: u64,
 }
@@ -72,7 +78,7 @@ impl Settings {
     /// Reads the settings from the environment, with the defaults above (a whole run takes
     /// about five minutes on two cores).
     pub fn from_env() -> Settings {
-        let parts: String = env_or("BENCH_PARTS", "a,b,c,d,e,f,h".to_owned());
+        let parts: String = env_or("BENCH_PARTS", "a,b,c,d,e,f,g,h".to_owned());
         Settings {
             parts: parts
                 .split(',')
@@ -91,7 +97,19 @@ impl Settings {
             catch_up_events: env_or("BENCH_CATCH_UP_EVENTS", 100_000),
             page: env_or("BENCH_PAGE", 1000_usize).max(1),
             wal_commands: env_or("BENCH_WAL_COMMANDS", 500_u64).max(1),
+            group_clients: env_list("BENCH_GROUP_CLIENTS", &[1, 8, 32]),
+            group_writers: env_or("BENCH_GROUP_WRITERS", 0),
             memory_commands: env_or("BENCH_MEMORY_COMMANDS", 200_000_u64).max(1),
+        }
+    }
+
+    /// The group-commit options of parts d and g.
+    pub fn group_commit(&self) -> cqrs_postgres::GroupCommit {
+        let options = cqrs_postgres::GroupCommit::new();
+        if self.group_writers == 0 {
+            options
+        } else {
+            options.writers(self.group_writers)
         }
     }
 
@@ -101,7 +119,7 @@ impl Settings {
 }
 
 /// The parts this benchmark has, by letter.
-pub const KNOWN_PARTS: &str = "abcdefh";
+pub const KNOWN_PARTS: &str = "abcdefgh";
 
 /// The machine's 1-minute load average, when the OS tells it: other work skews the numbers.
 fn load_average() -> String {
@@ -154,7 +172,7 @@ pub fn main(probes: Option<Probes>) {
         if !unknown.is_empty() {
             eprintln!("BENCH_PARTS: no such part: {unknown} (known: {KNOWN_PARTS})");
         }
-        let needs_server = settings.parts.iter().any(|p| "abcdef".contains(*p));
+        let needs_server = settings.parts.iter().any(|p| "abcdefg".contains(*p));
         let server = if needs_server {
             server().await
         } else {
@@ -184,6 +202,9 @@ pub fn main(probes: Option<Probes>) {
         }
         if settings.runs('f') {
             parts::wal::run(&settings).await;
+        }
+        if settings.runs('g') {
+            parts::group::run(&settings).await;
         }
         if settings.runs('h') {
             parts::memory::run(&settings, probes).await;

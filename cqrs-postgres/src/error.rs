@@ -83,6 +83,16 @@ pub enum PostgresStoreError {
         /// The stream's version outside the snapshot, read when the check failed.
         current: u64,
     },
+    /// A group-commit batch ([`GroupCommit`](crate::GroupCommit)) that held this append
+    /// failed as a whole: its connection broke (the outcome is unknown, as `transient` says),
+    /// or it could not start.
+    #[error("group commit: {reason}")]
+    GroupCommit {
+        /// What happened to the batch.
+        reason: String,
+        /// Whether, and why, trying again may help.
+        transient: Option<TransientReason>,
+    },
 }
 
 impl PostgresStoreError {
@@ -100,12 +110,13 @@ impl PostgresStoreError {
         match self {
             PostgresStoreError::Database(error) => transient_reason(error),
             PostgresStoreError::StaleSnapshot { .. } => Some(TransientReason::SerializationFailure),
+            PostgresStoreError::GroupCommit { transient, .. } => *transient,
             _ => None,
         }
     }
 }
 
-fn transient_reason(error: &sqlx::Error) -> Option<TransientReason> {
+pub(crate) fn transient_reason(error: &sqlx::Error) -> Option<TransientReason> {
     match error {
         sqlx::Error::Database(db) => match db.code().as_deref()? {
             "40001" => Some(TransientReason::SerializationFailure),

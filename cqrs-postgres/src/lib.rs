@@ -317,6 +317,9 @@
 //! - [`NotifyMode::AfterCommit`], the default, lets concurrent appends share disk flushes;
 //!   [`NotifyMode::InTransaction`] wakes listeners exactly at commit but serializes the
 //!   commits of every notifying transaction in the cluster.
+//! - [`PostgresEventStore::with_group_commit`] lets many concurrent appends share one
+//!   statement and one commit (see the next section); it pays off from a few dozen
+//!   concurrent appends.
 //!
 //! # Group commit: a design note
 //!
@@ -326,18 +329,54 @@
 //! notification moved out of the transaction: a notifying commit holds a cluster-wide lock
 //! through its flush, so notifying commits could not share flushes.
 //!
-//! The step beyond is to make concurrent commands on different streams share a
-//! *transaction*: a writer task takes every append waiting in a queue, runs them in one
-//! transaction, each inside a savepoint so that a conflict or a duplicate id rolls back
-//! that command alone and reports to it alone, commits once, and answers each waiter. It
-//! saves per-command transaction start and commit work and one flush per batch. It is not
-//! built: its costs are a queueing delay for the first command of a batch (a single client
-//! gets slower), a savepoint per command (which PostgreSQL makes cheap but not free), one
-//! slow or failing command delaying the batch, and an append whose success is only known
-//! after the shared commit, so a lost connection leaves every command of the batch in
-//! doubt. Shared flushes are what the default gives today (`BENCHMARKS.md` has the
-//! resulting figures at 1, 8 and 32 clients); a batching writer would be an opt-in store
-//! option when it is built, and its worth is to be measured against them.
+//! [`GroupCommit`] goes one step further, as an opt-in
+//! ([`PostgresEventStore::with_group_commit`]): concurrent commands on different streams share
+//! one *statement*, so one transaction, one commit record and one flush.
+//!
+//! - **One statement, not savepoints.** A batch is [`sql::APPEND_GROUP`]: the commands'
+//!   streams, expected versions and sizes as arrays, and their events as arrays tagged with
+//!   their command. Each command is claimed as its single append claims it (the version
+//!   check, the per-stream order, the stream's advisory gate, in `UPDATE ... FROM` and
+//!   `INSERT ... ON CONFLICT` over the commands), and only claimed commands' events are
+//!   inserted. A savepoint per command would cost two round trips per command (`SAVEPOINT`,
+//!   `RELEASE`) on top of the append, most of what grouping saves.
+//! - **Each command its own result and its own conflict.** A command whose claim fails is
+//!   appended again on its own, which reports its conflict (or takes the in-order retry of
+//!   the per-stream rule); when the statement fails as a whole (an event id already stored,
+//!   a deadlock), nothing is written and every command of the batch is appended on its own.
+//!   A conflict therefore costs one statement more than without grouping; a command that
+//!   claims is done in one shared round trip. Nothing is decided after a commit, and a
+//!   batch's events share one transaction id, so the global `(tx, position)` order and the
+//!   read horizon hold unchanged.
+//! - **No two commands of one stream in flight.** A batch holds one command per stream, and
+//!   a stream in a batch under way waits for the next one: the statement numbers versions
+//!   per stream from one claim, and two batches of this store never wait for each other's
+//!   row locks (which could deadlock). Batches are sorted by stream, so batches of two
+//!   processes lock rows in one order where the plan follows it; a deadlock they still meet
+//!   fails the statement, and its commands are appended on their own.
+//! - **Who writes.** No background writer sits idle: the append that finds a writer slot free
+//!   (at most [`GroupCommit::writers`] batches in flight) spawns the batch's task, and that
+//!   task runs the batches that formed meanwhile, handing its connection from batch to batch
+//!   (no pool check per batch). A task, not the caller, runs the batch, so a caller that
+//!   stops waiting (a timeout) harms no other command of its batch.
+//! - **Only under load.** An append joins a batch only while at least
+//!   [`GroupCommit::min_concurrency`] appends of the store are under way (default 16);
+//!   otherwise it runs alone at once, exactly as without group commit. Measured
+//!   (`BENCHMARKS.md`, part g), batches lost to one transaction per command at 8 concurrent
+//!   commands when every contended append was grouped (0.57–0.85x: PostgreSQL already shares
+//!   flushes among 8 concurrent commits, and a batch of two pays for a larger statement and a
+//!   task hop) and won at 32 (2.2–2.6x with 4 batches in flight, 1.5–1.9x with 2).
+//! - **The price.** A lost connection during a batch leaves all its commands in doubt, where
+//!   without grouping only one would be. Appending the same events again settles it (a
+//!   committed command reports `DuplicateEventId`); a command executed with an idempotency
+//!   key can be asked with `CommandBus::outcome_of`. Appends with idempotency keys, with
+//!   unique keys, with inline projections, and `append_in` are not grouped: they need a
+//!   transaction block of their own (or the caller's).
+//!
+//! **Why it is not the default.** It was not measured better at every client count (at 8 it
+//! was slower until the threshold kept such loads out of batches), its benefit depends on the
+//! disk's flush time, and it widens what a lost connection leaves in doubt from one command
+//! to a batch: a user should choose that.
 
 mod error;
 mod migrate;
@@ -348,4 +387,6 @@ pub mod subscription;
 
 pub use error::{MigrateError, PostgresStoreError};
 pub use migrate::MIGRATIONS;
-pub use store::{InlineProjection, MAX_STREAM_ID_BYTES, NotifyMode, PostgresEventStore};
+pub use store::{
+    GroupCommit, InlineProjection, MAX_STREAM_ID_BYTES, NotifyMode, PostgresEventStore,
+};

@@ -261,6 +261,96 @@ pub const APPEND_NEW_QUIET: &str = concat!(claim_new!(), append_tail!("", ""));
 /// [`APPEND_ANY`] without the notification.
 pub const APPEND_ANY_QUIET: &str = concat!(claim_any!(), append_tail!("", ""));
 
+/// The group commit's statement; see [`APPEND_GROUP`].
+macro_rules! append_group {
+    ($notify:expr, $select:expr) => {
+        concat!(
+            "WITH command AS (
+    SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[])
+                  WITH ORDINALITY AS command(stream_id, expected, size, ord)
+),
+exact AS (
+    UPDATE cqrs_streams
+       SET version = cqrs_streams.version + command.size, last_tx = pg_current_xact_id()
+      FROM command
+     WHERE command.expected > 0
+       AND cqrs_streams.stream_id = command.stream_id
+       AND cqrs_streams.version = command.expected
+       AND cqrs_streams.last_tx <= pg_current_xact_id()
+       AND pg_try_advisory_xact_lock_shared(1668379251, hashtext(command.stream_id) & 255)
+    RETURNING cqrs_streams.stream_id, cqrs_streams.version
+),
+created AS (
+    INSERT INTO cqrs_streams (stream_id, version, last_tx)
+    SELECT command.stream_id, command.size, pg_current_xact_id()
+      FROM command
+     WHERE command.expected = 0
+       AND pg_try_advisory_xact_lock_shared(1668379251, hashtext(command.stream_id) & 255)
+    ON CONFLICT (stream_id) DO NOTHING
+    RETURNING stream_id, version
+),
+any_version AS (
+    INSERT INTO cqrs_streams (stream_id, version, last_tx)
+    SELECT command.stream_id, command.size, pg_current_xact_id()
+      FROM command
+     WHERE command.expected < 0
+       AND pg_try_advisory_xact_lock_shared(1668379251, hashtext(command.stream_id) & 255)
+    ON CONFLICT (stream_id) DO UPDATE
+       SET version = cqrs_streams.version + excluded.version, last_tx = excluded.last_tx
+     WHERE cqrs_streams.last_tx <= excluded.last_tx
+    RETURNING stream_id, version
+),
+claimed AS (
+    SELECT command.ord, command.stream_id, stream.version - command.size AS base
+      FROM (SELECT * FROM exact UNION ALL SELECT * FROM created UNION ALL SELECT * FROM any_version)
+               AS stream
+      JOIN command USING (stream_id)
+),
+inserted AS (
+    INSERT INTO cqrs_events
+           (stream_id, stream_version, event_id, event_type, schema_version, payload, metadata)
+    SELECT claimed.stream_id, claimed.base + batch.k, batch.event_id, batch.event_type,
+           batch.schema_version, batch.payload, batch.metadata
+      FROM unnest($4::int8[], $5::int8[], $6::uuid[], $7::text[], $8::int4[], $9::jsonb[],
+                  $10::jsonb[])
+               WITH ORDINALITY
+               AS batch(command, k, event_id, event_type, schema_version, payload, metadata, ord)
+      JOIN claimed ON claimed.ord = batch.command
+     ORDER BY batch.ord
+    RETURNING position, stream_id, stream_version, recorded_at
+)",
+            $notify,
+            "
+SELECT inserted.position, inserted.stream_id, inserted.stream_version, inserted.recorded_at
+  FROM inserted",
+            $select
+        )
+    };
+}
+
+/// The group commit's statement: the appends of many commands, each on a stream of its own,
+/// claimed and inserted by one statement, so one transaction and one commit record.
+///
+/// `$1` the streams (distinct), `$2` each command's expected version (`> 0` exact, `0` no
+/// stream, `-1` any), `$3` each command's number of events; then one element per event:
+/// `$4` the 1-based index of its command, `$5` its 1-based place in its command's batch, and
+/// `$6..$10` its columns, as in the single append. Each command is claimed as its single
+/// append claims its stream (the version check, the per-stream order, the stream's advisory
+/// gate); a command that claims nothing inserts nothing and the statement goes on with the
+/// others. The rows returned are the inserted events; a command without rows claimed
+/// nothing. An error (an event id already stored, a deadlock) fails the whole statement, and
+/// nothing is written.
+///
+/// The plan: the commands (a materialized CTE, estimated at one row per claim) drive index
+/// lookups of `cqrs_streams_pkey`, whatever the tables' sizes, so the prepared statement's
+/// generic plan is the same on an empty store as on a large one (the test
+/// `the_group_statement_plans_index_lookups` asserts it).
+///
+/// This one notifies listeners, as [`APPEND_EXACT`] does.
+pub const APPEND_GROUP: &str = append_group!(notify!(), ", notified");
+/// [`APPEND_GROUP`] without the notification.
+pub const APPEND_GROUP_QUIET: &str = append_group!("", "");
+
 /// Takes the advisory lock of stream `$1` exclusively, as the first statement of a
 /// transaction that appends to the stream next: it waits for every transaction that passed
 /// the stream's gate (see the append statements) to end, and while it waits or holds the

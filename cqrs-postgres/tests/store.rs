@@ -1292,6 +1292,8 @@ fn appends_read_nothing_from_the_events_table() {
         ("APPEND_EXACT_QUIET", store_sql::APPEND_EXACT_QUIET),
         ("APPEND_NEW_QUIET", store_sql::APPEND_NEW_QUIET),
         ("APPEND_ANY_QUIET", store_sql::APPEND_ANY_QUIET),
+        ("APPEND_GROUP", store_sql::APPEND_GROUP),
+        ("APPEND_GROUP_QUIET", store_sql::APPEND_GROUP_QUIET),
     ] {
         assert!(
             !statement.contains("FROM cqrs_events"),

@@ -19,6 +19,8 @@ use crate::measure::{Summary, cell, ratio, table, throughput, turns};
 
 const OURS: usize = 0;
 const HAND: usize = 1;
+const GROUPED: usize = 2;
+const VARIANTS: usize = 3;
 
 /// A table with the columns, defaults, constraints and indexes of `cqrs_events`: the unique
 /// `(stream_id, stream_version)` and `event_id` keys, the `(tx, position)` index, and an
@@ -93,20 +95,25 @@ pub async fn run(settings: &Settings) {
     db.execute_all(&[COPY_TABLE]).await;
     let pool = db.pool.clone();
     let store = PostgresEventStore::new(pool.clone());
+    let grouped = PostgresEventStore::new(pool.clone()).with_group_commit(settings.group_commit());
     let clients = settings.append_clients;
     let batch = settings.batch;
     let sql: Arc<str> = multi_row_insert(usize::try_from(batch).expect("batch")).into();
     // Each client appends to its own stream, one per variant, continued across rounds.
-    let versions: Arc<Vec<[AtomicU64; 2]>> = Arc::new(
+    let versions: Arc<Vec<[AtomicU64; VARIANTS]>> = Arc::new(
         (0..clients)
-            .map(|_| [0.into(), 0.into()])
+            .map(|_| [0.into(), 0.into(), 0.into()])
             .collect::<Vec<_>>(),
     );
-    let mut rates = vec![Vec::new(); 2];
+    let mut rates = vec![Vec::new(); VARIANTS];
     for round in 0..settings.rounds {
-        for variant in turns(round, 2) {
+        for variant in turns(round, VARIANTS) {
             let appends = throughput(clients, settings.seconds, |client, deadline| {
-                let store = store.clone();
+                let store = if variant == GROUPED {
+                    grouped.clone()
+                } else {
+                    store.clone()
+                };
                 let pool = pool.clone();
                 let sql = Arc::clone(&sql);
                 let versions = Arc::clone(&versions);
@@ -116,10 +123,10 @@ pub async fn run(settings: &Settings) {
                     let mut version = cell.load(Ordering::Relaxed);
                     let mut done = 0;
                     while Instant::now() < deadline {
-                        version = if variant == OURS {
-                            ours(&store, &stream, version, batch).await
-                        } else {
+                        version = if variant == HAND {
                             hand_written(&pool, &sql, &stream, version, batch).await
+                        } else {
+                            ours(&store, &stream, version, batch).await
                         };
                         done += 1;
                     }
@@ -155,6 +162,13 @@ pub async fn run(settings: &Settings) {
                 ),
                 cell(s[HAND], 0),
                 ratio(s[OURS], s[HAND]),
+            ],
+            vec![
+                "ours with group commit: `EventStore::append` on \
+                 `PostgresEventStore::with_group_commit` (ratio: group commit / hand-written)"
+                    .to_owned(),
+                cell(s[GROUPED], 0),
+                ratio(s[GROUPED], s[HAND]),
             ],
         ],
     );

@@ -3,6 +3,7 @@
 pub mod append;
 pub mod catch_up;
 pub mod commands;
+pub mod group;
 pub mod hot;
 pub mod load;
 pub mod memory;

@@ -9,6 +9,7 @@ use sqlx::types::Json;
 use sqlx::{Connection, PgConnection, Row};
 use uuid::Uuid;
 
+use super::group::{self, Outcome};
 use super::read::to_u64;
 use super::{MAX_STREAM_ID_BYTES, NotifyMode, PostgresEventStore};
 use crate::error::database;
@@ -76,6 +77,23 @@ impl PostgresEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         validate_stream_id(stream_id)?;
+        let mut events = events;
+        // Under group commit, an append that finds enough others of this store under way
+        // joins a batch; otherwise it runs alone at once (see `group::GroupCommit`).
+        let _active = match &self.group {
+            Some(group) if self.inline.is_empty() && group::groupable(&events) => {
+                let (active, contended) = group.enter();
+                if contended {
+                    match group.append(self, stream_id, expected, events).await {
+                        Outcome::Committed(result) => return Ok(result),
+                        Outcome::Failed(error) => return Err(error),
+                        Outcome::Alone(returned) => events = returned,
+                    }
+                }
+                Some(active)
+            }
+            _ => None,
+        };
         let mut conn = self.pool.acquire().await.map_err(database)?;
         let mut in_order = false;
         loop {

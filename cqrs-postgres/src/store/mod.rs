@@ -1,6 +1,7 @@
 //! The event store: [`PostgresEventStore`].
 
 mod append;
+mod group;
 mod idempotency;
 mod inline;
 mod keys;
@@ -16,6 +17,7 @@ use cqrs_core::{
 };
 use sqlx::{PgConnection, PgPool};
 
+pub use group::GroupCommit;
 pub use inline::InlineProjection;
 pub(crate) use read::{decode_payload, jsonb_text};
 
@@ -61,6 +63,7 @@ pub struct PostgresEventStore {
     inline: Arc<Vec<Arc<dyn InlineProjection>>>,
     notify: NotifyMode,
     after_commit: AfterCommit,
+    group: Option<group::GroupWriter>,
 }
 
 impl std::fmt::Debug for PostgresEventStore {
@@ -72,6 +75,10 @@ impl std::fmt::Debug for PostgresEventStore {
                 &self.inline.iter().map(|p| p.name()).collect::<Vec<_>>(),
             )
             .field("notify", &self.notify)
+            .field(
+                "group_commit",
+                &self.group.as_ref().map(group::GroupWriter::options),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -85,6 +92,7 @@ impl PostgresEventStore {
             pool,
             inline: Arc::new(Vec::new()),
             notify: NotifyMode::default(),
+            group: None,
         }
     }
 
@@ -117,6 +125,21 @@ impl PostgresEventStore {
     #[must_use]
     pub fn with_notify(mut self, mode: NotifyMode) -> Self {
         self.notify = mode;
+        // Batches take the mode from the store that starts them: a store with another mode
+        // gets batches of its own.
+        if let Some(group) = &self.group {
+            self.group = Some(group::GroupWriter::new(group.options()));
+        }
+        self
+    }
+
+    /// Turns on group commit ([`GroupCommit`]): concurrent appends on different streams
+    /// share one statement and one commit, each with its own result and its own conflict.
+    /// Off by default; see [`GroupCommit`] for what is grouped and what it costs, and the
+    /// crate docs ("Group commit: a design note") for the measurements.
+    #[must_use]
+    pub fn with_group_commit(mut self, options: GroupCommit) -> Self {
+        self.group = Some(group::GroupWriter::new(options));
         self
     }
 
