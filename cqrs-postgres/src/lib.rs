@@ -329,9 +329,11 @@
 //! notification moved out of the transaction: a notifying commit holds a cluster-wide lock
 //! through its flush, so notifying commits could not share flushes.
 //!
-//! [`GroupCommit`] goes one step further, as an opt-in
-//! ([`PostgresEventStore::with_group_commit`]): concurrent commands on different streams share
-//! one *statement*, so one transaction, one commit record and one flush.
+//! [`GroupCommit`] goes one step further, and is on by default (tuned with
+//! [`PostgresEventStore::with_group_commit`], off with
+//! [`PostgresEventStore::without_group_commit`]): under load, concurrent commands on
+//! different streams share one *statement*, so one transaction, one commit record and one
+//! flush.
 //!
 //! - **One statement, not savepoints.** A batch is [`sql::APPEND_GROUP`]: the commands'
 //!   streams, expected versions and sizes as arrays, and their events as arrays tagged with
@@ -373,10 +375,17 @@
 //!   unique keys, with inline projections, and `append_in` are not grouped: they need a
 //!   transaction block of their own (or the caller's).
 //!
-//! **Why it is not the default.** It was not measured better at every client count (at 8 it
-//! was slower until the threshold kept such loads out of batches), its benefit depends on the
-//! disk's flush time, and it widens what a lost connection leaves in doubt from one command
-//! to a batch: a user should choose that.
+//! **Why it is the default.** Below [`GroupCommit::min_concurrency`] concurrent appends it
+//! is not in the path at all, so one client, or a handful, runs the very code it ran without
+//! it; above, it measured about twice as fast (`BENCHMARKS.md`, parts a, d and g), and the
+//! figures users compare are those of the default settings. What it changes for a user is
+//! the reach of a lost connection: under load, the commands of one batch are in doubt
+//! together, each told so with the same `ConnectionLost` that a single append in doubt
+//! returns, and each settled the same way. A deployment that would rather have one command
+//! in doubt at a time, or whose many processes write the same streams at high concurrency
+//! (their batches can deadlock; PostgreSQL breaks it after `deadlock_timeout` and the
+//! commands then run alone, correct but late), turns it off with
+//! [`PostgresEventStore::without_group_commit`].
 
 mod error;
 mod migrate;

@@ -26,7 +26,7 @@ async fn bus_with_accounts(
     let store = PostgresEventStore::new(pool.clone());
     let store = match grouped {
         Some(options) => store.with_group_commit(options),
-        None => store,
+        None => store.without_group_commit(),
     };
     let bus = CommandBus::builder(store).aggregate::<Account>(()).build();
     let openers: Vec<_> = (0..8)
@@ -102,8 +102,8 @@ pub async fn run(settings: &Settings) {
     table(
         &[
             "clients",
-            "group commit: `CommandBus` on `PostgresEventStore::with_group_commit`",
-            "one transaction per command: `CommandBus` on `PostgresEventStore` (the default)",
+            "group commit: `CommandBus` on `PostgresEventStore` (the default)",
+            "one transaction per command: `CommandBus` on `PostgresEventStore::without_group_commit`",
             "group / one per command",
         ],
         1,

@@ -19,7 +19,8 @@ use super::{NotifyMode, PostgresEventStore};
 use crate::error::{PostgresStoreError, transient_reason};
 use crate::sql;
 
-/// Group commit, an opt-in of [`PostgresEventStore::with_group_commit`]: appends made while
+/// Group commit, on by default ([`PostgresEventStore::with_group_commit`] sets its options,
+/// [`PostgresEventStore::without_group_commit`] turns it off): appends made while
 /// another append of the same store is under way wait in a queue, and a writer task runs
 /// everything waiting as *one* statement ([`sql::APPEND_GROUP`]), so the commands share a
 /// transaction, a commit record and its disk flush, and the per-statement work of the server.
