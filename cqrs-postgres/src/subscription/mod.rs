@@ -116,7 +116,7 @@
 //!
 //! A durable subscription (transactional, at-least-once, acknowledged) delivers only while
 //! it holds its name's lease: a session-level advisory lock on a connection of its own
-//! (ARCHITECTURE.md, Decisions, says why a lock and not a lease row). Start it in every
+//! (DECISIONS.md says why a lock and not a lease row). Start it in every
 //! process: one worker leads, the others stand by (their [`SubscriptionStatus::leading`]
 //! is `false`, and their progress follows the stored checkpoint, so
 //! [`SubscriptionHandle::wait_for`] works in every process), and when the leader dies, a
