@@ -241,6 +241,40 @@ impl DeadLetters {
         Ok(())
     }
 
+    /// The start of an attempt of a delivery that keeps dead letters: its stored
+    /// checkpoint (created if new), with its parked streams loaded.
+    pub(super) async fn resume(
+        &mut self,
+        pool: &PgPool,
+        name: &str,
+    ) -> Result<Checkpoint, sqlx::Error> {
+        let checkpoint = super::checkpoint::ensure(pool, name).await?;
+        self.load(pool, name).await?;
+        Ok(checkpoint)
+    }
+
+    /// The operators' pending requests (stream, request, the stream's error).
+    pub(super) async fn requests(
+        &self,
+        pool: &PgPool,
+        name: &'static str,
+    ) -> Result<Vec<(String, Request, String)>, SubscriptionError> {
+        requests(pool, name)
+            .await
+            .map_err(|e| SubscriptionError::database(name, e))
+    }
+
+    /// Reloads the parked streams after requests were carried out.
+    pub(super) async fn reload(
+        &mut self,
+        pool: &PgPool,
+        name: &'static str,
+    ) -> Result<(), SubscriptionError> {
+        self.load(pool, name)
+            .await
+            .map_err(|e| SubscriptionError::database(name, e))
+    }
+
     /// The policy gave up on `failed`: the next attempt skips or parks it.
     pub(super) fn give_up(&mut self, failed: FailedEvent, verdict: GiveUp) {
         self.verdict = Some((failed.at, verdict, failed.error));

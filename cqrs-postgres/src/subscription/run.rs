@@ -231,11 +231,7 @@ impl<P: Projection<Context = PgConnection>> Deliver for Transactional<P> {
         &'a mut self,
         pool: &'a PgPool,
     ) -> BoxFuture<'a, Result<Checkpoint, sqlx::Error>> {
-        Box::pin(async move {
-            let checkpoint = checkpoint::ensure(pool, self.name).await?;
-            self.dead.load(pool, self.name).await?;
-            Ok(checkpoint)
-        })
+        Box::pin(self.dead.resume(pool, self.name))
     }
 
     fn maintain<'a>(
@@ -246,17 +242,10 @@ impl<P: Projection<Context = PgConnection>> Deliver for Transactional<P> {
             if self.dead.parked_streams() == 0 {
                 return Ok(());
             }
-            let name = self.name;
-            let requests = fault::requests(pool, name)
-                .await
-                .map_err(|e| SubscriptionError::database(name, e))?;
-            for (stream, request, error) in requests {
+            for (stream, request, error) in self.dead.requests(pool, self.name).await? {
                 self.replay(pool, &stream, request, &error).await?;
             }
-            self.dead
-                .load(pool, name)
-                .await
-                .map_err(|e| SubscriptionError::database(name, e))
+            self.dead.reload(pool, self.name).await
         })
     }
 
@@ -452,11 +441,7 @@ impl<S: Subscriber> Deliver for AtLeastOnce<S> {
         &'a mut self,
         pool: &'a PgPool,
     ) -> BoxFuture<'a, Result<Checkpoint, sqlx::Error>> {
-        Box::pin(async move {
-            let checkpoint = checkpoint::ensure(pool, self.name).await?;
-            self.dead.load(pool, self.name).await?;
-            Ok(checkpoint)
-        })
+        Box::pin(self.dead.resume(pool, self.name))
     }
 
     fn maintain<'a>(
@@ -467,17 +452,10 @@ impl<S: Subscriber> Deliver for AtLeastOnce<S> {
             if self.dead.parked_streams() == 0 {
                 return Ok(());
             }
-            let name = self.name;
-            let requests = fault::requests(pool, name)
-                .await
-                .map_err(|e| SubscriptionError::database(name, e))?;
-            for (stream, request, error) in requests {
+            for (stream, request, error) in self.dead.requests(pool, self.name).await? {
                 self.replay(pool, &stream, request, &error).await?;
             }
-            self.dead
-                .load(pool, name)
-                .await
-                .map_err(|e| SubscriptionError::database(name, e))
+            self.dead.reload(pool, self.name).await
         })
     }
 
