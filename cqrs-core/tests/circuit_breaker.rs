@@ -13,8 +13,8 @@ use cqrs_core::middleware::{
 };
 use cqrs_core::prelude::*;
 use cqrs_core::{
-    AppendResult, BoxFuture, CircuitOpen, ErrorKind, ExpectedVersion, GlobalPosition, NewEvent,
-    Snapshot, StoreError,
+    AppendResult, BoxFuture, CircuitOpen, ErrorKind, ExpectedVersion, NewEvent, Snapshot,
+    StoreError,
 };
 use support::{Account, AccountError, Deposit, Open, Withdraw, limits};
 
@@ -55,16 +55,6 @@ impl EventStore for FlakyStore {
         self.fail()
             .unwrap_or_else(|| self.inner.load_stream(stream_id, from_version))
     }
-    fn stream_version<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
-        self.inner.stream_version(stream_id)
-    }
-    fn read_all_from(
-        &self,
-        after: GlobalPosition,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>> {
-        self.inner.read_all_from(after, limit)
-    }
     fn load_snapshot<'a>(
         &'a self,
         stream_id: &'a str,
@@ -72,12 +62,8 @@ impl EventStore for FlakyStore {
         self.fail()
             .unwrap_or_else(|| self.inner.load_snapshot(stream_id))
     }
-    fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.inner.save_snapshot(snapshot)
-    }
-    fn delete_snapshot<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.inner.delete_snapshot(stream_id)
-    }
+
+    crate::support::delegate::delegate!(inner: stream_version, read_all_from, save_snapshot, delete_snapshot);
 }
 
 type Bus = CommandBusOf![Account; CircuitBreaker];

@@ -251,44 +251,8 @@ async fn a_store_without_idempotency_refuses_keys_and_writes_nothing() {
         ) -> BoxFuture<'a, Result<cqrs_core::AppendResult, cqrs_core::StoreError>> {
             self.0.append(stream_id, expected, events)
         }
-        fn load_stream<'a>(
-            &'a self,
-            stream_id: &'a str,
-            from_version: u64,
-        ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, cqrs_core::StoreError>> {
-            self.0.load_stream(stream_id, from_version)
-        }
-        fn stream_version<'a>(
-            &'a self,
-            stream_id: &'a str,
-        ) -> BoxFuture<'a, Result<u64, cqrs_core::StoreError>> {
-            self.0.stream_version(stream_id)
-        }
-        fn read_all_from(
-            &self,
-            after: cqrs_core::GlobalPosition,
-            limit: usize,
-        ) -> BoxFuture<'_, Result<Vec<RecordedEvent>, cqrs_core::StoreError>> {
-            self.0.read_all_from(after, limit)
-        }
-        fn load_snapshot<'a>(
-            &'a self,
-            stream_id: &'a str,
-        ) -> BoxFuture<'a, Result<Option<cqrs_core::Snapshot>, cqrs_core::StoreError>> {
-            self.0.load_snapshot(stream_id)
-        }
-        fn save_snapshot(
-            &self,
-            snapshot: cqrs_core::Snapshot,
-        ) -> BoxFuture<'_, Result<(), cqrs_core::StoreError>> {
-            self.0.save_snapshot(snapshot)
-        }
-        fn delete_snapshot<'a>(
-            &'a self,
-            stream_id: &'a str,
-        ) -> BoxFuture<'a, Result<(), cqrs_core::StoreError>> {
-            self.0.delete_snapshot(stream_id)
-        }
+
+        crate::support::delegate::delegate!(0: load_stream, stream_version, read_all_from, load_snapshot, save_snapshot, delete_snapshot);
     }
     let inner = InMemoryEventStore::new();
     let bus = CommandBus::builder(Plain(inner.clone()))

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use cqrs_core::prelude::*;
 use cqrs_core::{
-    AppendResult, ExpectedVersion, GlobalPosition, IdempotentWrite, KeyChanges, NewEvent, Snapshot,
-    StoreError, TransientReason,
+    AppendResult, ExpectedVersion, IdempotentWrite, KeyChanges, NewEvent, StoreError,
+    TransientReason,
 };
 
 /// What the first appends fail with.
@@ -90,46 +90,5 @@ impl EventStore for Flaky {
         }
     }
 
-    fn idempotency_record<'a>(
-        &'a self,
-        command_name: &'a str,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<cqrs_core::IdempotencyRecord>, StoreError>> {
-        self.inner.idempotency_record(command_name, key)
-    }
-
-    fn load_stream<'a>(
-        &'a self,
-        stream_id: &'a str,
-        from_version: u64,
-    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>> {
-        self.inner.load_stream(stream_id, from_version)
-    }
-
-    fn stream_version<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
-        self.inner.stream_version(stream_id)
-    }
-
-    fn read_all_from(
-        &self,
-        after: GlobalPosition,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>> {
-        self.inner.read_all_from(after, limit)
-    }
-
-    fn load_snapshot<'a>(
-        &'a self,
-        stream_id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
-        self.inner.load_snapshot(stream_id)
-    }
-
-    fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.inner.save_snapshot(snapshot)
-    }
-
-    fn delete_snapshot<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.inner.delete_snapshot(stream_id)
-    }
+    crate::support::delegate::delegate!(inner: idempotency_record, load_stream, stream_version, read_all_from, load_snapshot, save_snapshot, delete_snapshot);
 }

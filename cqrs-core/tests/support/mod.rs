@@ -1,6 +1,7 @@
 //! A small domain shared by the behaviour tests.
 #![allow(dead_code, missing_docs)]
 
+pub mod delegate;
 pub mod flaky;
 pub mod wallet;
 
@@ -8,9 +9,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 
 use cqrs_core::prelude::*;
-use cqrs_core::{
-    AppendResult, BoxFuture, ExpectedVersion, GlobalPosition, NewEvent, Snapshot, StoreError,
-};
+use cqrs_core::{AppendResult, BoxFuture, ExpectedVersion, NewEvent, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Opened {
@@ -245,26 +244,6 @@ impl EventStore for CountingStore {
             .push((stream_id.to_owned(), from_version));
         self.inner.load_stream(stream_id, from_version)
     }
-    fn stream_version<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
-        self.inner.stream_version(stream_id)
-    }
-    fn read_all_from(
-        &self,
-        after: GlobalPosition,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>> {
-        self.inner.read_all_from(after, limit)
-    }
-    fn load_snapshot<'a>(
-        &'a self,
-        stream_id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
-        self.inner.load_snapshot(stream_id)
-    }
-    fn save_snapshot(&self, snapshot: Snapshot) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.inner.save_snapshot(snapshot)
-    }
-    fn delete_snapshot<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.inner.delete_snapshot(stream_id)
-    }
+
+    crate::support::delegate::delegate!(inner: stream_version, read_all_from, load_snapshot, save_snapshot, delete_snapshot);
 }
