@@ -214,12 +214,24 @@ impl GroupWriter {
 
 /// Whether an append may join a batch: the statement numbers a command's events by their
 /// place and an id repeated inside one command would fail everyone's statement.
+///
+/// Runs on every append of a store with group commit, contended or not: a command's few
+/// events are compared pairwise, without allocating; a long batch goes through a set.
 pub(super) fn groupable(events: &[NewEvent]) -> bool {
-    if events.is_empty() {
-        return false;
+    const PAIRWISE: usize = 16;
+    match events {
+        [] => false,
+        [_] => true,
+        few if few.len() <= PAIRWISE => few.iter().enumerate().all(|(i, e)| {
+            few[..i]
+                .iter()
+                .all(|earlier| earlier.event_id != e.event_id)
+        }),
+        many => {
+            let mut seen = HashSet::with_capacity(many.len());
+            many.iter().all(|e| seen.insert(e.event_id))
+        }
     }
-    let mut seen = HashSet::with_capacity(events.len());
-    events.iter().all(|e| seen.insert(e.event_id))
 }
 
 /// What batches need of the store, and the queue they share.
@@ -519,5 +531,41 @@ fn answer(
             None => Outcome::Alone(pending.events),
         };
         let _ = pending.reply.send(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use cqrs_core::{Metadata, NewEvent, Payload};
+    use uuid::Uuid;
+
+    use super::groupable;
+
+    fn events(ids: &[Uuid]) -> Vec<NewEvent> {
+        ids.iter()
+            .map(|&event_id| NewEvent {
+                event_id,
+                event_type: Cow::Borrowed("test.noted"),
+                schema_version: 1,
+                payload: Payload::from_json("{}").expect("json"),
+                metadata: Metadata::default(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_append_with_an_id_twice_is_never_grouped_whatever_its_length() {
+        assert!(!groupable(&[]), "an empty append has nothing to group");
+        for len in [1, 2, 10, 16, 17, 40] {
+            let ids: Vec<Uuid> = (0..len).map(|_| Uuid::now_v7()).collect();
+            assert!(groupable(&events(&ids)), "{len} distinct ids");
+            if len > 1 {
+                let mut repeated = ids.clone();
+                repeated[len - 1] = ids[0];
+                assert!(!groupable(&events(&repeated)), "{len} ids, one repeated");
+            }
+        }
     }
 }
